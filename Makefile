@@ -1,0 +1,33 @@
+# `make demo` and `make test` each create .venv and install what they need, from a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint golden clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch; a plain `torch` requirement would pull several GB of CUDA wheels
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dfusion demo --out demo-run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy dfusion_core services api workers cli
+
+golden: $(STAMP)
+	$(BIN)/dfusion golden-check tests/golden/a
+
+clean:
+	rm -rf $(VENV) demo-run .pytest_cache

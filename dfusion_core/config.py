@@ -1,0 +1,72 @@
+"""Typed hyperparameters. Pure pydantic (no torch) so the API can validate jobs with them.
+
+Defaults are the authors' settings for SD 2.1-base (DESIGN §1). Every config is validated
+when built and stored with the job's outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SamplingConfig(_Frozen):
+    """DDIM sampling."""
+
+    num_steps: int = Field(20, ge=1, le=1000, description="DDIM steps, 1..1000")
+    guidance_scale: float = Field(5.0, ge=0.0, le=50.0, description="CFG weight w; 1.0 disables CFG's effect")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta; log-probs need eta > 0")
+    batch_size: int = Field(8, ge=1, le=256, description="samples per UNet call (throughput only)")
+
+
+class FusionConfig(_Frozen):
+    """Mask-guided self-attention fusion (which blocks and steps, the mask's resolution)."""
+
+    blocks: tuple[int, int] | None = Field(
+        None,
+        description="inclusive ordinals of the UNet blocks that have attention (down, mid, up); "
+        "None = the mid block and every decoder block with attention (SD 2.1: 3..6)",
+    )
+    skip_first_steps: int = Field(2, ge=0, le=1000, description="noisiest steps left unfused (authors: 2)")
+    skip_last_steps: int = Field(0, ge=0, le=1000, description="final steps left unfused (authors: 0)")
+    mask_resolution: int | None = Field(
+        None, ge=1, le=512, description="side of the cross-attention maps averaged for the mask; None = latent side / 4"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FusionConfig:
+        if self.blocks is not None and not (0 <= self.blocks[0] <= self.blocks[1]):
+            raise ValueError(f"blocks must be (lo, hi) with 0 <= lo <= hi, got {self.blocks}")
+        return self
+
+    def fused_steps(self, num_steps: int) -> range:
+        """Step indices (0 = noisiest) at which fusion is on."""
+        return range(self.skip_first_steps, max(self.skip_first_steps, num_steps - self.skip_last_steps))
+
+
+Algorithm = Literal["trajectory_dpo", "diffusion_dpo", "ddpo", "dpok"]
+
+
+class TrainingConfig(_Frozen):
+    """Preference training of LoRA adapters on the pairs."""
+
+    algorithm: Algorithm = Field("trajectory_dpo", description="loss: trajectory_dpo | diffusion_dpo | ddpo | dpok")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="AdamW learning rate")
+    lora_rank: int = Field(4, ge=1, le=256, description="LoRA rank on the attention projections")
+    lora_alpha: float | None = Field(None, gt=0.0, description="LoRA alpha; None = rank")
+    beta: float = Field(0.1, gt=0.0, le=10000.0, description="DPO temperature beta")
+    eps: float = Field(0.1, gt=0.0, lt=1.0, description="ratio clamp (1-eps, 1+eps)")
+    kl_weight: float = Field(0.01, ge=0.0, le=100.0, description="DPOK's KL weight")
+    timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of denoising steps trained per pair")
+    batch_pairs: int = Field(2, ge=1, le=256, description="pairs per optimizer micro-batch")
+    grad_accum: int = Field(1, ge=1, le=1024, description="micro-batches per optimizer step")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping norm")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW weight decay")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="autocast dtype; LoRA weights stay fp32")
+    inner_epochs: int = Field(1, ge=1, le=100, description="passes over each epoch's pairs")
+    pairs: Literal["fusion", "plain"] = Field("fusion", description="D-Fusion pairs or plain best-vs-worst (ablation)")
