@@ -1,0 +1,310 @@
+"""Local development stack behind `dfusion stack up|down|status`: the compose file's shape, as processes.
+
+`stack_up` decides what to run (Redis, SeaweedFS, the API, one Celery worker per queue; servers
+already reachable are left alone), writes that plan as data (a list of `ProcessSpec`) and starts a
+detached `Supervisor` (`python -m services.stack supervise ROOT`). The supervisor spawns the plan,
+restarts processes that die (compose's restart policy), and keeps `ROOT/stack.json` current.
+`stack_down` stops only the processes recorded there. Tests pass dummy specs (`sleep 1000`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from services.procs import (
+    ProcessSpec,
+    SeaweedPorts,
+    find_binary,
+    pid_alive,
+    redis_command,
+    seaweed_command,
+    seaweed_env,
+    spawn,
+    tcp_open,
+    terminate,
+)
+from services.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+QUEUES = ("sample", "score", "fuse", "train")
+PLAN_FILE, STATE_FILE, SUPERVISOR = "plan.json", "stack.json", "supervisor"
+RESTART_BACKOFF_S = 1.0
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One managed process as `stack status` reports it."""
+
+    name: str
+    pid: int | None
+    queues: list[str]
+    alive: bool
+    command: list[str] = field(default_factory=list)
+    port: int | None = None
+    restarts: int = 0
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic, owner-only write: the files may hold the S3 secret."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _spec_from(d: dict[str, Any]) -> ProcessSpec:
+    return ProcessSpec(**{k: d[k] for k in ProcessSpec.__dataclass_fields__ if k in d})
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def _is_ours(pid: int | None, command: list[str]) -> bool:
+    """Alive and still running the recorded program (guards against pid reuse).
+
+    Compares program basenames only: redis-server rewrites its argv, and a just-forked child
+    briefly shows the supervisor's.
+    """
+    if not pid or not pid_alive(pid):
+        return False
+    cmd = _cmdline(pid)
+    if not cmd or not command:
+        return True
+    names = {Path(cmd[0].split(" ")[0]).name, Path(sys.executable).name}
+    return Path(command[0]).name in names
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec], dict[str, Any]]:
+    """The stack's processes for these settings, plus the connection facts (written to the state file).
+
+    Servers that already answer are not started again; the returned facts say where they are.
+    """
+    root_dir = Path(root_dir)
+    py, specs, facts = sys.executable, [], {}
+    url = urlsplit(settings.redis_url)
+    redis_host, redis_port = url.hostname or "127.0.0.1", url.port or 6379
+    if not tcp_open(redis_host, redis_port):
+        server = find_binary("redis-server") or "redis-server"
+        (root_dir / "redis").mkdir(parents=True, exist_ok=True)
+        specs.append(ProcessSpec("redis", redis_command(server, redis_port, root_dir / "redis", redis_host),
+                                 port=redis_port, restart=True))
+    facts["redis_url"] = settings.redis_url
+
+    access = settings.s3_access_key or "dfusion-" + secrets.token_hex(4)
+    secret = settings.s3_secret_key or secrets.token_urlsafe(24)
+    endpoint = settings.s3_endpoint
+    if endpoint and tcp_open(*_host_port(endpoint)):
+        facts.update(s3_endpoint=endpoint, s3_access_key=settings.s3_access_key,
+                     s3_secret_key=settings.s3_secret_key)
+    else:
+        ports = SeaweedPorts.pick()
+        if endpoint:
+            ports = SeaweedPorts(_host_port(endpoint)[1], ports.master, ports.volume, ports.filer)
+        weed = find_binary("weed") or "weed"
+        (root_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
+        specs.append(ProcessSpec("seaweedfs", seaweed_command(weed, root_dir / "seaweedfs", ports),
+                                 env=seaweed_env(access, secret), port=ports.s3, restart=True))
+        facts.update(s3_endpoint=f"127.0.0.1:{ports.s3}", s3_access_key=access, s3_secret_key=secret)
+    facts["s3_bucket"] = settings.s3_bucket
+
+    env = {
+        "REDIS_URL": facts["redis_url"], "S3_ENDPOINT": facts["s3_endpoint"], "S3_BUCKET": settings.s3_bucket,
+        "S3_ACCESS_KEY": facts["s3_access_key"] or "", "S3_SECRET_KEY": facts["s3_secret_key"] or "",
+        "DFUSION_API_HOST": settings.api_host, "DFUSION_API_PORT": str(settings.api_port),
+    }
+    if not tcp_open(settings.api_host, settings.api_port):
+        cmd = [py, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]
+        specs.append(ProcessSpec("api", cmd, env=env, port=settings.api_port, restart=True))
+    facts["api_url"] = f"http://{settings.api_host}:{settings.api_port}"
+    for q in QUEUES:
+        cmd = [py, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", q, "-n", f"{q}@%h",
+               "-c", "1", "--prefetch-multiplier", "1", "-l", "info"]
+        specs.append(ProcessSpec(f"worker-{q}", cmd, env=env, queues=[q], restart=True))
+    return specs, facts
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+# --- the supervisor ------------------------------------------------------------------------------
+
+
+class Supervisor:
+    """Runs a plan in the foreground: spawn all, restart the ones that exit, stop all on SIGTERM."""
+
+    def __init__(self, root_dir: Path, specs: list[ProcessSpec], facts: dict[str, Any] | None = None,
+                 poll_s: float = 0.2) -> None:
+        self.root, self.specs, self.facts, self.poll_s = Path(root_dir), specs, facts or {}, poll_s
+        self.procs: dict[str, subprocess.Popen[bytes] | None] = {}
+        self.restarts: dict[str, int] = {s.name: 0 for s in specs}
+        self._stopping = False
+
+    def _write_state(self) -> None:
+        procs = [
+            {"name": s.name, "pid": p.pid if (p := self.procs.get(s.name)) else None, "queues": s.queues,
+             "command": s.command, "port": s.port, "restarts": self.restarts[s.name]}
+            for s in self.specs
+        ]
+        _write_json(self.root / STATE_FILE, {"supervisor": {"pid": os.getpid()}, "processes": procs,
+                                              "facts": self.facts})
+
+    def _start(self, spec: ProcessSpec) -> None:
+        try:
+            self.procs[spec.name] = spawn(spec, self.root / "logs")
+        except OSError as e:  # e.g. binary missing: record it, retry on the next restart tick
+            logger.error("cannot start %s: %s", spec.name, e)
+            self.procs[spec.name] = None
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stopping", True))
+        for spec in self.specs:
+            self._start(spec)
+        self._write_state()
+        died_at: dict[str, float] = {}
+        while not self._stopping:
+            changed = False
+            for spec in self.specs:
+                proc = self.procs.get(spec.name)
+                if proc is not None and proc.poll() is None:
+                    continue
+                if not spec.restart:
+                    continue
+                first_seen = died_at.setdefault(spec.name, time.monotonic())
+                if time.monotonic() - first_seen >= RESTART_BACKOFF_S * min(self.restarts[spec.name], 5):
+                    logger.warning("%s exited (%s); restarting", spec.name, proc and proc.returncode)
+                    self._start(spec)
+                    self.restarts[spec.name] += 1
+                    died_at.pop(spec.name)
+                    changed = True
+            if changed:
+                self._write_state()
+            time.sleep(self.poll_s)
+        self.stop()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every child at once (clients first), SIGKILL what is left after `grace_s`."""
+        live = [p for s in reversed(self.specs) if (p := self.procs.get(s.name)) is not None and p.poll() is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for proc in live:
+            if proc.poll() is None:
+                terminate(proc.pid, grace_s=0.0, reap=proc.poll)
+        self._write_state()
+
+
+# --- the CLI-facing functions --------------------------------------------------------------------
+
+
+def stack_status(root_dir: Path) -> list[ProcessInfo]:
+    """The supervisor and every planned process, with whether each is alive now."""
+    state = _read_json(Path(root_dir) / STATE_FILE)
+    if not state:
+        return []
+    sup = state.get("supervisor", {}).get("pid")
+    out = [ProcessInfo(SUPERVISOR, sup, [], bool(sup) and pid_alive(sup))]
+    for p in state.get("processes", []):
+        out.append(ProcessInfo(p["name"], p["pid"], p["queues"], _is_ours(p["pid"], p["command"]),
+                               p["command"], p.get("port"), p.get("restarts", 0)))
+    return out
+
+
+def stack_facts(root_dir: Path) -> dict[str, Any]:
+    """Where the stack's Redis, S3 (with credentials) and API are."""
+    return _read_json(Path(root_dir) / STATE_FILE).get("facts", {})
+
+
+def stack_up(settings: Settings, root_dir: Path, specs: list[ProcessSpec] | None = None,
+             timeout_s: float = 30.0) -> list[ProcessInfo]:
+    """Start the stack under a detached supervisor unless one is already running; returns status.
+
+    `specs` replaces the default plan (tests use dummy commands).
+    """
+    root = Path(root_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    current = stack_status(root)
+    if current and current[0].alive:
+        return current
+    facts: dict[str, Any] = {}
+    if specs is None:
+        specs, facts = default_specs(settings, root)
+    _write_json(root / PLAN_FILE, {"specs": [asdict(s) for s in specs], "facts": facts})
+    (root / STATE_FILE).unlink(missing_ok=True)
+    (root / "logs").mkdir(exist_ok=True)
+    with open(root / "logs" / "supervisor.log", "ab") as log:
+        sup = subprocess.Popen([sys.executable, "-m", "services.stack", "supervise", str(root)],
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = stack_status(root)
+        if status and status[0].pid == sup.pid:
+            return status
+        if sup.poll() is not None:
+            raise RuntimeError(f"supervisor exited with {sup.returncode}; see {root / 'logs' / 'supervisor.log'}")
+        time.sleep(0.1)
+    raise TimeoutError(f"supervisor did not report within {timeout_s}s")
+
+
+def stack_down(root_dir: Path, grace_s: float = 15.0) -> list[ProcessInfo]:
+    """Stop the supervisor (which stops its children), then any recorded child still alive."""
+    root = Path(root_dir)
+    status = stack_status(root)
+    if not status:
+        return []
+    sup = status[0]
+    if sup.alive and sup.pid:
+        terminate(sup.pid, grace_s=grace_s)
+    for p in stack_status(root)[1:]:
+        if p.alive and p.pid:
+            terminate(p.pid, grace_s=5.0)
+    return stack_status(root)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "supervise":
+        print("usage: python -m services.stack supervise ROOT", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = Path(argv[1])
+    plan = _read_json(root / PLAN_FILE)
+    Supervisor(root, [_spec_from(s) for s in plan.get("specs", [])], plan.get("facts")).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
