@@ -28,28 +28,28 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DFUSION_", extra="ignore", frozen=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_alias("REDIS_URL"))
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_alias("REDIS_URL"))
     s3_endpoint: str | None = Field(
-        None, validation_alias=_alias("S3_ENDPOINT"), description="host:port of the S3 server; None = local dir"
+        default=None, validation_alias=_alias("S3_ENDPOINT"), description="host:port of the S3 server; None = local dir"
     )
-    s3_access_key: str | None = Field(None, validation_alias=_alias("S3_ACCESS_KEY"))
-    s3_secret_key: str | None = Field(None, validation_alias=_alias("S3_SECRET_KEY"), repr=False)
-    s3_bucket: str = Field("dfusion", validation_alias=_alias("S3_BUCKET"))
-    s3_secure: bool = Field(False, description="use https to reach the S3 endpoint")
-    storage_dir: Path = Field(Path(".dfusion/blobs"), description="local blob dir used when s3_endpoint is None")
+    s3_access_key: str | None = Field(default=None, validation_alias=_alias("S3_ACCESS_KEY"))
+    s3_secret_key: str | None = Field(default=None, validation_alias=_alias("S3_SECRET_KEY"), repr=False)
+    s3_bucket: str = Field(default="dfusion", validation_alias=_alias("S3_BUCKET"))
+    s3_secure: bool = Field(default=False, description="use https to reach the S3 endpoint")
+    storage_dir: Path = Field(default=Path(".dfusion/blobs"), description="local blob dir used when s3_endpoint is None")
     models: dict[str, str] = Field(
         default_factory=dict,
         description=f"model name -> local diffusers folder on the workers; {BUILTIN_MODEL!r} is built in",
     )
     api_host: str = "127.0.0.1"
-    api_port: int = Field(8000, ge=1, le=65535)
+    api_port: int = Field(default=8000, ge=1, le=65535)
     auth_required: bool = True
-    max_concurrent_jobs_per_tenant: int = Field(4, ge=1)
-    max_samples_per_job: int = Field(4096, ge=1)
-    max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body the API accepts, bytes")
-    presign_expiry_s: int = Field(300, ge=1, le=7 * 24 * 3600, description="presigned URL lifetime, seconds")
-    visibility_timeout_s: int = Field(120, ge=1, description="broker redelivery timeout; above the longest task")
-    task_max_retries: int = Field(5, ge=0)
+    max_concurrent_jobs_per_tenant: int = Field(default=4, ge=1)
+    max_samples_per_job: int = Field(default=4096, ge=1)
+    max_body_bytes: int = Field(default=1 << 20, ge=1, description="largest request body the API accepts, bytes")
+    presign_expiry_s: int = Field(default=300, ge=1, le=7 * 24 * 3600, description="presigned URL lifetime, seconds")
+    visibility_timeout_s: int = Field(default=120, ge=1, description="broker redelivery timeout; above the longest task")
+    task_max_retries: int = Field(default=5, ge=0)
 
     def model_names(self) -> list[str]:
         """Names a job may ask for: the built-in tiny model plus the configured ones."""

@@ -108,7 +108,9 @@ def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec]
     Servers that already answer are not started again; the returned facts say where they are.
     """
     root_dir = Path(root_dir)
-    py, specs, facts = sys.executable, [], {}
+    py = sys.executable
+    specs: list[ProcessSpec] = []
+    facts: dict[str, Any] = {}
     url = urlsplit(settings.redis_url)
     redis_host, redis_port = url.hostname or "127.0.0.1", url.port or 6379
     if not tcp_open(redis_host, redis_port):

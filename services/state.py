@@ -136,7 +136,8 @@ class JobState:
     def __init__(self, client: redis.Redis) -> None:
         if not client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ConfigError("client", "JobState needs a Redis client built with decode_responses=True")
-        self.r = client
+        # redis-py types replies as bytes | str; decode_responses=True (checked above) makes them str.
+        self.r: Any = client
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
         self._put_once = client.register_script(_PUT_ONCE)
@@ -163,7 +164,7 @@ class JobState:
     ) -> JobRecord:
         """Create a queued job; with `max_active`, refuse (TooManyJobs) when the tenant is at the limit."""
         now = repr(time.time())
-        args = [job_id, tenant, _dumps(spec), now, -1 if max_active is None else max_active]
+        args: list[str | int] = [job_id, tenant, _dumps(spec), now, -1 if max_active is None else max_active]
         keys = [self._k(job_id), self._tk(tenant, "jobs"), self._tk(tenant, "active")]
         rc = self._create(keys=keys, args=args)
         if rc == -1:
@@ -334,7 +335,7 @@ class JobState:
 
     def _insert(self, job_id: str, kind: str, rid: str, record: dict[str, Any], counter: str) -> bool:
         keys = [self._k(job_id), self._k(job_id, kind), self._k(job_id, "counts")]
-        rc = int(self._put_once(keys=keys, args=[rid, _dumps(record), counter]))  # type: ignore[operator]
+        rc = int(self._put_once(keys=keys, args=[rid, _dumps(record), counter]))
         if rc == -1:
             raise JobNotFound(job_id)
         return rc == 1
@@ -354,7 +355,7 @@ class JobState:
         if expected < 1:
             raise ConfigError("expected", f"must be >= 1, got {expected}")
         keys = [self._k(job_id, "done", _check_id("scope", scope)), self._k(job_id, "done", scope, "fired")]
-        return int(self._mark_done(keys=keys, args=[member, expected])) == 1  # type: ignore[operator]
+        return int(self._mark_done(keys=keys, args=[member, expected])) == 1
 
     @_mapped
     def done_count(self, job_id: str, scope: str) -> int:

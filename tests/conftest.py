@@ -50,6 +50,6 @@ def seaweed_server() -> Iterator[SeaweedServer]:
 
 
 @pytest.fixture(scope="session")
-def s3_settings(seaweed_server: SeaweedServer, redis_url: str):  # type: ignore[no-untyped-def]
+def s3_settings(seaweed_server: SeaweedServer, redis_url: str):
     """Settings pointing at the session's SeaweedFS and test Redis db."""
     return seaweed_server.settings(bucket="dfusion-test", redis_url=redis_url)

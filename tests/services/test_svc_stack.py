@@ -19,7 +19,7 @@ def _by_name(infos: list[ProcessInfo]) -> dict[str, ProcessInfo]:
     return {p.name: p for p in infos}
 
 
-def _wait(check, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(check, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
@@ -124,7 +124,7 @@ def test_stack_runs_real_servers(tmp_path: Path) -> None:
     assert not any(p.alive for p in stack_status(root))
 
 
-def _try(fn) -> bool:  # type: ignore[no-untyped-def]
+def _try(fn) -> bool:
     try:
         return bool(fn())
     except Exception:  # noqa: BLE001

@@ -29,7 +29,7 @@ def s3_store(s3_settings: Settings) -> BlobStore:
 
 
 @pytest.fixture(params=["s3", "local"])
-def store(request: pytest.FixtureRequest, tmp_path) -> BlobStore:  # type: ignore[no-untyped-def]
+def store(request: pytest.FixtureRequest, tmp_path) -> BlobStore:
     if request.param == "s3":
         return request.getfixturevalue("s3_store")
     return open_store(Settings(storage_dir=tmp_path / "blobs"))
@@ -75,13 +75,13 @@ def test_presigned_url_downloads(s3_store: S3Store) -> None:
         assert resp.read() == b"hello"
 
 
-def test_local_store_has_no_url(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_local_store_has_no_url(tmp_path) -> None:
     store = open_store(Settings(storage_dir=tmp_path))
     assert isinstance(store, LocalStore)
     assert presigned_url(store, "a/b", 60) is None
 
 
-def test_one_client_per_process(s3_settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_one_client_per_process(s3_settings: Settings, tmp_path) -> None:
     assert open_store(s3_settings) is open_store(s3_settings.model_copy())
     assert open_store(s3_settings) is not open_store(s3_settings.model_copy(update={"s3_bucket": "other"}))
     local = Settings(storage_dir=tmp_path)
@@ -96,6 +96,6 @@ def test_s3_down_is_storage_unavailable() -> None:
     assert isinstance(info.value, StorageError)
 
 
-def test_wrong_credentials_rejected(seaweed_server) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_credentials_rejected(seaweed_server) -> None:
     with pytest.raises(StorageRejected):
         S3Store(seaweed_server.endpoint, seaweed_server.access_key, "wrong-secret", "dfusion-test")
