@@ -241,3 +241,11 @@ def test_redis_down_is_state_unavailable() -> None:
     st = JobState.from_url(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(StateUnavailable):
         st.get_job("x")
+
+
+def test_delete_job_removes_all_keys(state: JobState, job: str) -> None:
+    state.put_sample(job, "s0", {})
+    state.mark_done(job, "x", "a", 1)
+    state.delete_job(job)
+    assert not list(state.r.scan_iter(match=f"*{job}*"))
+    assert state.list_jobs("acme") == [] and state.active_jobs("acme") == 0
