@@ -1,0 +1,31 @@
+"""Settings come from DFUSION_* or the plain compose-style names; secrets have no default."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.settings import Settings, get_settings
+
+
+def test_defaults_have_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "DFUSION_S3_ACCESS_KEY", "DFUSION_S3_SECRET_KEY", "S3_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert s.s3_access_key is None and s.s3_secret_key is None and s.s3_endpoint is None
+    assert s.auth_required and s.max_body_bytes == 1 << 20 and s.model_names() == ["tiny"]
+
+
+def test_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3_ENDPOINT", "127.0.0.1:9000")
+    monkeypatch.setenv("DFUSION_S3_SECRET_KEY", "shh")
+    monkeypatch.setenv("REDIS_URL", "redis://h:1/2")
+    monkeypatch.setenv("DFUSION_API_PORT", "8123")
+    monkeypatch.setenv("DFUSION_MODELS", '{"sd21": "/models/sd21"}')
+    s = Settings()
+    assert (s.s3_endpoint, s.s3_secret_key, s.redis_url, s.api_port) == ("127.0.0.1:9000", "shh", "redis://h:1/2", 8123)
+    assert s.model_names() == ["sd21", "tiny"]
+    assert "shh" not in repr(s)
+
+
+def test_get_settings_cached() -> None:
+    assert get_settings() is get_settings()
