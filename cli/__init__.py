@@ -1,0 +1,1 @@
+"""The `dfusion` command line."""

@@ -1,0 +1,278 @@
+"""Attention processors for D-Fusion, installed with `unet.set_attn_processor` (no fork).
+
+`FusionController` holds the fusion state every processor shares: the UNet batch layout,
+which blocks and steps fuse, the item tokens, the mask being accumulated and the masks
+already finished. `FusionAttnProcessor` is diffusers' `AttnProcessor2_0` (SDPA) with two
+hooks:
+
+- cross-attention at the mask resolution: read the reference rows' attention probabilities
+  of the item tokens (only those rows are computed explicitly; the layer's output stays SDPA);
+- self-attention at a fused block and step: the target rows use
+  K = K_ref * M + K_tgt * (1 - M), V likewise, M on the key/value token axis.
+
+Source of the copied part: diffusers v0.42.1, `models/attention_processor.py`,
+`AttnProcessor2_0.__call__`. Changes: the two hooks above; the deprecated `scale` argument
+and `attn.norm_q/norm_k` kept; nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+
+from dfusion_core.errors import ConfigError
+
+
+def attention_blocks(unet: UNet2DConditionModel) -> list[str]:
+    """Module-name prefixes of the blocks that have attention, in the authors' ordinal order:
+    down blocks first, then mid, then up blocks."""
+    names = [f"down_blocks.{i}" for i, b in enumerate(unet.down_blocks) if getattr(b, "attentions", None)]
+    if unet.mid_block is not None and getattr(unet.mid_block, "attentions", None):
+        names.append("mid_block")
+    names += [f"up_blocks.{i}" for i, b in enumerate(unet.up_blocks) if getattr(b, "attentions", None)]
+    return names
+
+
+def default_fused_blocks(unet: UNet2DConditionModel) -> tuple[int, int]:
+    """Mid block and every decoder block with attention (SD 2.1: 3..6)."""
+    names = attention_blocks(unet)
+    first = next((i for i, n in enumerate(names) if not n.startswith("down_blocks")), None)
+    if first is None:
+        raise ConfigError("fusion.blocks", "the UNet has no mid or decoder attention blocks to fuse")
+    return first, len(names) - 1
+
+
+def block_ordinal(unet: UNet2DConditionModel, processor_name: str) -> int:
+    for i, prefix in enumerate(attention_blocks(unet)):
+        if processor_name.startswith(prefix + "."):
+            return i
+    raise ConfigError("processor", f"{processor_name} is not inside an attention block")
+
+
+@dataclass
+class FusionController:
+    """Shared state of one fusion run over n pairs.
+
+    Each UNet call holds up to two roles, each n rows per CFG half: rows are
+    [uncond ref, uncond tgt, cond ref, cond tgt], absent roles left out. The reference runs
+    one step ahead of the target: the call that computes the reference at step i records
+    its item mask and its self-attention K/V at the fused blocks; the target uses them at
+    step i in the next call. That keeps the authors' same-step mask (the mask needs the
+    reference's whole pass, decoder included) while batching both into one call per step.
+    """
+
+    n: int
+    blocks: frozenset[int]
+    steps: frozenset[int]
+    mask_resolution: int
+    latent_hw: tuple[int, int]
+    token_positions: list[list[list[int]]]  # [pair][item] -> token indices
+    thresholds: list[list[float]]  # [pair][item]
+    ref_step: int | None = None  # step of the reference rows in the current call, None = absent
+    tgt_step: int | None = None  # step of the target rows in the current call, None = absent
+    masks: list[torch.Tensor] = field(default_factory=list)  # per step: [n, R*R, items] binary
+    _kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # ref K/V of the last call
+    _pending_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _acc: torch.Tensor | None = None
+    _acc_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.token_positions) != self.n or len(self.thresholds) != self.n:
+            raise ConfigError("items", f"need item tokens and thresholds for each of the {self.n} pairs")
+        for toks, thr in zip(self.token_positions, self.thresholds, strict=True):
+            if len(toks) != len(thr):
+                raise ConfigError("mask_thresholds", f"{len(thr)} thresholds for {len(toks)} items")
+            if not toks:
+                raise ConfigError("items", "every pair needs at least one item to build its mask")
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(r for r, s in (("ref", self.ref_step), ("tgt", self.tgt_step)) if s is not None)
+
+    # -- call bookkeeping ------------------------------------------------------------------
+    def begin_call(self, ref_step: int | None, tgt_step: int | None) -> None:
+        if ref_step is not None and ref_step != len(self.masks):
+            raise ConfigError("fusion", f"reference step {ref_step} out of order (expected {len(self.masks)})")
+        if tgt_step is not None and tgt_step >= len(self.masks):
+            raise ConfigError("fusion", f"target step {tgt_step} runs before the reference made its mask")
+        self.ref_step, self.tgt_step = ref_step, tgt_step
+        self._acc, self._acc_layers = None, 0
+
+    def end_call(self) -> None:
+        """Binarise the reference's averaged probabilities into this step's item masks."""
+        if self.ref_step is not None:
+            if self._acc is None or self._acc_layers == 0:
+                raise ConfigError(
+                    "fusion.mask_resolution",
+                    f"no cross-attention layer works at {self.mask_resolution}x{self.mask_resolution}",
+                )
+            avg = self._acc / self._acc_layers  # [n, L, items]
+            thr = torch.tensor(self.thresholds, dtype=avg.dtype, device=avg.device)[:, None, :]
+            self.masks.append((avg >= thr).float())
+            self._kv, self._pending_kv = self._pending_kv, {}
+        self._acc = None
+
+    def fusing(self, block: int) -> bool:
+        return block in self.blocks and (self.ref_step in self.steps or self.tgt_step in self.steps)
+
+    # -- hooks called by the processors ----------------------------------------------------
+    def _layer_hw(self, tokens: int) -> tuple[int, int]:
+        h, w = self.latent_hw
+        factor = math.sqrt(h * w / tokens)
+        return round(h / factor), round(w / factor)
+
+    def records(self, tokens: int) -> bool:
+        if self.ref_step is None:
+            return False
+        h, w = self._layer_hw(tokens)
+        return h == self.mask_resolution and h * w == tokens
+
+    def record_cross(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
+        """query [B, heads, L, d], key [B, heads, S, d]: accumulate the reference's item probabilities."""
+        rows = self._rows("ref", cond_only=True)
+        probs = torch.softmax((query[rows].float() @ key[rows].float().transpose(-1, -2)) * scale, dim=-1)
+        probs = probs.mean(dim=1)  # over heads: [n, L, S]
+        layer = torch.stack(
+            [torch.stack([probs[k][:, toks].sum(-1) for toks in self.token_positions[k]], -1) for k in range(self.n)]
+        )  # [n, L, items]
+        self._acc = layer if self._acc is None else self._acc + layer
+        self._acc_layers += 1
+
+    def fuse_kv(self, name: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Self-attention K/V [B, heads, L, d]: keep the reference's, blend the target's."""
+        if self.ref_step in self.steps:
+            rows = self._rows("ref", cond_only=False)
+            self._pending_kv[name] = (key[rows], value[rows])
+        if self.tgt_step not in self.steps:
+            return key, value
+        assert self.tgt_step is not None
+        rows = self._rows("tgt", cond_only=False)
+        k_ref, v_ref = self._kv[name]
+        mask = self._resized_mask(self.masks[self.tgt_step], key.shape[2]).to(key.dtype)
+        mask = mask[:, None, :, None].repeat(2, 1, 1, 1)  # [2n, 1, L, 1], both CFG halves
+        key, value = key.clone(), value.clone()
+        key[rows] = _blend(k_ref, key[rows], mask)
+        value[rows] = _blend(v_ref, value[rows], mask)
+        return key, value
+
+    def _resized_mask(self, item_masks: torch.Tensor, tokens: int) -> torch.Tensor:
+        """Union over items, nearest-resized to the layer: [n, L]."""
+        r = self.mask_resolution
+        h, w = self._layer_hw(tokens)
+        union = item_masks.amax(dim=-1).view(self.n, 1, r, r * self.latent_hw[1] // self.latent_hw[0])
+        return F.interpolate(union, size=(h, w), mode="nearest").view(self.n, h * w)
+
+    def _rows(self, role: str, cond_only: bool) -> torch.Tensor:
+        roles = self.roles
+        g, r = len(roles), roles.index(role)
+        halves = [1] if cond_only else [0, 1]
+        return torch.cat([torch.arange(self.n) + (h * g + r) * self.n for h in halves])
+
+
+def _blend(ref: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ref * mask + tgt * (1 - mask)
+
+
+class FusionAttnProcessor:
+    """SDPA attention with D-Fusion's hooks; identical to `AttnProcessor2_0` when idle."""
+
+    def __init__(self, controller: FusionController | None, name: str, block: int | None) -> None:
+        self.controller = controller
+        self.name = name
+        self.block = block
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        ctl = self.controller
+        is_cross = encoder_hidden_states is not None
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        if ctl is not None:
+            if is_cross and ctl.records(query.shape[2]):
+                ctl.record_cross(query, key, attn.scale)
+            elif not is_cross and self.block is not None and ctl.fusing(self.block):
+                key, value = ctl.fuse_kv(self.name, key, value)
+
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def install(unet: UNet2DConditionModel, controller: FusionController | None) -> None:
+    """Put a FusionAttnProcessor on every attention layer, sharing `controller`."""
+    blocks = attention_blocks(unet)
+    procs = {}
+    for name in unet.attn_processors:
+        block = next((i for i, p in enumerate(blocks) if name.startswith(p + ".")), None)
+        procs[name] = FusionAttnProcessor(controller, name, block)
+    unet.set_attn_processor(procs)
+
+
+def uninstall(unet: UNet2DConditionModel) -> None:
+    """Back to stock SDPA processors."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())
+
+
+def resolve_blocks(unet: UNet2DConditionModel, blocks: Sequence[int] | None) -> frozenset[int]:
+    lo, hi = default_fused_blocks(unet) if blocks is None else blocks
+    count = len(attention_blocks(unet))
+    if not 0 <= lo <= hi < count:
+        raise ConfigError("fusion.blocks", f"({lo}, {hi}) is outside the UNet's {count} attention blocks 0..{count - 1}")
+    return frozenset(range(lo, hi + 1))

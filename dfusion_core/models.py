@@ -1,0 +1,203 @@
+"""Model loading: a Stable Diffusion bundle from a local diffusers folder, or the `tiny` preset.
+
+Nothing here downloads: real weights come from local paths, and the tiny preset is built
+from configs under a fixed seed (inside `torch.random.fork_rng`, so the caller's global
+RNG is untouched). Tokenisation is CLIP's real BPE, shipped in `assets/tokenizer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dfusion_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+TINY_SEED = 0
+
+# SD 2.1-base's DDIM schedule (its scheduler_config.json); the golden cases use it too.
+SD_SCHEDULER_CONFIG: dict = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+TINY_UNET_CONFIG: dict = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64, 64],
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": 2,
+    "norm_num_groups": 16,
+}
+
+TINY_VAE_CONFIG: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+}
+
+TINY_TEXT_CONFIG: dict = {
+    "vocab_size": 49408,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 77,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
+
+
+@dataclass
+class DiffusionModel:
+    """The parts of a Stable Diffusion pipeline that dfusion drives, on one device."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings [B, L, D] of the prompts, padded to the tokenizer's context window."""
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] -> images uint8 [B, H, W, 3]."""
+        scale = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        images = self.vae.decode(latents.to(self.device, self.vae.dtype) / scale).sample
+        images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu()
+
+    def new_scheduler(self) -> DDIMScheduler:
+        """A fresh scheduler (set_timesteps mutates state; each run gets its own)."""
+        return DDIMScheduler.from_config(self.scheduler.config)
+
+
+def tokenizer_dir() -> Path:
+    return Path(str(resources.files("dfusion_core") / "assets" / "tokenizer"))
+
+
+def load_tokenizer(path: str | Path | None = None) -> CLIPTokenizer:
+    """CLIP BPE tokenizer from a folder with vocab.json + merges.txt (default: the shipped one)."""
+    folder = Path(path) if path is not None else tokenizer_dir()
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionModel:
+    """The tiny preset: random weights from configs under a fixed seed, real CLIP tokenisation."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+    scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    return _assemble(unet, vae, text_encoder, load_tokenizer(), scheduler, TINY, device, dtype)
+
+
+def load_model(
+    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> DiffusionModel:
+    """`tiny`, or a local diffusers folder in SD 1.x / 2.x layout (unet/, vae/, text_encoder/, ...)."""
+    if str(name_or_path) == TINY:
+        return build_tiny(device, dtype)
+    root = Path(name_or_path)
+    missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (root / sub).is_dir()]
+    if missing:
+        raise ConfigError("model", f"{root} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})")
+    kw = {"local_files_only": True}
+    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw)
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw)
+    tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw)
+    scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", **kw)
+    return _assemble(unet, vae, text_encoder, tokenizer, scheduler, str(root), device, dtype)
+
+
+def save_model(model: DiffusionModel, path: str | Path) -> Path:
+    """Write the model as a diffusers folder that `load_model` and `StableDiffusionPipeline` read."""
+    root = Path(path)
+    model.unet.save_pretrained(root / "unet")
+    model.vae.save_pretrained(root / "vae")
+    model.text_encoder.save_pretrained(root / "text_encoder")
+    model.tokenizer.save_pretrained(root / "tokenizer")
+    model.scheduler.save_pretrained(root / "scheduler")
+    return root
+
+
+def to_diffusers_pipeline(model: DiffusionModel):  # -> StableDiffusionPipeline
+    """The same modules as a stock `StableDiffusionPipeline` (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=model.new_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype) -> DiffusionModel:
+    device = torch.device(device)
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device)
+        if next(module.parameters()).dtype != dtype:
+            module.to(dtype=dtype)
+    if not isinstance(scheduler, DDIMScheduler):
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    return DiffusionModel(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype)
