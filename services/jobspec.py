@@ -1,0 +1,111 @@
+"""What a job asks for: prompts with item words, model, budget, hyperparameters.
+
+Pure pydantic, shared by the API (validation at the edge) and the workers (the spec they run).
+Checks here are those that need no tokenizer; the workers re-check items with the model's own
+tokenizer and fail the job with a readable reason if a word does not map.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dfusion_core.config import FusionConfig, SamplingConfig, TrainingConfig
+
+MAX_PROMPT_CHARS = 300
+MAX_PROMPTS = 256
+MAX_SAMPLES_PER_PROMPT = 256
+MAX_EPOCHS = 100
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, as CLIP's pre-tokenizer splits them (letters/digits; punctuation dropped)."""
+    return _WORD.findall(text.lower())
+
+
+class PromptSpec(BaseModel):
+    """One prompt and the item words whose cross-attention mask guides fusion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="the prompt")
+    items: list[str] = Field(default_factory=list, max_length=8, description="item words of the prompt")
+    mask_thresholds: list[float] = Field(default_factory=list, max_length=8, description="one per item, in [0, 1]")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt text is blank")
+        return v
+
+    @field_validator("mask_thresholds")
+    @classmethod
+    def _thresholds(cls, v: list[float]) -> list[float]:
+        for t in v:
+            if not 0.0 <= t <= 1.0:
+                raise ValueError(f"threshold {t} is outside [0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _items(self) -> PromptSpec:
+        if len(self.items) != len(self.mask_thresholds):
+            raise ValueError(
+                f"mask_thresholds has {len(self.mask_thresholds)} values for {len(self.items)} items; give one per item"
+            )
+        prompt_words = words(self.text)
+        for item in self.items:
+            item_words = words(item)
+            if not item_words:
+                raise ValueError(f"item {item!r} has no word in it")
+            n = len(item_words)
+            if not any(prompt_words[i : i + n] == item_words for i in range(len(prompt_words) - n + 1)):
+                raise ValueError(f"item {item!r} is not a word of the prompt {self.text!r}")
+        return self
+
+
+class JobSpec(BaseModel):
+    """A whole job. Defaults are the authors' settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompts: list[PromptSpec] = Field(..., min_length=1, max_length=MAX_PROMPTS)
+    model: str = Field("tiny", description="'tiny' or a model name registered in the workers' settings")
+    samples_per_prompt: int = Field(8, ge=4, le=MAX_SAMPLES_PER_PROMPT, description="positive multiple of 4")
+    epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    scorer: str = Field("tiny", description="alignment scorer: 'tiny' or a registered name")
+    eval_prompts: list[str] = Field(default_factory=list, max_length=64, description="held-out prompts; [] = shipped test split")
+    eval_seeds: int = Field(2, ge=1, le=16, description="samples per held-out prompt")
+
+    @field_validator("model", "scorer")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _MODEL_NAME.match(v) or ".." in v:
+            raise ValueError(f"{v!r} is not a model name (letters, digits, '_', '.', '-'; no paths)")
+        return v
+
+    @field_validator("samples_per_prompt")
+    @classmethod
+    def _multiple_of_4(cls, v: int) -> int:
+        if v % 4:
+            raise ValueError(f"samples_per_prompt must be a positive multiple of 4, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _items_for_fusion(self) -> JobSpec:
+        if self.training.pairs == "fusion":
+            for i, p in enumerate(self.prompts):
+                if not p.items:
+                    raise ValueError(f"prompts[{i}] has no items; D-Fusion pairs need at least one item word")
+        return self
+
+    @property
+    def total_samples(self) -> int:
+        return len(self.prompts) * self.samples_per_prompt * self.epochs

@@ -1,0 +1,65 @@
+"""The Celery application as configuration only: broker, routing and delivery settings.
+
+Torch-free, so the API can enqueue by task name; `workers.celery_app` registers the task
+bodies on this same app. Settings follow DESIGN §2 for long GPU tasks: late acks with
+reject-on-worker-lost (a killed worker's task is redelivered), prefetch 1, a visibility
+timeout above the longest task and short enough that a dead worker's task returns quickly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from services.settings import Settings, get_settings
+
+QUEUES = ("sample", "score", "fuse", "train")
+START_JOB = "dfusion.start_job"
+
+# task name -> queue
+ROUTES = {
+    START_JOB: "score",  # bookkeeping only: any light queue
+    "dfusion.sample": "sample",
+    "dfusion.score": "score",
+    "dfusion.fuse": "fuse",
+    "dfusion.train": "train",
+}
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("dfusion", broker=settings.redis_url, backend=None)
+    app.conf.update(
+        task_routes={name: {"queue": q} for name, q in ROUTES.items()},
+        task_default_queue="score",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=None,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "retry_on_timeout": True,
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_app() -> Celery:
+    return make_app(get_settings())
+
+
+def send(app: Celery, name: str, **kwargs: Any) -> None:
+    """Enqueue a task by name; payloads carry ids and keys, never tensors."""
+    app.send_task(name, kwargs=kwargs, queue=ROUTES[name])
