@@ -1,0 +1,314 @@
+"""The trainer: LoRA on the UNet, AdamW over the LoRA weights only, one optimizer step per call.
+
+Randomness: every draw (timestep subsets, Diffusion-DPO's t and noise, epoch shuffles) comes
+from a CPU generator seeded from (trainer seed, step), so a step's update depends only on the
+weights, the optimizer state, the step counter and the pairs: resuming from a checkpoint
+reproduces an uninterrupted run exactly. Nothing touches the global RNG.
+
+Memory: trajectory losses backpropagate one denoising step at a time (as ddpo-pytorch does);
+the loss is a mean over steps, so the summed gradients equal those of the whole-trajectory loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from dfusion_core import losses, pipeline
+from dfusion_core.config import TrainingConfig
+from dfusion_core.errors import ConfigError
+from dfusion_core.lora import adapters_disabled, add_lora, has_lora, lora_parameters
+from dfusion_core.models import DiffusionModel
+from dfusion_core.trajectories import Trajectory
+
+log = logging.getLogger(__name__)
+
+CLIP_RANGE = 1e-4  # DDPO / DPOK ratio clip (ddpo-pytorch default)
+ADV_CLIP_MAX = 5.0  # DDPO / DPOK advantage clip (ddpo-pytorch default)
+
+
+@dataclass(frozen=True)
+class TrainPair:
+    """One preference pair. D-Fusion: winner = the fused target trajectory, loser = its base
+    (same prompt, x_T and z_t). Rewards are the scorer's values (used by DDPO / DPOK).
+
+    winner_old_log_probs / loser_old_log_probs [T] | None: plain-policy log-probs from before this
+    epoch's updates (PPO's "old" policy); `Trainer.train_epoch` fills them, else each step recomputes.
+    """
+
+    winner: Trajectory
+    loser: Trajectory
+    winner_reward: float = 0.0
+    loser_reward: float = 0.0
+    winner_old_log_probs: torch.Tensor | None = None
+    loser_old_log_probs: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one optimizer step did: mean loss and margin over its pairs, the pre-clip grad norm."""
+
+    step: int
+    policy_version: int
+    loss: float
+    margin: float
+    grad_norm: float
+    num_pairs: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for step `step` of a run seeded with `seed` (independent streams per step)."""
+    digest = hashlib.sha256(f"dfusion.train:{seed}:{step}".encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def select_steps(num_steps: int, fraction: float, generator: torch.Generator) -> list[int]:
+    """round(fraction * T) (at least 1) denoising step indices, drawn without replacement, sorted."""
+    k = max(1, min(num_steps, round(fraction * num_steps)))
+    if k == num_steps:
+        return list(range(num_steps))
+    return sorted(torch.randperm(num_steps, generator=generator)[:k].tolist())
+
+
+class Trainer:
+    """Model + LoRA + AdamW + step counter. `policy_version` advances by one per optimizer step."""
+
+    def __init__(
+        self,
+        model: DiffusionModel,
+        config: TrainingConfig,
+        *,
+        seed: int = 0,
+        policy_version: int = 0,
+        lora_seed: int = 0,
+    ) -> None:
+        if config.mixed_precision == "fp16" and model.device.type != "cuda":
+            raise ConfigError("mixed_precision", "fp16 autocast needs a CUDA device; use 'bf16' or 'no' on CPU")
+        self.model = model
+        self.config = config
+        self.seed = int(seed)
+        self.step = 0
+        self.policy_version = int(policy_version)
+        if not has_lora(model.unet):
+            add_lora(model.unet, config.lora_rank, config.lora_alpha, seed=lora_seed)
+        self.parameter_names = [n for n, _ in model.unet.named_parameters() if "lora_" in n]
+        self.parameters = lora_parameters(model.unet)
+        for p in self.parameters:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
+
+    @property
+    def pairs_per_step(self) -> int:
+        return self.config.batch_pairs * self.config.grad_accum
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        mp = self.config.mixed_precision
+        if mp == "no":
+            yield
+            return
+        dtype = torch.float16 if mp == "fp16" else torch.bfloat16
+        with torch.autocast(device_type=self.model.device.type, dtype=dtype):
+            yield
+
+    # -- one optimizer step ---------------------------------------------------------------
+    def train_step(self, pairs: Sequence[TrainPair], *, step_seed: int | None = None) -> StepMetrics:
+        """One AdamW step on the mean loss over `pairs`, in micro-batches of `batch_pairs`.
+
+        `step_seed` overrides the generator seed (default: derived from (seed, step)).
+        """
+        if not pairs:
+            raise ConfigError("pairs", "train_step needs at least one pair")
+        if len(pairs) > self.pairs_per_step:
+            raise ConfigError("pairs", f"{len(pairs)} pairs exceed batch_pairs * grad_accum = "
+                              f"{self.pairs_per_step}; split them over several steps (see train_epoch)")
+        _check_pairs(pairs)
+        gen = step_generator(self.seed, self.step) if step_seed is None else \
+            torch.Generator(device="cpu").manual_seed(step_seed)
+        self.model.unet.train(False)  # no dropout: the update is a function of the data only
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        n = len(pairs)
+        for start in range(0, n, self.config.batch_pairs):
+            micro = list(pairs[start : start + self.config.batch_pairs])
+            out = self._micro_batch(micro, gen, weight=len(micro) / n)
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + value * len(micro) / n
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.policy_version += 1
+        metrics = StepMetrics(
+            step=self.step, policy_version=self.policy_version, loss=sums.pop("loss"),
+            margin=sums.pop("margin"), grad_norm=grad_norm, num_pairs=n, extra=sums,
+        )
+        log.info("train step %d: loss %.5f margin %.5f grad_norm %.4f", metrics.step, metrics.loss,
+                 metrics.margin, metrics.grad_norm)
+        return metrics
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _micro_batch(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
+        algorithm = self.config.algorithm
+        if algorithm == "trajectory_dpo":
+            return self._trajectory_dpo(pairs, gen, weight)
+        if algorithm == "diffusion_dpo":
+            return self._diffusion_dpo(pairs, gen, weight)
+        return self._policy_gradient(pairs, gen, weight)
+
+    def _trajectory_dpo(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
+        """Winners and losers in one batch [2B]; reference log-probs once, policy step by step."""
+        trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
+        steps = select_steps(trajs[0].num_steps, self.config.timestep_fraction, gen)
+        b = len(pairs)
+        with self._autocast():
+            ref = pipeline.log_probs(self.model, trajs, adapters=False, steps=steps).float()
+        acc: dict[str, float] = {}
+        for j, step in enumerate(steps):
+            with self._autocast():
+                logp = pipeline.log_probs(self.model, trajs, adapters=True, steps=[step], grad=True)[:, 0]
+            out = losses.trajectory_dpo_loss(logp[:b], logp[b:], ref[:b, j], ref[b:, j],
+                                             self.config.beta, self.config.eps)
+            self._backward(out.loss * weight / len(steps))
+            _accumulate(acc, out, 1.0 / len(steps))
+        return acc
+
+    def _diffusion_dpo(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
+        """Noise x_0 of winner and loser with a shared t and eps; conditional eps-prediction MSE."""
+        model, b = self.model, len(pairs)
+        scheduler = model.new_scheduler()
+        x0 = torch.stack([p.winner.latents[-1] for p in pairs] + [p.loser.latents[-1] for p in pairs])
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).repeat(2)
+        noise = torch.randn(x0[:b].shape, generator=gen).repeat(2, 1, 1, 1)
+        x_t = scheduler.add_noise(x0, noise, t)
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(x0, noise, t)
+        else:
+            target = noise
+        x_t, target, t = x_t.to(model.device, model.dtype), target.to(model.device), t.to(model.device)
+        cond = model.encode_prompts([p.winner.prompt for p in pairs] + [p.loser.prompt for p in pairs])
+
+        def errors() -> torch.Tensor:
+            pred = model.unet(x_t, t, encoder_hidden_states=cond).sample.float()
+            return ((pred - target.float()) ** 2).mean(dim=(1, 2, 3))
+
+        with torch.no_grad(), adapters_disabled(model.unet), self._autocast():
+            ref_err = errors()
+        with self._autocast():
+            err = errors()
+        out = losses.diffusion_dpo_loss(err[:b], ref_err[:b], err[b:], ref_err[b:], self.config.beta)
+        self._backward(out.loss * weight)
+        acc: dict[str, float] = {}
+        _accumulate(acc, out, 1.0)
+        return acc
+
+    def _policy_gradient(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
+        """DDPO-clip / DPOK on both trajectories of each pair with their rewards (the D-Fusion
+        target carries the winner's reward). Advantages are normalised per prompt in the micro-batch."""
+        trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
+        rewards = [p.winner_reward for p in pairs] + [p.loser_reward for p in pairs]
+        adv = losses.normalise_rewards(rewards, [t.prompt for t in trajs]).to(self.model.device)
+        steps = select_steps(trajs[0].num_steps, self.config.timestep_fraction, gen)
+        old = self._old_log_probs(pairs, trajs, steps)
+        ref = None
+        if self.config.algorithm == "dpok":
+            with self._autocast():
+                ref = pipeline.log_probs(self.model, trajs, adapters=False, steps=steps).float()
+        acc: dict[str, float] = {}
+        for j, step in enumerate(steps):
+            with self._autocast():
+                logp = pipeline.log_probs(self.model, trajs, adapters=True, steps=[step], grad=True)[:, 0]
+            if ref is None:
+                out = losses.ddpo_clip_loss(logp, old[:, j], adv, CLIP_RANGE, ADV_CLIP_MAX)
+            else:
+                out = losses.dpok_loss(logp, old[:, j], ref[:, j], adv, self.config.kl_weight,
+                                       CLIP_RANGE, ADV_CLIP_MAX)
+            self._backward(out.loss * weight / len(steps))
+            _accumulate(acc, out, 1.0 / len(steps))
+        return acc
+
+    def _old_log_probs(self, pairs: list[TrainPair], trajs: list[Trajectory], steps: list[int]) -> torch.Tensor:
+        stored = [p.winner_old_log_probs for p in pairs] + [p.loser_old_log_probs for p in pairs]
+        if all(s is not None for s in stored):
+            return torch.stack([s for s in stored if s is not None])[:, steps].to(self.model.device).float()
+        with self._autocast():
+            return pipeline.log_probs(self.model, trajs, adapters=True, steps=steps).float()
+
+    # -- an epoch ----------------------------------------------------------------------------
+    def train_epoch(self, pairs: Sequence[TrainPair]) -> list[StepMetrics]:
+        """`inner_epochs` passes over the pairs, shuffled per pass, `pairs_per_step` per step.
+
+        For DDPO / DPOK the "old" log-probs are computed once, before the first update.
+        """
+        pairs = list(pairs)
+        if self.config.algorithm in ("ddpo", "dpok"):
+            pairs = self.with_old_log_probs(pairs)
+        metrics = []
+        for inner in range(self.config.inner_epochs):
+            order = torch.randperm(len(pairs), generator=step_generator(self.seed + 7919 * (inner + 1), self.step))
+            shuffled = [pairs[i] for i in order.tolist()]
+            for start in range(0, len(shuffled), self.pairs_per_step):
+                metrics.append(self.train_step(shuffled[start : start + self.pairs_per_step]))
+        return metrics
+
+    def with_old_log_probs(self, pairs: Sequence[TrainPair]) -> list[TrainPair]:
+        """The pairs with their plain-policy log-probs [T] under the current weights attached."""
+        out = []
+        for start in range(0, len(pairs), self.config.batch_pairs):
+            micro = list(pairs[start : start + self.config.batch_pairs])
+            b = len(micro)
+            with self._autocast():
+                lp = pipeline.log_probs(self.model, [p.winner for p in micro] + [p.loser for p in micro])
+            lp = lp.float().cpu()
+            out += [_replace_old(p, lp[k], lp[b + k]) for k, p in enumerate(micro)]
+        return out
+
+
+def _replace_old(pair: TrainPair, winner: torch.Tensor, loser: torch.Tensor) -> TrainPair:
+    return replace(pair, winner_old_log_probs=winner, loser_old_log_probs=loser)
+
+
+def _accumulate(acc: dict[str, float], out: losses.LossOutput, weight: float) -> None:
+    values = {"loss": out.loss.detach(), "margin": out.margin, **out.extra}
+    for key, value in values.items():
+        acc[key] = acc.get(key, 0.0) + float(value) * weight
+
+
+def _check_pairs(pairs: Sequence[TrainPair]) -> None:
+    first = pairs[0].winner
+    for p in pairs:
+        for t in (p.winner, p.loser):
+            if t.num_steps != first.num_steps or t.eta != first.eta or t.guidance_scale != first.guidance_scale:
+                raise ConfigError("pairs", "all trajectories of a step need the same num_steps, eta and guidance")
+            if tuple(t.latents.shape) != tuple(first.latents.shape):
+                raise ConfigError("pairs", "all trajectories of a step need the same latent shape")
+        if p.winner.prompt != p.loser.prompt:
+            log.warning("pair with different prompts: %r vs %r", p.winner.prompt, p.loser.prompt)
+
+
+@torch.no_grad()
+def trajectory_dpo_eval(trainer: Trainer, pairs: Sequence[TrainPair]) -> losses.LossOutput:
+    """The trajectory-DPO loss and margin of `pairs` over all steps under the current weights (no grad)."""
+    trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
+    b = len(pairs)
+    with trainer._autocast():
+        logp = pipeline.log_probs(trainer.model, trajs, adapters=True).float()
+        ref = pipeline.log_probs(trainer.model, trajs, adapters=False).float()
+    return losses.trajectory_dpo_loss(logp[:b], logp[b:], ref[:b], ref[b:], trainer.config.beta, trainer.config.eps)

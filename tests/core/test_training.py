@@ -1,0 +1,89 @@
+"""The trainer on tiny pairs: DPO lowers its loss and raises the margin; every algorithm steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfusion_core import models, pipeline
+from dfusion_core.config import FusionConfig, SamplingConfig, TrainingConfig
+from dfusion_core.errors import ConfigError
+from dfusion_core.items import map_items
+from dfusion_core.training import Trainer, TrainPair, select_steps, step_generator, trajectory_dpo_eval
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on small CI boxes
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def plain_pairs() -> list[TrainPair]:
+    model = models.build_tiny()
+    s = pipeline.sample(model, ["a cat", "a cat", "a dog", "a dog"], SamplingConfig(num_steps=3, batch_size=4),
+                        seeds=[0, 1, 2, 3], decode=False)
+    return [TrainPair(s[0], s[1], 1.0, 0.0), TrainPair(s[2], s[3], 0.8, 0.1)]
+
+
+def test_trajectory_dpo_lowers_loss_and_raises_margin(plain_pairs):
+    trainer = Trainer(models.build_tiny(), TrainingConfig(learning_rate=1e-2, beta=1.0, batch_pairs=1, grad_accum=2))
+    before = trajectory_dpo_eval(trainer, plain_pairs)
+    assert before.loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-6)  # B = 0 at start
+    metrics = [trainer.train_step(plain_pairs) for _ in range(3)]
+    after = trajectory_dpo_eval(trainer, plain_pairs)
+    assert after.loss.item() < before.loss.item() - 1e-3
+    assert after.margin.item() > before.margin.item()
+    assert [m.step for m in metrics] == [1, 2, 3] and trainer.policy_version == 3
+    assert all(m.grad_norm > 0 and torch.isfinite(torch.tensor(m.loss)) for m in metrics)
+
+
+def test_train_step_is_deterministic(plain_pairs):
+    runs = []
+    for _ in range(2):
+        trainer = Trainer(models.build_tiny(), TrainingConfig(learning_rate=1e-2, timestep_fraction=0.5))
+        trainer.train_step(plain_pairs[:1])
+        runs.append([p.detach().clone() for p in trainer.parameters])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_fused_pair_trains(plain_pairs):
+    model = models.build_tiny()
+    s = pipeline.sample(model, ["a cat eating a sandwich"] * 2, SamplingConfig(num_steps=3), seeds=[5, 6])
+    items = map_items(model.tokenizer, s[0].prompt, ["cat"], [0.03])
+    (fused,) = pipeline.fuse_pairs(model, [s[0]], [s[1]], [items], FusionConfig(skip_first_steps=1), decode=False)
+    trainer = Trainer(model, TrainingConfig(learning_rate=1e-2, timestep_fraction=0.34))
+    metrics = trainer.train_step([TrainPair(fused.target, s[1], 1.0, 0.0)])
+    assert torch.isfinite(torch.tensor([metrics.loss, metrics.margin, metrics.grad_norm])).all()
+
+
+@pytest.mark.parametrize("algorithm", ["diffusion_dpo", "ddpo", "dpok"])
+def test_other_algorithms_step(plain_pairs, algorithm):
+    trainer = Trainer(models.build_tiny(), TrainingConfig(algorithm=algorithm, learning_rate=1e-2,
+                                                         beta=500.0, timestep_fraction=0.34))
+    start = [p.detach().clone() for p in trainer.parameters]
+    metrics = trainer.train_step(plain_pairs)
+    assert metrics.grad_norm > 0 and torch.isfinite(torch.tensor(metrics.loss))
+    assert any(not torch.equal(a, p) for a, p in zip(start, trainer.parameters, strict=True))
+
+
+def test_train_epoch_with_old_log_probs(plain_pairs):
+    trainer = Trainer(models.build_tiny(), TrainingConfig(algorithm="ddpo", learning_rate=1e-2, batch_pairs=1,
+                                                         timestep_fraction=0.34))
+    metrics = trainer.train_epoch(plain_pairs)
+    assert len(metrics) == 2 and trainer.step == 2
+    # the second step's samples were scored by the old policy: ratios move off 1
+    assert metrics[1].extra["approx_kl"] > 0
+
+
+def test_select_steps_and_bad_input(plain_pairs):
+    g = step_generator(0, 3)
+    assert select_steps(20, 0.25, g) == sorted(select_steps(20, 0.25, step_generator(0, 3)))
+    assert len(select_steps(20, 0.25, g)) == 5 and select_steps(4, 1.0, g) == [0, 1, 2, 3]
+    trainer = Trainer(models.build_tiny(), TrainingConfig(batch_pairs=1))
+    with pytest.raises(ConfigError):
+        trainer.train_step(plain_pairs)  # more pairs than batch_pairs * grad_accum
+    with pytest.raises(ConfigError):
+        Trainer(models.build_tiny(), TrainingConfig(mixed_precision="fp16"))  # fp16 autocast on CPU
