@@ -1,0 +1,152 @@
+"""Jobs and their records: create (202 + START_JOB enqueued), list, get, cancel, samples, pairs, checkpoints.
+
+Thin on purpose: validation is JobSpec's, persistence is JobState's, status codes are api.errors'.
+Records are read as the workers wrote them and projected onto public schemas; object keys become
+proxy URLs under /v1/jobs/{id}/objects/ (and, on request, presigned store URLs).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query
+
+from api.deps import EnqueueDep, JobDep, SettingsDep, StateDep, StoreFactoryDep, TenantDep
+from api.schemas import (
+    CheckpointPublic,
+    CheckpointsPublic,
+    Counts,
+    JobCreate,
+    JobCreated,
+    JobPublic,
+    JobsPublic,
+    JobSummary,
+    PairPublic,
+    PairsPublic,
+    SamplePublic,
+    SamplesPublic,
+)
+from dfusion_core.errors import ConfigError
+from dfusion_core.storage import BlobStore
+from services.state_types import InvalidTransition, JobStatus
+from services.storage import presigned_url
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+PresignQuery = Annotated[bool, Query(description="also return presigned object-store URLs when the store has them")]
+
+
+def object_url(job_id: str, key: Any) -> str | None:
+    """Proxy path for an object key of this job (None when the record has no such key yet)."""
+    if not isinstance(key, str) or not key:
+        return None
+    return f"/v1/jobs/{job_id}/objects/{quote(key, safe='/')}"
+
+
+class _Urls:
+    """Turns keys into (proxy, direct) URLs; direct only when asked, so listings don't need the store."""
+
+    def __init__(self, job_id: str, store: BlobStore | None, expires_s: int) -> None:
+        self.job_id, self.store, self.expires_s = job_id, store, expires_s
+
+    def proxy(self, key: Any) -> str | None:
+        return object_url(self.job_id, key)
+
+    def direct(self, key: Any) -> str | None:
+        if self.store is None or not isinstance(key, str) or not key.startswith(f"jobs/{self.job_id}/"):
+            return None
+        return presigned_url(self.store, key, self.expires_s)
+
+
+@router.post("", status_code=202, response_model=JobCreated)
+def create_job(
+    body: JobCreate, tenant: TenantDep, settings: SettingsDep, state: StateDep, enqueue: EnqueueDep
+) -> JobCreated:
+    """Validate the spec against this deployment's limits, record the job, enqueue its start."""
+    if body.model not in settings.model_names():
+        raise ConfigError("model", f"unknown model {body.model!r}; available: {', '.join(settings.model_names())}")
+    if body.total_samples > settings.max_samples_per_job:
+        raise ConfigError(
+            "samples_per_prompt",
+            f"samples_per_prompt * len(prompts) * epochs = {body.total_samples} exceeds this server's "
+            f"limit of {settings.max_samples_per_job} samples per job",
+        )
+    job_id = uuid.uuid4().hex
+    job = state.create_job(job_id, tenant, body.model_dump(mode="json"), settings.max_concurrent_jobs_per_tenant)
+    try:
+        enqueue(job_id)
+    except Exception as e:
+        # Free the tenant's slot: a job nobody will start must not count as active.
+        state.set_status(job_id, JobStatus.FAILED, error=f"could not enqueue: {e}")
+        raise
+    return JobCreated(id=job.job_id, status=job.status)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(tenant: TenantDep, state: StateDep) -> JobsPublic:
+    """The caller's jobs, newest first."""
+    jobs = [JobSummary.from_record(j) for j in state.list_jobs(tenant)]
+    return JobsPublic(data=jobs, count=len(jobs))
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: JobDep, state: StateDep) -> JobPublic:
+    summary = JobSummary.from_record(job)
+    return JobPublic(
+        **summary.model_dump(), counts=Counts(**state.get_counts(job.job_id)), metrics=state.get_metrics(job.job_id)
+    )
+
+
+@router.delete("/{job_id}", status_code=202, response_model=JobCreated)
+def cancel_job(job: JobDep, state: StateDep) -> JobCreated:
+    """Ask the workers to stop: they check `is_cancelled` between tasks. 409 if already finished."""
+    if job.status.terminal:
+        raise InvalidTransition(job.job_id, job.status, JobStatus.CANCELLED)
+    updated = state.set_status(job.job_id, JobStatus.CANCELLED)
+    return JobCreated(id=updated.job_id, status=updated.status)
+
+
+@router.get("/{job_id}/samples", response_model=SamplesPublic)
+def list_samples(
+    job: JobDep, state: StateDep, settings: SettingsDep, stores: StoreFactoryDep, presign: PresignQuery = False
+) -> SamplesPublic:
+    urls = _Urls(job.job_id, stores() if presign else None, settings.presign_expiry_s)
+    data = [
+        SamplePublic(
+            id=sid, epoch=r.get("epoch"), prompt_index=r.get("prompt_index"), policy_version=r.get("policy_version"),
+            prompt=r.get("prompt"), score=r.get("score"),
+            image_url=urls.proxy(r.get("image_key")), image_direct_url=urls.direct(r.get("image_key")),
+        )
+        for sid, r in state.list_samples(job.job_id).items()
+    ]
+    return SamplesPublic(data=data, count=len(data))
+
+
+@router.get("/{job_id}/pairs", response_model=PairsPublic)
+def list_pairs(job: JobDep, state: StateDep) -> PairsPublic:
+    urls = _Urls(job.job_id, None, 0)
+    data = [
+        PairPublic(
+            id=pid, epoch=r.get("epoch"), prompt_index=r.get("prompt_index"),
+            base=r.get("base"), reference=r.get("reference"),
+            base_score=r.get("base_score"), reference_score=r.get("reference_score"),
+            target_image_url=urls.proxy(r.get("target_image_key")), base_image_url=urls.proxy(r.get("base_image_key")),
+            reference_image_url=urls.proxy(r.get("reference_image_key")), mask_url=urls.proxy(r.get("mask_key")),
+        )
+        for pid, r in state.list_pairs(job.job_id).items()
+    ]
+    return PairsPublic(data=data, count=len(data))
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
+def list_checkpoints(
+    job: JobDep, state: StateDep, settings: SettingsDep, stores: StoreFactoryDep, presign: PresignQuery = False
+) -> CheckpointsPublic:
+    urls = _Urls(job.job_id, stores() if presign else None, settings.presign_expiry_s)
+    data = [
+        CheckpointPublic(version=int(r["version"]), url=urls.proxy(r.get("key")), direct_url=urls.direct(r.get("key")))
+        for r in state.list_checkpoints(job.job_id)
+    ]
+    return CheckpointsPublic(data=data, count=len(data))

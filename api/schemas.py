@@ -1,0 +1,138 @@
+"""Request and response bodies: the `JobCreate` / `JobPublic` family of the HTTP API.
+
+`JobCreate` is `services.jobspec.JobSpec` itself (one validation, shared with the workers), so a
+job body the API accepts is exactly a spec the workers can run. Response models are separate and
+only ever carry what a tenant may see: ids, counts, scores and URLs, never raw object-store keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.jobspec import JobSpec
+from services.state_types import JobRecord, JobStatus
+
+
+class JobCreate(JobSpec):
+    """Body of POST /v1/jobs: the job spec (prompts with item words, model, budget, hyperparameters)."""
+
+
+class JobCreated(BaseModel):
+    """Answer to a create or cancel: where the job stands now."""
+
+    id: str
+    status: JobStatus
+
+
+class Counts(BaseModel):
+    samples: int = 0
+    scored: int = 0
+    pairs: int = 0
+    trained_steps: int = 0
+
+
+class SpecSummary(BaseModel):
+    """What was asked for, in a few fields (the full spec stays server-side)."""
+
+    model: str
+    prompts: list[str]
+    samples_per_prompt: int
+    epochs: int
+    total_samples: int
+    algorithm: str | None = None
+    pairs: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> SpecSummary:
+        prompts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in spec.get("prompts", [])]
+        spp, epochs = int(spec.get("samples_per_prompt", 0)), int(spec.get("epochs", 1))
+        training = spec.get("training") or {}
+        return cls(
+            model=str(spec.get("model", "")), prompts=prompts, samples_per_prompt=spp, epochs=epochs,
+            total_samples=len(prompts) * spp * epochs, algorithm=training.get("algorithm"), pairs=training.get("pairs"),
+        )
+
+
+class JobSummary(BaseModel):
+    """One row of GET /v1/jobs."""
+
+    id: str
+    status: JobStatus
+    created_at: float = Field(description="unix seconds")
+    updated_at: float
+    policy_version: int
+    error: str | None = None
+    spec: SpecSummary
+
+    @classmethod
+    def from_record(cls, job: JobRecord) -> JobSummary:
+        return cls(
+            id=job.job_id, status=job.status, created_at=job.created_at, updated_at=job.updated_at,
+            policy_version=job.policy_version, error=job.error, spec=SpecSummary.from_spec(job.spec),
+        )
+
+
+class JobPublic(JobSummary):
+    """GET /v1/jobs/{id}: the header plus live counters and per-epoch metrics."""
+
+    counts: Counts
+    metrics: list[dict[str, Any]] = Field(default_factory=list, description="one dict per finished epoch")
+
+
+class JobsPublic(BaseModel):
+    data: list[JobSummary]
+    count: int
+
+
+class SamplePublic(BaseModel):
+    id: str
+    epoch: int | None = None
+    prompt_index: int | None = None
+    policy_version: int | None = None
+    prompt: str | None = None
+    score: float | None = None
+    image_url: str | None = Field(None, description="proxy path served by this API")
+    image_direct_url: str | None = Field(None, description="presigned store URL, when asked for and available")
+
+
+class SamplesPublic(BaseModel):
+    data: list[SamplePublic]
+    count: int
+
+
+class PairPublic(BaseModel):
+    id: str
+    epoch: int | None = None
+    prompt_index: int | None = None
+    base: str | None = Field(None, description="sample id of the base (loser) image")
+    reference: str | None = Field(None, description="sample id of the reference (winner) image")
+    base_score: float | None = None
+    reference_score: float | None = None
+    target_image_url: str | None = None
+    base_image_url: str | None = None
+    reference_image_url: str | None = None
+    mask_url: str | None = None
+
+
+class PairsPublic(BaseModel):
+    data: list[PairPublic]
+    count: int
+
+
+class CheckpointPublic(BaseModel):
+    version: int
+    url: str | None = Field(None, description="proxy path of the LoRA safetensors")
+    direct_url: str | None = None
+
+
+class CheckpointsPublic(BaseModel):
+    data: list[CheckpointPublic]
+    count: int
+
+
+class Health(BaseModel):
+    status: str
+    redis: str
+    storage: str
