@@ -8,6 +8,7 @@ accepts them.
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,8 +87,23 @@ def save_lora(unet: UNet2DConditionModel, directory: str | Path) -> Path:
 
 
 def lora_bytes(unet: UNet2DConditionModel) -> bytes:
+    """The checkpoint file's bytes; equal adapters give equal bytes (see `_canonical_header`)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return save_lora(unet, tmp).read_bytes()
+        return _canonical_header(save_lora(unet, tmp).read_bytes())
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """safetensors writes `__metadata__` in hash-map order, so two saves of one adapter can differ.
+    Sort the metadata keys (same length, same tensor offsets) so a retried save rewrites equal bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    if meta is not None:
+        header = {"__metadata__": dict(sorted(meta.items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # never expected: keep the writer's bytes rather than break the file
+        return data
+    return data[:8] + text.ljust(n, b" ") + data[8 + n :]
 
 
 def load_lora_bytes(unet: UNet2DConditionModel, data: bytes) -> None:
