@@ -11,6 +11,10 @@ import sys
 # subcommand -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "golden-check": ("cli.golden", "check parity with the authors' code on a golden case"),
+    "run": ("cli.run", "run a whole job in this process (local files, no Redis)"),
+    "demo": ("cli.demo", "run the embedded demo on the tiny model"),
+    "worker": ("cli.worker", "start a Celery worker for some queues"),
+    "stack": ("cli.stack", "start/stop/inspect the local development stack"),
 }
 
 

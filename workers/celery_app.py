@@ -1,0 +1,119 @@
+"""Celery task bodies registered on the app from services.queue. Each task is one stage call.
+
+Retries name only transient infrastructure errors (Redis or S3 unreachable), with backoff;
+anything else is permanent (a corrupt trajectory, an unloadable model, an item the tokenizer
+cannot find) and fails the job at once with a readable reason instead of being redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from services.queue import START_JOB, get_app, send
+from services.settings import get_settings
+from services.state import open_state
+from services.state_types import JobStatus, StateUnavailable
+from services.storage import StorageUnavailable, open_store
+from workers import stages
+from workers.runtime import Runtime, pick_device
+
+log = logging.getLogger(__name__)
+app = get_app()
+TRANSIENT = (StorageUnavailable, StateUnavailable, ConnectionError, TimeoutError)
+
+_ctx: stages.Context | None = None
+_ctx_lock = threading.Lock()
+
+
+def context() -> stages.Context:
+    """One Context per worker process, built on first use (after fork: no CUDA in the parent)."""
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            settings = get_settings()
+            if settings.torch_threads:
+                import torch
+
+                torch.set_num_threads(settings.torch_threads)
+            _ctx = stages.Context(
+                state=open_state(settings.redis_url),
+                store=open_store(settings),
+                dispatch=lambda name, **kw: send(app, name, **kw),
+                runtime=Runtime(models=dict(settings.models), device=pick_device(settings.device)),
+            )
+        return _ctx
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    global _ctx
+    _ctx = None
+
+
+def fail_job(job_id: str, reason: str) -> None:
+    state = context().state
+    try:
+        if not state.get_job(job_id).status.terminal:
+            state.set_status(job_id, JobStatus.FAILED, reason[:2000])
+    except Exception:  # noqa: BLE001 - never mask the original failure
+        log.exception("could not mark job %s failed", job_id)
+
+
+def _run(task: Task, stage: Callable[..., None], job_id: str, **kwargs: Any) -> None:
+    extra = {"job_id": job_id, "task_id": task.request.id}
+    log.info("%s %s start", task.name, kwargs, extra=extra)
+    try:
+        stage(context(), job_id, **kwargs)
+    except TRANSIENT as exc:
+        settings = get_settings()
+        if task.request.retries >= settings.task_max_retries:
+            fail_job(job_id, f"{task.name}: infrastructure unavailable after {task.request.retries} retries: {exc}")
+            return
+        delay = min(30, 2 ** task.request.retries)
+        log.warning("%s transient failure, retry in %ss: %s", task.name, delay, exc, extra=extra)
+        raise task.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
+    except Exception as exc:
+        log.exception("%s failed permanently", task.name, extra=extra)
+        fail_job(job_id, f"{task.name.removeprefix('dfusion.')}: {type(exc).__name__}: {exc}")
+        return
+    log.info("%s %s done", task.name, kwargs, extra=extra)
+
+
+@app.task(name=START_JOB, bind=True)
+def start_job(self: Task, job_id: str) -> None:
+    _run(self, lambda ctx, j: stages.start_job(ctx, j), job_id)
+
+
+@app.task(name="dfusion.sample", bind=True)
+def sample(self: Task, job_id: str, epoch: int, prompt: int, batch: int) -> None:
+    _run(self, stages.sample, job_id, epoch=epoch, prompt=prompt, batch=batch)
+
+
+@app.task(name="dfusion.score", bind=True)
+def score(self: Task, job_id: str, epoch: int, prompt: int, batch: int) -> None:
+    _run(self, stages.score, job_id, epoch=epoch, prompt=prompt, batch=batch)
+
+
+@app.task(name="dfusion.fuse", bind=True)
+def fuse(self: Task, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
+    _run(self, stages.fuse, job_id, epoch=epoch, prompt=prompt, chunk=chunk)
+
+
+@app.task(name="dfusion.train", bind=True)
+def train(self: Task, job_id: str, epoch: int, prompt: int) -> None:
+    _run(self, stages.train, job_id, epoch=epoch, prompt=prompt)
+
+
+def worker_main(queues: list[str], concurrency: int = 1, loglevel: str = "INFO") -> None:
+    """`dfusion worker`: one process per GPU; prefork with one child so a killed child's task
+    is redelivered (acks_late + reject_on_worker_lost) and the model loads after fork."""
+    hostname = f"{'+'.join(queues)}-{os.getpid()}@%h"
+    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(concurrency), "-n", hostname,
+                     "-l", loglevel, "--prefetch-multiplier", "1", "-E"])

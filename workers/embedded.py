@@ -1,0 +1,107 @@
+"""Embedded mode: a whole job in one process, with local-directory storage and no Redis.
+
+The same stage functions the Celery workers run, fed from an in-process FIFO instead of the
+broker, with `MemoryState` standing in for Redis. The run folder holds the job's objects
+(images, masks, pairs, trajectories, checkpoints/<version>/) plus metrics.json and report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dfusion_core.errors import DFusionError
+from dfusion_core.storage import LocalDirStore
+from services.jobspec import JobSpec
+from services.memstate import MemoryState
+from services.state_types import JobStatus
+from workers import keys, stages
+from workers.report import write_report
+from workers.runtime import Runtime, pick_device
+
+log = logging.getLogger(__name__)
+
+STAGES: dict[str, Callable[..., None]] = {
+    "dfusion.sample": stages.sample,
+    "dfusion.score": stages.score,
+    "dfusion.fuse": stages.fuse,
+    "dfusion.train": stages.train,
+}
+
+
+class JobDirStore(LocalDirStore):
+    """A LocalDirStore rooted at the run folder: key 'jobs/<id>/x' lives at '<root>/x'."""
+
+    def __init__(self, root: Path, job_id: str) -> None:
+        super().__init__(root)
+        self.prefix = keys.job_prefix(job_id)
+
+    def _path(self, key: str) -> Path:
+        return super()._path(key.removeprefix(self.prefix))
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [self.prefix + k for k in super().list(prefix.removeprefix(self.prefix))]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    job_id: str
+    out: Path
+    status: str
+    counts: dict[str, int]
+    metrics: list[dict[str, Any]]
+    error: str | None
+
+
+Progress = Callable[[dict[str, int], dict[str, int]], None]  # (counts, totals)
+
+
+def run_embedded(
+    spec: JobSpec,
+    out: str | Path,
+    *,
+    models: dict[str, str] | None = None,
+    device: str | None = None,
+    job_id: str = "local",
+    progress: Progress | None = None,
+) -> RunResult:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(spec.model_dump_json(indent=2))
+    state = MemoryState()
+    state.create_job(job_id, "local", spec.model_dump(mode="json"))
+    queue: deque[tuple[str, dict[str, Any]]] = deque()
+    ctx = stages.Context(
+        state=state,
+        store=JobDirStore(out, job_id),
+        dispatch=lambda name, **kw: queue.append((name, kw)),
+        runtime=Runtime(models=dict(models or {}), device=pick_device(device)),
+    )
+    totals = expected_totals(spec)
+    try:
+        stages.start_job(ctx, job_id)
+        while queue:
+            name, kwargs = queue.popleft()
+            STAGES[name](ctx, **kwargs)
+            if progress is not None:
+                progress(state.get_counts(job_id), totals)
+    except DFusionError as exc:
+        state.set_status(job_id, JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        log.error("job failed: %s", exc)
+    job = state.get_job(job_id)
+    metrics = state.get_metrics(job_id)
+    (out / "metrics.json").write_text(json.dumps({"status": job.status.value, "epochs": metrics}, indent=2))
+    write_report(out / "report.html", spec, state.list_samples(job_id), state.list_pairs(job_id), metrics,
+                 lambda key: key.removeprefix(keys.job_prefix(job_id)))
+    return RunResult(job_id, out, job.status.value, state.get_counts(job_id), metrics, job.error)
+
+
+def expected_totals(spec: JobSpec) -> dict[str, int]:
+    per_epoch = len(spec.prompts) * spec.samples_per_prompt
+    return {"samples": per_epoch * spec.epochs, "scored": per_epoch * spec.epochs,
+            "pairs": per_epoch // 2 * spec.epochs, "trained_steps": 0}

@@ -1,0 +1,128 @@
+"""report.html of a run: pairs as base | reference (mask overlaid) | target, scores, curves.
+
+Plain HTML with inline SVG; images are referenced by relative path, nothing is fetched from
+the network. Torch-free (records in, text out), so the API's pages can reuse the pieces.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from services.jobspec import JobSpec
+
+CSS = """
+body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px}
+table{border-collapse:collapse}td,th{padding:4px 8px;text-align:center;vertical-align:top}
+.pair img,.gallery img{width:128px;height:128px;image-rendering:pixelated;display:block}
+.stack{position:relative;width:128px;height:128px}
+.stack img.mask{position:absolute;left:0;top:0;opacity:.45;mix-blend-mode:screen;filter:sepia(1) saturate(6) hue-rotate(-50deg)}
+.gallery{display:flex;flex-wrap:wrap;gap:6px}.gallery figure{margin:0;font-size:11px}
+.muted{color:#777}.charts{display:flex;gap:24px;flex-wrap:wrap}
+"""
+
+
+def _e(x: object) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(x: Any) -> str:
+    return "–" if x is None else f"{x:.4f}" if isinstance(x, float) else _e(x)
+
+
+def line_chart(title: str, xs: list[float], ys: list[float | None], w: int = 320, h: int = 160) -> str:
+    """A small SVG line chart; points with no value are left out."""
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+    head = f'<figure><figcaption>{_e(title)}</figcaption><svg width="{w}" height="{h}" role="img" aria-label="{_e(title)}">'
+    if not pts:
+        return head + f'<text x="10" y="{h // 2}" class="muted">no data</text></svg></figure>'
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    sx = (w - 60) / ((x1 - x0) or 1)
+    sy = (h - 40) / ((y1 - y0) or 1)
+    coords = [(40 + (x - x0) * sx, h - 20 - (y - y0) * sy) for x, y in pts]
+    poly = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coords)
+    dots = "".join(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="#c33"/>' for cx, cy in coords)
+    labels = (f'<text x="2" y="14" font-size="10">{y1:.4g}</text><text x="2" y="{h - 22}" font-size="10">{y0:.4g}</text>'
+              f'<text x="40" y="{h - 4}" font-size="10">{x0:g}</text><text x="{w - 30}" y="{h - 4}" font-size="10">{x1:g}</text>')
+    return (head + f'<rect x="38" y="8" width="{w - 50}" height="{h - 28}" fill="none" stroke="#ccc"/>'
+            f'<polyline points="{poly}" fill="none" stroke="#c33" stroke-width="2"/>{dots}{labels}</svg></figure>')
+
+
+def histogram(title: str, values: list[float], bins: int = 10, w: int = 320, h: int = 140) -> str:
+    head = f'<figure><figcaption>{_e(title)}</figcaption><svg width="{w}" height="{h}" role="img" aria-label="{_e(title)}">'
+    if not values:
+        return head + "</svg></figure>"
+    lo, hi = min(values), max(values)
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    top = max(counts)
+    bar_w = (w - 20) / bins
+    bars = "".join(
+        f'<rect x="{10 + i * bar_w:.1f}" y="{h - 20 - c / top * (h - 30):.1f}" width="{bar_w - 2:.1f}" '
+        f'height="{c / top * (h - 30):.1f}" fill="#48c"><title>{c}</title></rect>' for i, c in enumerate(counts))
+    labels = f'<text x="10" y="{h - 4}" font-size="10">{lo:.3g}</text><text x="{w - 40}" y="{h - 4}" font-size="10">{hi:.3g}</text>'
+    return head + bars + labels + "</svg></figure>"
+
+
+def curves(metrics: list[dict[str, Any]]) -> str:
+    versions = [float(m["policy_version"]) for m in metrics]
+    held = [m.get("heldout_score") for m in metrics]
+    base = metrics[0].get("heldout_score_base") if metrics else None
+    held_x = ([0.0] if base is not None else []) + versions
+    held_y = ([base] if base is not None else []) + held
+    return ('<div class="charts">'
+            + line_chart("DPO loss per policy version", versions, [m.get("loss") for m in metrics])
+            + line_chart("preference margin per policy version", versions, [m.get("margin") for m in metrics])
+            + line_chart("held-out alignment per policy version", held_x, held_y)
+            + "</div>")
+
+
+def pair_rows(pairs: dict[str, dict[str, Any]], url: Callable[[str], str]) -> str:
+    rows = []
+    for pid, p in pairs.items():
+        mask = (f'<img class="mask" src="{_e(url(p["mask_key"]))}" alt="item mask">' if p.get("mask_key") else "")
+        rows.append(
+            f'<tr class="pair"><td class="muted">{_e(pid)}<br>{_e(p["prompt"])}</td>'
+            f'<td><img src="{_e(url(p["base_image_key"]))}" alt="base"><br>base {_fmt(p["base_score"])}</td>'
+            f'<td><div class="stack"><img src="{_e(url(p["reference_image_key"]))}" alt="reference">{mask}</div>'
+            f'reference {_fmt(p["reference_score"])}</td>'
+            f'<td><img src="{_e(url(p["target_image_key"]))}" alt="target"><br>target (winner)</td></tr>')
+    return ("<table><tr><th>pair</th><th>base (loser)</th><th>reference + mask</th><th>target</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def gallery(samples: dict[str, dict[str, Any]], url: Callable[[str], str]) -> str:
+    figs = [f'<figure><img src="{_e(url(s["image_key"]))}" alt="{_e(sid)}" loading="lazy">'
+            f'{_e(sid)} · v{_e(s["policy_version"])} · {_fmt(s.get("score"))}</figure>' for sid, s in samples.items()]
+    return '<div class="gallery">' + "".join(figs) + "</div>"
+
+
+def score_histograms(samples: dict[str, dict[str, Any]]) -> str:
+    epochs = sorted({s["epoch"] for s in samples.values()})
+    return '<div class="charts">' + "".join(
+        histogram(f"sample scores, epoch {e}", [s["score"] for s in samples.values()
+                                                 if s["epoch"] == e and s.get("score") is not None])
+        for e in epochs) + "</div>"
+
+
+def write_report(path: Path, spec: JobSpec, samples: dict, pairs: dict, metrics: list, url: Callable[[str], str]) -> None:
+    table = "".join(
+        f"<tr><td>{m['epoch']}</td><td>{m['policy_version']}</td><td>{_fmt(m.get('loss'))}</td>"
+        f"<td>{_fmt(m.get('margin'))}</td><td>{_fmt(m.get('mean_sample_score'))}</td>"
+        f"<td>{_fmt(m.get('heldout_score'))}</td></tr>" for m in metrics)
+    body = (
+        f"<h1>dfusion run</h1><p>model <b>{_e(spec.model)}</b> · {len(spec.prompts)} prompts × "
+        f"{spec.samples_per_prompt} samples × {spec.epochs} epochs · pairs: {_e(spec.training.pairs)} · "
+        f"loss: {_e(spec.training.algorithm)}</p>"
+        "<h2>Training</h2><table><tr><th>epoch</th><th>version</th><th>loss</th><th>margin</th>"
+        f"<th>mean sample score</th><th>held-out score</th></tr>{table}</table>{curves(metrics)}"
+        f"<h2>Pairs</h2>{pair_rows(pairs, url)}<h2>Scores</h2>{score_histograms(samples)}"
+        f"<h2>Samples</h2>{gallery(samples, url)}")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>dfusion run</title>"
+                    f"<style>{CSS}</style></head><body>{body}</body></html>")

@@ -1,0 +1,87 @@
+"""What a worker process keeps resident: models, scorers and the policy version loaded.
+
+Built lazily in the worker process (after Celery's fork), so nothing touches CUDA in the
+parent. One model per name per process; tasks of any job switch its LoRA to the version
+they need, and the switch is skipped when that version is already loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from dfusion_core.errors import ConfigError
+from dfusion_core.lora import ADAPTER, has_lora, load_lora_bytes
+from dfusion_core.models import DiffusionModel, load_model
+from dfusion_core.storage import BlobStore
+from workers import keys
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Runtime:
+    """Per-process resources. `models` maps registered names to local diffusers folders."""
+
+    models: dict[str, str]
+    device: torch.device = field(default_factory=lambda: pick_device(None))
+    _models: dict[str, DiffusionModel] = field(default_factory=dict)
+    _scorers: dict[str, object] = field(default_factory=dict)
+    _loaded: dict[str, tuple] = field(default_factory=dict)  # model name -> tag of the weights in it
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+    def model(self, name: str) -> DiffusionModel:
+        with self.lock:
+            if name not in self._models:
+                if name != "tiny" and name not in self.models:
+                    raise ConfigError("model", f"unknown model {name!r}; registered: tiny, {', '.join(self.models)}")
+                log.info("loading model %s on %s", name, self.device)
+                self._models[name] = load_model(self.models.get(name, name), self.device, self.dtype)
+            return self._models[name]
+
+    def scorer(self, name: str):
+        from dfusion_core.scoring import build_scorer
+
+        with self.lock:
+            if name not in self._scorers:
+                self._scorers[name] = build_scorer(name, device=self.device)
+            return self._scorers[name]
+
+    def policy(self, name: str, store: BlobStore, job_id: str, version: int) -> DiffusionModel:
+        """The model with job `job_id`'s policy `version` (0 = the base model, no adapter)."""
+        model = self.model(name)
+        tag = ("policy", job_id, version)
+        if self._loaded.get(name) == tag:
+            return model
+        if version == 0:
+            if has_lora(model.unet):
+                model.unet.delete_adapters(ADAPTER)
+        else:
+            if has_lora(model.unet):
+                model.unet.delete_adapters(ADAPTER)  # the rank may differ between jobs
+            load_lora_bytes(model.unet, store.get(keys.checkpoint_key(job_id, version)))
+            model.unet.requires_grad_(False)
+        self._loaded[name] = tag
+        return model
+
+    def mark_modified(self, name: str, tag: tuple) -> None:
+        """The trainer changed the weights in place: the next policy() call must reload."""
+        self._loaded[name] = tag
+
+    def run_locked(self, fn: Callable[[], object]) -> object:
+        with self.lock:
+            return fn()
