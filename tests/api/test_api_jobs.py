@@ -1,0 +1,120 @@
+"""Jobs over HTTP: create enqueues START_JOB on the real broker, list/get/cancel, limits, tenant isolation."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from api.deps import get_enqueue
+from api.errors import QueueUnavailable
+from services.state import JobState, JobStatus
+from tests.api.api_helpers import queue_len, valid_body
+
+
+def test_create_returns_202_and_enqueues_start_job(client: TestClient, acme: dict, state: JobState) -> None:
+    r = client.post("/v1/jobs", json=valid_body(), headers=acme)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert r.json()["status"] == "queued" and len(job_id) == 32
+    assert queue_len(state, "score") == 1
+    message = json.loads(state.r.lindex("score", 0))
+    assert message["headers"]["task"] == "dfusion.start_job"
+    assert f"'job_id': '{job_id}'" in message["headers"]["kwargsrepr"]
+    job = state.get_job(job_id)
+    assert job.tenant == "acme" and job.spec["samples_per_prompt"] == 4
+
+
+def test_list_and_get(client: TestClient, acme: dict, state: JobState) -> None:
+    ids = [client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"] for _ in range(2)]
+    listed = client.get("/v1/jobs", headers=acme).json()
+    assert listed["count"] == 2 and {j["id"] for j in listed["data"]} == set(ids)
+    state.incr_count(ids[0], "samples", 3)
+    state.append_metrics(ids[0], {"epoch": 0, "mean_score": 0.25})
+    got = client.get(f"/v1/jobs/{ids[0]}", headers=acme).json()
+    assert got["status"] == "queued" and got["policy_version"] == 0 and got["error"] is None
+    assert got["counts"] == {"samples": 3, "scored": 0, "pairs": 0, "trained_steps": 0}
+    assert got["metrics"] == [{"epoch": 0, "mean_score": 0.25}]
+    assert got["spec"]["model"] == "tiny" and got["spec"]["total_samples"] == 4
+    assert got["spec"]["prompts"] == ["a cat next to a red ball"]
+    assert got["created_at"] > 0
+
+
+def test_missing_or_unknown_token_is_401(client: TestClient, acme: dict) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        r = client.get("/v1/jobs", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    assert client.post("/v1/jobs", json=valid_body()).status_code == 401
+
+
+def test_cookie_token_is_accepted(client: TestClient, state: JobState) -> None:
+    client.cookies.set("dfusion_token", state.create_token("acme"))
+    assert client.get("/v1/jobs").status_code == 200
+
+
+def test_auth_not_required_uses_default_tenant(api_settings, state: JobState) -> None:
+    from api.main import create_app
+
+    with TestClient(create_app(api_settings.model_copy(update={"auth_required": False}))) as c:
+        job_id = c.post("/v1/jobs", json=valid_body()).json()["id"]
+        assert state.get_job(job_id).tenant == "default"
+        assert c.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+def test_other_tenant_sees_404_everywhere(client: TestClient, acme: dict, globex: dict, state: JobState) -> None:
+    job_id = client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
+    assert client.get("/v1/jobs", headers=globex).json() == {"data": [], "count": 0}
+    for path in ("", "/samples", "/pairs", "/checkpoints", f"/objects/jobs/{job_id}/x.png"):
+        r = client.get(f"/v1/jobs/{job_id}{path}", headers=globex)
+        assert r.status_code == 404, path
+    assert client.delete(f"/v1/jobs/{job_id}", headers=globex).status_code == 404
+    assert state.get_job(job_id).status is JobStatus.QUEUED
+    # A job that does not exist at all looks the same, as does a malformed id.
+    for bad in ("0" * 32, "..", "a%20b", "x" * 300):
+        assert client.get(f"/v1/jobs/{bad}", headers=globex).status_code == 404, bad
+
+
+def test_cancel(client: TestClient, acme: dict, state: JobState) -> None:
+    job_id = client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
+    r = client.delete(f"/v1/jobs/{job_id}", headers=acme)
+    assert r.status_code == 202 and r.json() == {"id": job_id, "status": "cancelled"}
+    assert state.is_cancelled(job_id)
+    again = client.delete(f"/v1/jobs/{job_id}", headers=acme)
+    assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=acme).json()["status"] == "cancelled"
+
+
+def test_too_many_active_jobs_is_429_until_one_ends(client: TestClient, acme: dict, globex: dict) -> None:
+    ids = [client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"] for _ in range(3)]
+    r = client.post("/v1/jobs", json=valid_body(), headers=acme)
+    assert r.status_code == 429 and "active jobs" in r.json()["detail"]
+    assert client.post("/v1/jobs", json=valid_body(), headers=globex).status_code == 202  # per tenant
+    client.delete(f"/v1/jobs/{ids[0]}", headers=acme)
+    assert client.post("/v1/jobs", json=valid_body(), headers=acme).status_code == 202
+
+
+def test_broker_down_gives_503_and_frees_the_slot(client: TestClient, acme: dict, state: JobState) -> None:
+    def broken(job_id: str) -> None:
+        raise QueueUnavailable("broker gone")
+
+    client.app.dependency_overrides[get_enqueue] = lambda: broken
+    r = client.post("/v1/jobs", json=valid_body(), headers=acme)
+    assert r.status_code == 503 and "broker gone" in r.json()["detail"]
+    [job] = state.list_jobs("acme")
+    assert job.status is JobStatus.FAILED and "could not enqueue" in (job.error or "")
+    assert state.active_jobs("acme") == 0
+
+
+def test_redis_down_is_503(tmp_path, api_settings) -> None:
+    from api.main import create_app
+    from services.procs import free_port
+
+    dead = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "auth_required": False,
+                                           "s3_endpoint": None, "storage_dir": tmp_path})
+    with TestClient(create_app(dead), raise_server_exceptions=False) as c:
+        assert c.get("/v1/jobs").status_code == 503
+        assert c.post("/v1/jobs", json=valid_body()).status_code == 503
+        health = c.get("/healthz")
+        assert health.status_code == 503 and health.json()["redis"].startswith("down")
+        assert health.json()["storage"] == "ok"
