@@ -73,11 +73,13 @@ class ClipScorer:
         dtype: torch.dtype = torch.float32, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
         image_size: int | None = None,
     ) -> None:
-        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        module: Any = model  # transformers' wrapped `.to` confuses type checkers
+        self.model = module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.device, self.dtype = torch.device(device), dtype
         self.mean, self.std = tuple(mean), tuple(std)
-        self.image_size = int(image_size or model.config.vision_config.image_size)
+        config: Any = model.config
+        self.image_size = int(image_size or config.vision_config.image_size)
 
     @classmethod
     def from_pretrained(
@@ -138,7 +140,7 @@ class OpenClipScorer:
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> OpenClipScorer:
         """`pretrained` is a local weights file (nothing downloads here) or a tag already cached."""
         try:
-            import open_clip  # type: ignore[import-not-found]
+            import open_clip
         except ImportError as exc:
             raise ConfigError("scorer", "OpenCLIP is not installed: `pip install 'dfusion[openclip]'` "
                               "(needs torchvision), or use a transformers CLIP folder") from exc

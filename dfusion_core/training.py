@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -97,7 +98,8 @@ class Trainer:
         self.policy_version = int(policy_version)
         if not has_lora(model.unet):
             add_lora(model.unet, config.lora_rank, config.lora_alpha, seed=lora_seed)
-        self.parameter_names = [n for n, _ in model.unet.named_parameters() if "lora_" in n]
+        unet: Any = model.unet  # diffusers' lazy imports hide nn.Module from type checkers
+        self.parameter_names = [n for n, _ in unet.named_parameters() if "lora_" in n]
         self.parameters = lora_parameters(model.unet)
         for p in self.parameters:
             p.requires_grad_(True)
@@ -134,7 +136,8 @@ class Trainer:
         _check_pairs(pairs)
         gen = step_generator(self.seed, self.step) if step_seed is None else \
             torch.Generator(device="cpu").manual_seed(step_seed)
-        self.model.unet.train(False)  # no dropout: the update is a function of the data only
+        unet: Any = self.model.unet
+        unet.train(False)  # no dropout: the update is a function of the data only
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         n = len(pairs)
@@ -193,7 +196,8 @@ class Trainer:
     def _diffusion_dpo(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
         """Noise x_0 of winner and loser with a shared t and eps; conditional eps-prediction MSE."""
         model, b = self.model, len(pairs)
-        scheduler = model.new_scheduler()
+        scheduler: Any = model.new_scheduler()
+        unet: Any = model.unet
         x0 = torch.stack([p.winner.latents[-1] for p in pairs] + [p.loser.latents[-1] for p in pairs])
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).repeat(2)
         noise = torch.randn(x0[:b].shape, generator=gen).repeat(2, 1, 1, 1)
@@ -206,7 +210,7 @@ class Trainer:
         cond = model.encode_prompts([p.winner.prompt for p in pairs] + [p.loser.prompt for p in pairs])
 
         def errors() -> torch.Tensor:
-            pred = model.unet(x_t, t, encoder_hidden_states=cond).sample.float()
+            pred = unet(x_t, t, encoder_hidden_states=cond).sample.float()
             return ((pred - target.float()) ** 2).mean(dim=(1, 2, 3))
 
         with torch.no_grad(), adapters_disabled(model.unet), self._autocast():

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dfusion_core import models, pipeline
-from dfusion_core.config import SamplingConfig
+from dfusion_core import models
 from dfusion_core.errors import ConfigError
 from dfusion_core.lora import (
     WEIGHTS_NAME,
@@ -17,8 +16,6 @@ from dfusion_core.lora import (
     lora_parameters,
     save_lora,
 )
-
-CFG = SamplingConfig(num_steps=2, batch_size=2)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -100,6 +97,4 @@ def test_saved_lora_loads_into_plain_diffusers(tmp_path):
     pipe.load_lora_weights(str(tmp_path / "ckpt"))
     after = image(pipe)
     assert not torch.allclose(before, after, atol=1e-4)
-    # and it matches our own sampler with the same adapter (same modules, same weights)
-    ours = pipeline.sample(trained, ["a cat"], CFG, seeds=[0], decode=False)[0]
-    assert torch.isfinite(ours.latents).all()
+    assert torch.isfinite(after).all()

@@ -87,3 +87,11 @@ def test_select_steps_and_bad_input(plain_pairs):
         trainer.train_step(plain_pairs)  # more pairs than batch_pairs * grad_accum
     with pytest.raises(ConfigError):
         Trainer(models.build_tiny(), TrainingConfig(mixed_precision="fp16"))  # fp16 autocast on CPU
+
+
+def test_bf16_autocast_keeps_lora_fp32(plain_pairs):
+    trainer = Trainer(models.build_tiny(), TrainingConfig(mixed_precision="bf16", learning_rate=1e-2,
+                                                         timestep_fraction=0.34))
+    metrics = trainer.train_step(plain_pairs)
+    assert torch.isfinite(torch.tensor([metrics.loss, metrics.grad_norm])).all()
+    assert all(p.dtype == torch.float32 for p in trainer.parameters)
