@@ -92,3 +92,38 @@ def test_openclip_is_optional():
             build_scorer("openclip:ViT-H-14:/nonexistent/weights.bin")
     else:
         pytest.skip("open_clip is installed; the missing-extra path is not reachable")
+
+
+def test_load_prompts_splits():
+    from dfusion_core.evaluation import load_prompts
+
+    test = load_prompts("test")
+    assert len(test) == 120 and all(r.split == "test" for r in test)
+    assert len(load_prompts()) == 240 and len(load_prompts("train")) == 120
+    first = load_prompts("train")[0]
+    assert first.text == "a cat eating a sandwich" and first.items == ("cat", "sandwich")
+    assert first.mask_thresholds == (0.03, 0.005) and first.template == "object-action"
+    with pytest.raises(ConfigError):
+        load_prompts("val")  # type: ignore[arg-type]
+
+
+def test_load_prompts_rejects_bad_records(tmp_path):
+    from dfusion_core.evaluation import load_prompts
+
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"text": "a cat", "items": ["cat"], "mask_thresholds": []}\n')
+    with pytest.raises(ConfigError, match="mask_thresholds"):
+        load_prompts(path=bad)
+
+
+def test_evaluate_tiny_model_is_deterministic():
+    from dfusion_core import models
+    from dfusion_core.config import SamplingConfig
+    from dfusion_core.evaluation import evaluate, evaluate_scores, load_prompts
+
+    model, scorer = models.build_tiny(), build_scorer("tiny")
+    prompts = load_prompts("test")[:2]
+    cfg = SamplingConfig(num_steps=2, batch_size=4)
+    scores = evaluate_scores(model, scorer, prompts, [0, 1], cfg)
+    assert scores.shape == (4,) and torch.isfinite(scores).all()
+    assert evaluate(model, scorer, prompts, [0, 1], cfg) == pytest.approx(float(scores.mean()))
