@@ -14,8 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dfusion_core.errors import BlobNotFound, ConfigError, DFusionError
 from services.state_types import (
@@ -80,6 +82,16 @@ async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors), "error": _summary(errors)})
 
 
+async def http_handler(request: Request, exc: Exception) -> Response:
+    """FastAPI's own HTTP errors, except an undecodable body (bad UTF-8), which is malformed JSON: 422."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        errors = [{"type": "json_invalid", "loc": ["body"], "msg": "body is not UTF-8 JSON",
+                   "ctx": {"error": str(exc.__cause__)}}]
+        return JSONResponse(status_code=422, content={"detail": errors, "error": _summary(errors)})
+    return await http_exception_handler(request, exc)
+
+
 def status_for(exc: Exception) -> int:
     for cls, code in STATUS_FOR:
         if isinstance(exc, cls):
@@ -109,5 +121,6 @@ async def unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register every handler on `app` (called once by create_app)."""
     app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(StarletteHTTPException, http_handler)
     app.add_exception_handler(DFusionError, domain_handler)
     app.add_exception_handler(Exception, unexpected_handler)

@@ -71,7 +71,7 @@ def test_bad_job_body_is_422_naming_the_field(
 
 
 @pytest.mark.parametrize(
-    "raw", [b"{", b'{"prompts": [}', b"\xff\xfe", b"", b"nan", b'{"prompts": NaN}', b'{"seed": Infinity}'], ids=repr
+    "raw", [b"{", b'{"prompts": [}', b"\xff\xfe", b"\xb2\xe1]|\xe5", b"", b"nan", b'{"prompts": NaN}', b'{"seed": Infinity}'], ids=repr
 )
 def test_malformed_json_is_422(client: TestClient, acme: dict, untouched: None, raw: bytes) -> None:
     r = client.post("/v1/jobs", content=raw, headers={**acme, "Content-Type": "application/json"})
