@@ -24,7 +24,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["objects"])
     responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}, "description": "the object's bytes"}},
 )
 def get_object(job: JobDep, key: str, store: StoreDep) -> Response:
-    if not key.startswith(f"jobs/{job.job_id}/"):
+    # Control characters and over-long keys cannot name a stored object; S3 would reject them (a 503).
+    if not key.startswith(f"jobs/{job.job_id}/") or len(key.encode()) > 1024 or not key.isprintable():
         raise BlobNotFound(key)
     try:
         check_key(key)

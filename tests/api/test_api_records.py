@@ -91,7 +91,8 @@ def test_object_proxy_refuses_other_keys(
     base = f"/v1/jobs/{job_id}/objects"
     assert client.get(f"{base}/jobs/{job_id}/mine.png", headers=acme).content == b"mine"
     for key in (f"jobs/{other}/secret.png", "outside.txt", f"jobs/{job_id}/%2e%2e/{other}/secret.png",
-                f"jobs/{job_id}/missing.png", f"jobs/{job_id}//mine.png", f"jobs/{job_id}"):
+                f"jobs/{job_id}/missing.png", f"jobs/{job_id}//mine.png", f"jobs/{job_id}",
+                f"jobs/{job_id}/%00", f"jobs/{job_id}/a%0Ab", f"jobs/{job_id}/" + "x" * 2000):
         assert client.get(f"{base}/{key}", headers=acme).status_code == 404, key
     assert client.get(f"/v1/jobs/{other}/objects/jobs/{other}/secret.png", headers=acme).status_code == 404
     assert client.get(f"{base}/jobs/{job_id}/mine.png").status_code == 401

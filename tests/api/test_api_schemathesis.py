@@ -45,7 +45,7 @@ def test_no_server_errors(case, state: JobState) -> None:
     assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(key=st.text(max_size=60) | st.builds(lambda tail: f"jobs/JOB/{tail}", st.text(max_size=40)))
 def test_object_keys_of_an_existing_job_never_5xx(client, acme, key: str) -> None:
     """Random keys under a real job's proxy (schemathesis only reaches unknown job ids): 200/404, never 5xx."""
