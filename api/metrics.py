@@ -7,13 +7,10 @@ named after it); jobs by status are counted over every tenant's job index.
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from services.queue import QUEUES
-from services.state import PREFIX, JobState
-from services.state_types import JobStatus
+from services.state import JobState
 
 
 class ApiMetrics:
@@ -38,21 +35,11 @@ class ApiMetrics:
     def render(self, state: JobState) -> bytes:
         """Refresh the Redis-backed gauges (best effort: a dead Redis gives redis_up 0) and serialise."""
         try:
-            for q in QUEUES:
-                self.queue_depth.labels(q).set(int(state.r.llen(q)))
-            for status, n in jobs_by_status(state).items():
+            for q, depth in state.queue_depths(QUEUES).items():
+                self.queue_depth.labels(q).set(depth)
+            for status, n in state.count_by_status().items():
                 self.jobs.labels(status).set(n)
             self.redis_up.set(1)
         except Exception:  # noqa: BLE001 - a scrape must answer even when Redis is down
             self.redis_up.set(0)
         return generate_latest(self.registry)
-
-
-def jobs_by_status(state: JobState) -> dict[str, int]:
-    """Count jobs per status over all tenants (SCAN of the tenant job indexes; fine at scrape rates)."""
-    tally: Tally[str] = Tally({s.value: 0 for s in JobStatus})
-    suffix = ":jobs"
-    for key in state.r.scan_iter(match=f"{PREFIX}:tenant:*{suffix}", count=500):
-        tenant = key[len(f"{PREFIX}:tenant:") : -len(suffix)]
-        tally.update(j.status.value for j in state.list_jobs(tenant))
-    return dict(tally)

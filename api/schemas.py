@@ -7,41 +7,18 @@ only ever carry what a tenant may see: ids, counts, scores and URLs, never raw o
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from services.jobspec import JobSpec
 from services.state_types import JobRecord, JobStatus
 
 
-def _non_finite(value: Any, path: str = "") -> str | None:
-    """Path of the first NaN/Infinity in a dumped spec (Python's json accepts them; JSON and Redis don't)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return path or "body"
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for k, v in items:
-        found = _non_finite(v, f"{path}.{k}" if path else str(k))
-        if found:
-            return found
-    return None
-
-
 class JobCreate(JobSpec):
-    """Body of POST /v1/jobs: the job spec (prompts with item words, model, budget, hyperparameters)."""
+    """Body of POST /v1/jobs: the job spec (prompts with item words, model, budget, hyperparameters).
 
-    @model_validator(mode="after")
-    def _finite(self) -> JobCreate:
-        bad = _non_finite(self.model_dump(mode="python"))
-        if bad:
-            raise ValueError(f"{bad} must be a finite number, not NaN or Infinity")
-        return self
+    NaN and Infinity are refused by the spec itself (Python's json accepts them; Redis JSON does not)."""
 
 
 class JobCreated(BaseModel):

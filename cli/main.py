@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cli.demo", "run the embedded demo on the tiny model"),
     "worker": ("cli.worker", "start a Celery worker for some queues"),
     "stack": ("cli.stack", "start/stop/inspect the local development stack"),
+    "token": ("cli.token", "manage API tokens: dfusion token create --tenant NAME"),
 }
 
 

@@ -29,7 +29,7 @@ def words(text: str) -> list[str]:
 class PromptSpec(BaseModel):
     """One prompt and the item words whose cross-attention mask guides fusion."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     text: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="the prompt")
     items: list[str] = Field(default_factory=list, max_length=8, description="item words of the prompt")
@@ -70,7 +70,7 @@ class PromptSpec(BaseModel):
 class JobSpec(BaseModel):
     """A whole job. Defaults are the authors' settings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     prompts: list[PromptSpec] = Field(..., min_length=1, max_length=MAX_PROMPTS)
     model: str = Field("tiny", description="'tiny' or a model name registered in the workers' settings")

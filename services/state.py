@@ -229,6 +229,20 @@ class JobState:
         pipe.srem(self._tk(job.tenant, "active"), job_id)
         pipe.execute()
 
+    @_mapped
+    def count_by_status(self) -> dict[str, int]:
+        """Jobs per status over all tenants (SCAN of the tenant indexes; fine at scrape rates)."""
+        tally = dict.fromkeys((s.value for s in JobStatus), 0)
+        for key in self.r.scan_iter(match=f"{PREFIX}:tenant:*:jobs", count=500):
+            for job in self.list_jobs(key[len(f"{PREFIX}:tenant:") : -len(":jobs")]):
+                tally[job.status.value] += 1
+        return tally
+
+    @_mapped
+    def queue_depths(self, queues: tuple[str, ...]) -> dict[str, int]:
+        """Messages waiting in each Celery queue (the broker keeps a Redis list per queue name)."""
+        return {q: int(self.r.llen(q)) for q in queues}
+
     # --- counters and metrics ---
     @_mapped
     def incr_count(self, job_id: str, name: str, n: int = 1) -> int:

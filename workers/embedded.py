@@ -95,9 +95,12 @@ def run_embedded(
         log.error("job failed: %s", exc)
     job = state.get_job(job_id)
     metrics = state.get_metrics(job_id)
+    samples, pairs = state.list_samples(job_id), state.list_pairs(job_id)
+    local = lambda key: key.removeprefix(keys.job_prefix(job_id))  # noqa: E731 - object key -> run-folder path
     (out / "metrics.json").write_text(json.dumps({"status": job.status.value, "epochs": metrics}, indent=2))
-    write_report(out / "report.html", spec, state.list_samples(job_id), state.list_pairs(job_id), metrics,
-                 lambda key: key.removeprefix(keys.job_prefix(job_id)))
+    (out / "samples.json").write_text(json.dumps(list(samples.values()), indent=1))
+    (out / "pairs.json").write_text(json.dumps(list(pairs.values()), indent=1))
+    write_report(out / "report.html", spec, samples, pairs, metrics, local)
     return RunResult(job_id, out, job.status.value, state.get_counts(job_id), metrics, job.error)
 
 
