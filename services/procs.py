@@ -81,6 +81,9 @@ def seaweed_command(weed: str, data_dir: Path, ports: SeaweedPorts, host: str = 
         weed, "server", f"-ip={host}", f"-ip.bind={host}", f"-dir={data_dir}", "-s3",
         f"-s3.port={ports.s3}", f"-master.port={ports.master}", f"-volume.port={ports.volume}",
         f"-filer.port={ports.filer}", "-volume.max=16",
+        # SeaweedFS 4.x also opens Iceberg (8181) and Lance (9101) listeners on fixed ports, which
+        # makes a second server on the machine die at start; the S3 API is all we use.
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
 
 
