@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, web
 from api.deps import settings_of
 from api.metrics import ApiMetrics
 from api.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(objects.router)
     app.include_router(health.router)
+    web.install(app)  # the web UI: /login, /, /jobs/{id}
     # Outermost last: metrics see every response, including the body limit's 413.
     app.add_middleware(BodyLimitMiddleware, max_bytes=lambda: settings_of(app).max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -22,7 +22,14 @@ table{border-collapse:collapse}td,th{padding:4px 8px;text-align:center;vertical-
 .stack img.mask{position:absolute;left:0;top:0;opacity:.45;mix-blend-mode:screen;filter:sepia(1) saturate(6) hue-rotate(-50deg)}
 .gallery{display:flex;flex-wrap:wrap;gap:6px}.gallery figure{margin:0;font-size:11px}
 .muted{color:#777}.charts{display:flex;gap:24px;flex-wrap:wrap}
+.progress td{text-align:left}.progress progress{width:320px;height:14px}
+.status{font-weight:600;padding:1px 8px;border-radius:8px;background:#eee}
+.status.succeeded{background:#cfc}.status.failed,.status.cancelled{background:#fcc}.status.running{background:#cdf}
+a{color:#245}nav{margin-bottom:12px}
 """
+
+#: Stages shown as progress bars, in pipeline order (the names of JobState's counters).
+STAGES = ("samples", "scored", "pairs", "trained_steps")
 
 
 def _e(x: object) -> str:
@@ -111,18 +118,44 @@ def score_histograms(samples: dict[str, dict[str, Any]]) -> str:
         for e in epochs) + "</div>"
 
 
-def write_report(path: Path, spec: JobSpec, samples: dict, pairs: dict, metrics: list, url: Callable[[str], str]) -> None:
-    table = "".join(
+def stage_totals(total_samples: int) -> dict[str, int | None]:
+    """Expected final count per stage (None: not known in advance); one pair per two samples."""
+    return {"samples": total_samples, "scored": total_samples, "pairs": total_samples // 2, "trained_steps": None}
+
+
+def progress_bars(counts: dict[str, int], totals: dict[str, int | None]) -> str:
+    """One <progress> per stage; ids `progress-<stage>` / `count-<stage>` let a page script update them."""
+    rows = []
+    for name in STAGES:
+        done, total = counts.get(name, 0), totals.get(name)
+        bar = (f'<progress id="progress-{name}" value="{done}" max="{total}"></progress>' if total
+               else f'<progress id="progress-{name}"></progress>')
+        rows.append(f'<tr><th>{_e(name.replace("_", " "))}</th><td>{bar}</td>'
+                    f'<td id="count-{name}">{done}{f" / {total}" if total else ""}</td></tr>')
+    return '<table class="progress">' + "".join(rows) + "</table>"
+
+
+def metrics_table(metrics: list[dict[str, Any]]) -> str:
+    rows = "".join(
         f"<tr><td>{m['epoch']}</td><td>{m['policy_version']}</td><td>{_fmt(m.get('loss'))}</td>"
         f"<td>{_fmt(m.get('margin'))}</td><td>{_fmt(m.get('mean_sample_score'))}</td>"
         f"<td>{_fmt(m.get('heldout_score'))}</td></tr>" for m in metrics)
+    return ("<table><tr><th>epoch</th><th>version</th><th>loss</th><th>margin</th>"
+            f"<th>mean sample score</th><th>held-out score</th></tr>{rows}</table>")
+
+
+def page(title: str, body: str, head: str = "") -> str:
+    """A whole HTML document with the shared style; `head` adds elements to <head>."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+            f"<style>{CSS}</style>{head}</head><body>{body}</body></html>")
+
+
+def write_report(path: Path, spec: JobSpec, samples: dict, pairs: dict, metrics: list, url: Callable[[str], str]) -> None:
     body = (
         f"<h1>dfusion run</h1><p>model <b>{_e(spec.model)}</b> · {len(spec.prompts)} prompts × "
         f"{spec.samples_per_prompt} samples × {spec.epochs} epochs · pairs: {_e(spec.training.pairs)} · "
         f"loss: {_e(spec.training.algorithm)}</p>"
-        "<h2>Training</h2><table><tr><th>epoch</th><th>version</th><th>loss</th><th>margin</th>"
-        f"<th>mean sample score</th><th>held-out score</th></tr>{table}</table>{curves(metrics)}"
+        f"<h2>Training</h2>{metrics_table(metrics)}{curves(metrics)}"
         f"<h2>Pairs</h2>{pair_rows(pairs, url)}<h2>Scores</h2>{score_histograms(samples)}"
         f"<h2>Samples</h2>{gallery(samples, url)}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>dfusion run</title>"
-                    f"<style>{CSS}</style></head><body>{body}</body></html>")
+    path.write_text(page("dfusion run", body))
