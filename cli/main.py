@@ -16,6 +16,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("cli.worker", "start a Celery worker for some queues"),
     "stack": ("cli.stack", "start/stop/inspect the local development stack"),
     "token": ("cli.token", "manage API tokens: dfusion token create --tenant NAME"),
+    "submit": ("cli.submit", "submit PROMPTS.jsonl to the API; prints the job id"),
+    "watch": ("cli.watch", "progress bars per stage until a job ends"),
+    "pairs": ("cli.pairs", "download a job's pairs (base, reference, target, mask) into a folder"),
+    "checkpoint": ("cli.checkpoint", "download a policy version's LoRA weights"),
+    "export": ("cli.export", "a job's pairs as a Parquet DPO dataset (datasets.load_dataset-ready)"),
 }
 
 
