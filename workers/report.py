@@ -19,7 +19,8 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px}
 table{border-collapse:collapse}td,th{padding:4px 8px;text-align:center;vertical-align:top}
 .pair img,.gallery img{width:128px;height:128px;image-rendering:pixelated;display:block}
 .stack{position:relative;width:128px;height:128px}
-.stack img.mask{position:absolute;left:0;top:0;opacity:.45;mix-blend-mode:screen;filter:sepia(1) saturate(6) hue-rotate(-50deg)}
+.stack .tint{position:absolute;left:0;top:0;width:128px;height:128px;background:rgba(255,30,30,.5);mask-mode:luminance;mask-size:100% 100%;-webkit-mask-size:100% 100%}
+.pair img.mask{width:64px;height:64px;border:1px solid #ccc}
 .gallery{display:flex;flex-wrap:wrap;gap:6px}.gallery figure{margin:0;font-size:11px}
 .muted{color:#777}.charts{display:flex;gap:24px;flex-wrap:wrap}
 .progress td{text-align:left}.progress progress{width:320px;height:14px}
@@ -91,17 +92,25 @@ def curves(metrics: list[dict[str, Any]]) -> str:
 
 
 def pair_rows(pairs: dict[str, dict[str, Any]], url: Callable[[str], str]) -> str:
+    """Each pair as base | reference with the item mask overlaid (red where the mask is white) | target,
+    and the mask itself; plain pairs (no mask) show none."""
     rows = []
     for pid, p in pairs.items():
-        mask = (f'<img class="mask" src="{_e(url(p["mask_key"]))}" alt="item mask">' if p.get("mask_key") else "")
+        tint = mask = '<span class="muted">–</span>'
+        if p.get("mask_key"):
+            m = _e(url(p["mask_key"]))
+            tint = (f'<div class="tint" role="img" aria-label="item mask overlay" '
+                    f'style="mask-image:url(&quot;{m}&quot;);-webkit-mask-image:url(&quot;{m}&quot;)"></div>')
+            mask = f'<img class="mask" src="{m}" alt="item mask">'
         rows.append(
             f'<tr class="pair"><td class="muted">{_e(pid)}<br>{_e(p["prompt"])}</td>'
             f'<td><img src="{_e(url(p["base_image_key"]))}" alt="base"><br>base {_fmt(p["base_score"])}</td>'
-            f'<td><div class="stack"><img src="{_e(url(p["reference_image_key"]))}" alt="reference">{mask}</div>'
-            f'reference {_fmt(p["reference_score"])}</td>'
-            f'<td><img src="{_e(url(p["target_image_key"]))}" alt="target"><br>target (winner)</td></tr>')
-    return ("<table><tr><th>pair</th><th>base (loser)</th><th>reference + mask</th><th>target</th></tr>"
-            + "".join(rows) + "</table>")
+            f'<td><div class="stack"><img src="{_e(url(p["reference_image_key"]))}" alt="reference">'
+            f'{tint if p.get("mask_key") else ""}</div>reference {_fmt(p["reference_score"])}</td>'
+            f'<td><img src="{_e(url(p["target_image_key"]))}" alt="target"><br>target (winner)</td>'
+            f"<td>{mask}</td></tr>")
+    return ("<table><tr><th>pair</th><th>base (loser)</th><th>reference + item mask</th><th>target</th>"
+            "<th>mask</th></tr>" + "".join(rows) + "</table>")
 
 
 def gallery(samples: dict[str, dict[str, Any]], url: Callable[[str], str]) -> str:
