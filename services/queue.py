@@ -44,6 +44,13 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
+            # Every consumer sweeps Redis for unacked messages older than the visibility timeout
+            # (a dead worker's tasks). kombu's defaults sweep once per 10 s x 10 calls = 100 s and
+            # hold the sweep mutex up to 300 s if the sweeper dies; that, not the timeout, would
+            # bound redelivery. Sweep every few seconds instead.
+            "unacked_restore_interval": restore_interval_s(settings.visibility_timeout_s),
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 30,  # a sweep takes milliseconds
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "retry_on_timeout": True,
@@ -53,6 +60,11 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
     )
     return app
+
+
+def restore_interval_s(visibility_timeout_s: int) -> int:
+    """Seconds between sweeps for expired unacked messages: a quarter of the timeout, 1..10 s."""
+    return max(1, min(10, visibility_timeout_s // 4))
 
 
 @lru_cache(maxsize=1)

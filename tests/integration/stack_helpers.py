@@ -3,21 +3,27 @@ and one Celery worker per queue as processes, under the stack supervisor."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from services.procs import free_port
+from services.jobspec import JobSpec
+from services.procs import ProcessSpec, free_port
 from services.settings import Settings
-from services.stack import stack_down, stack_facts, stack_status, stack_up
+from services.stack import default_specs, stack_down, stack_status, stack_up
 from services.state import JobState
 from services.storage import S3Store
+from workers import keys
 
 # Settings the stack's processes read from the environment they inherit.
 STACK_ENV = {
@@ -58,6 +64,33 @@ class Stack:
         with self.client() as c:
             return wait_for(lambda: _terminal(c.get(f"/v1/jobs/{job_id}").json()), timeout_s, f"job {job_id}")
 
+    def submit(self, spec: dict[str, Any]) -> str:
+        with self.client() as c:
+            r = c.post("/v1/jobs", json=spec)
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    def log(self, name: str) -> Path:
+        """The log file of a managed process (`worker-sample`, `redis`, ...)."""
+        return self.root / "logs" / f"{name}.log"
+
+    def log_size(self, name: str) -> int:
+        path = self.log(name)
+        return path.stat().st_size if path.exists() else 0
+
+    def log_since(self, name: str, offset: int) -> str:
+        with open(self.log(name), "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    def pool_children(self, name: str) -> list[int]:
+        """Pids of the direct children of a managed process (a Celery worker's pool processes)."""
+        pid = self.processes()[name].pid
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
 
 def _terminal(job: dict[str, Any]) -> dict[str, Any] | None:
     return job if job.get("status") in ("succeeded", "failed", "cancelled") else None
@@ -78,14 +111,18 @@ def wait_for(fn: Callable[[], Any], timeout_s: float, what: str, poll_s: float =
 
 
 @contextmanager
-def running_stack(root: Path) -> Iterator[Stack]:
-    saved = {k: os.environ.get(k) for k in STACK_ENV}
-    os.environ.update(STACK_ENV)
-    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_port=free_port(),
-                        s3_bucket="dfusion-it")
+def running_stack(root: Path, env: dict[str, str] | None = None, host: str = "127.0.0.1",
+                  plan: Callable[[list[ProcessSpec]], list[ProcessSpec]] | None = None) -> Iterator[Stack]:
+    """Start a stack in `root`; `env` adds to STACK_ENV, `host` is where Redis and S3 listen,
+    `plan` may rewrite the process list (e.g. run workers elsewhere)."""
+    env = {**STACK_ENV, **(env or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    settings = Settings(redis_url=f"redis://{host}:{free_port()}/0", api_port=free_port(), s3_bucket="dfusion-it",
+                        s3_endpoint=None if host == "127.0.0.1" else f"{host}:{free_port(grpc_pair=True)}")
     try:
-        stack_up(settings, root)
-        facts = stack_facts(root)
+        specs, facts = default_specs(settings, root)
+        stack_up(settings, root, specs=plan(specs) if plan else specs)
         wait_for(lambda: httpx.get(f"{facts['api_url']}/healthz", timeout=5).status_code == 200, 120, "API healthy")
         token = JobState.from_url(facts["redis_url"]).create_token("alice")
         yield Stack(root, settings, facts, token)
@@ -96,3 +133,137 @@ def running_stack(root: Path) -> Iterator[Stack]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- fault injection and exact-output checks (tests/reliability) ------------------------------
+
+#: A model name the workers and API know whose folder does not exist (a permanent failure).
+BROKEN_MODELS = {"broken": "/nonexistent/dfusion-model"}
+
+
+def small_job(samples: int = 8, epochs: int = 1, batch: int = 2, **over: Any) -> dict[str, Any]:
+    """1 prompt x `samples` x `epochs`, `batch` samples per sample/fuse task: several short tasks."""
+    spec = {
+        "prompts": [{"text": "a cat eating a sandwich", "items": ["cat", "sandwich"], "mask_thresholds": [0.03, 0.005]}],
+        "model": "tiny", "samples_per_prompt": samples, "epochs": epochs,
+        "sampling": {"num_steps": 4, "batch_size": batch}, "seed": 11,
+        "eval_prompts": ["a horse"], "eval_seeds": 1,
+    }
+    return {**spec, **over}
+
+
+# --- task events from the worker logs ----------------------------------------------------------
+
+_EVENT = re.compile(
+    r"^\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] "
+    r"(?P<task>dfusion\.\w+) (?:(?P<kw>\{[^}]*\}) (?P<ev>start|done)|(?P<end>failed permanently|transient failure))",
+    re.M,
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: float  # wall-clock seconds (the log's local time)
+    task: str  # dfusion.sample, ...
+    kwargs: str  # "{'epoch': 0, 'prompt': 0, 'batch': 1}" ('' for failure lines)
+    kind: str  # start | done | failed | retry
+
+
+def task_events(stack: Stack, worker: str, offset: int) -> list[Event]:
+    out = []
+    for m in _EVENT.finditer(stack.log_since(worker, offset)):
+        ts = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        kind = m["ev"] or ("failed" if m["end"].startswith("failed") else "retry")
+        out.append(Event(ts, m["task"], m["kw"] or "", kind))
+    return out
+
+
+def running_task(stack: Stack, worker: str, offset: int) -> Event | None:
+    """The start event of the task the worker is executing now (its last event is a start)."""
+    events = task_events(stack, worker, offset)
+    return events[-1] if events and events[-1].kind == "start" else None
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def kill_mid_task(stack: Stack, worker: str, task: str, offset: int, whole_worker: bool,
+                  timeout_s: float = 180) -> tuple[Event, float]:
+    """SIGKILL the worker's pool process (or, `whole_worker`, the worker and its pool) while it runs
+    a `task`; returns that task's start event and the kill time.
+
+    The victims are frozen first (SIGSTOP) and the log re-read, so the kill provably lands mid-task.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ev = running_task(stack, worker, offset)
+        children = stack.pool_children(worker)
+        if ev is None or ev.task != task or not children:
+            time.sleep(0.02)
+            continue
+        main = stack.processes()[worker].pid
+        victims = [main, *children] if whole_worker else children
+        _signal_all(victims, signal.SIGSTOP)
+        if running_task(stack, worker, offset) == ev:  # still mid-task while frozen
+            _signal_all(victims, signal.SIGKILL)
+            return ev, time.time()
+        _signal_all(victims, signal.SIGCONT)
+        time.sleep(0.02)
+    raise TimeoutError(f"{worker} never ran {task} within {timeout_s}s")
+
+
+def restart_delay(stack: Stack, worker: str, ev: Event, killed_at: float, offset: int, timeout_s: float = 120) -> float:
+    """Seconds from the kill until the killed task started again."""
+    def again() -> Event | None:
+        return next((e for e in task_events(stack, worker, offset)
+                     if e.kind == "start" and e.task == ev.task and e.kwargs == ev.kwargs and e.ts > killed_at - 0.5
+                     and e.ts > ev.ts), None)
+    return wait_for(again, timeout_s, f"{ev.task} {ev.kwargs} to start again", poll_s=0.2).ts - killed_at
+
+
+# --- the exact outputs of a job ----------------------------------------------------------------
+
+def expected_keys(job_id: str, spec: JobSpec) -> set[str]:
+    """Every object a successful job stores; trainer state versions count optimizer steps."""
+    from dfusion_core.checkpoint import STATE_NAME, WEIGHTS_NAME
+
+    n_pairs = spec.samples_per_prompt // 2
+    per_unit = math.ceil(n_pairs / (spec.training.batch_pairs * spec.training.grad_accum)) * spec.training.inner_epochs
+    out, version = set(), 0
+    for e in range(spec.epochs):
+        for p in range(len(spec.prompts)):
+            for i in range(spec.samples_per_prompt):
+                sid = keys.sample_id(e, p, i)
+                out |= {keys.trajectory_key(job_id, sid), keys.image_key(job_id, sid)}
+            for k in range(n_pairs):
+                pid = keys.pair_id(e, p, k)
+                out |= {keys.target_key(job_id, pid), keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid)}
+            version += per_unit
+            unit = f"{keys.trainer_prefix(job_id)}/{keys.train_unit(e, p)}"
+            out |= {f"{unit}/metrics.json", f"{unit}/{version}/{WEIGHTS_NAME}", f"{unit}/{version}/{STATE_NAME}"}
+        out.add(keys.checkpoint_key(job_id, e + 1))
+    return out
+
+
+def assert_exact_outputs(stack: Stack, job_id: str, spec_dict: dict[str, Any]) -> None:
+    """Succeeded with exactly the expected samples, pairs, steps, checkpoints and objects: nothing
+    missing, nothing twice, every training step applied once (trainer versions have no gaps)."""
+    spec = JobSpec.model_validate(spec_dict)
+    state = stack.state()
+    job = state.get_job(job_id)
+    assert job.status.value == "succeeded", (job.status, job.error)
+    n, pairs_per_prompt = spec.samples_per_prompt, spec.samples_per_prompt // 2
+    units = [(e, p) for e in range(spec.epochs) for p in range(len(spec.prompts))]
+    assert set(state.list_samples(job_id)) == {keys.sample_id(e, p, i) for e, p in units for i in range(n)}
+    assert set(state.list_pairs(job_id)) == {keys.pair_id(e, p, k) for e, p in units for k in range(pairs_per_prompt)}
+    steps = sum(m["optimizer_steps"] for m in state.get_metrics(job_id))
+    per_unit = math.ceil(pairs_per_prompt / (spec.training.batch_pairs * spec.training.grad_accum))
+    assert steps == len(units) * per_unit * spec.training.inner_epochs
+    assert state.get_counts(job_id) == {"samples": len(units) * n, "scored": len(units) * n,
+                                        "pairs": len(units) * pairs_per_prompt, "trained_steps": steps}
+    assert [c["version"] for c in state.list_checkpoints(job_id)] == list(range(1, spec.epochs + 1))
+    assert state.policy_version(job_id) == spec.epochs
+    assert set(stack.store().list(keys.job_prefix(job_id))) == expected_keys(job_id, spec)
