@@ -2,15 +2,62 @@
 
 A registry per app (not the global one) so tests can build many apps in one process. Queue depth
 is the LLEN of each Celery queue list (kombu's Redis transport keeps a queue's messages in a list
-named after it); jobs by status are counted over every tenant's job index.
+named after it); jobs by status are counted over every tenant's job index. Worker-side numbers
+(task durations per stage, images and pairs produced, GPU memory) are read from the telemetry
+hashes the workers keep in Redis (services.telemetry) and exported as they are at scrape time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from services.queue import QUEUES
 from services.state import JobState
+from services.telemetry import BUCKET_LABELS, Snapshot, Telemetry
+
+# job counter -> (metric name, help); `samples` are generated images
+PRODUCED = {
+    "samples": ("dfusion_images", "images generated (all jobs)"),
+    "scored": ("dfusion_images_scored", "images scored (all jobs)"),
+    "pairs": ("dfusion_pairs", "preference pairs built (all jobs)"),
+    "trained_steps": ("dfusion_trained_steps", "optimizer steps taken (all jobs)"),
+}
+# throughput gauge -> (counter, stage whose busy seconds it is divided by)
+THROUGHPUT = {"dfusion_images_per_second": ("samples", "sample"), "dfusion_pairs_per_second": ("pairs", "fuse")}
+
+
+class WorkerCollector:
+    """Prometheus view of the last telemetry snapshot (set by ApiMetrics.render before serialising)."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        hist = HistogramMetricFamily("dfusion_task_seconds", "task run time per stage", labels=["stage"])
+        failures = CounterMetricFamily("dfusion_task_failures", "tasks that failed or were retried", labels=["stage"])
+        for stage, st in sorted(snap.stages.items()):
+            hist.add_metric([stage], [(le, float(st.buckets.get(le, 0))) for le in BUCKET_LABELS], st.seconds)
+            failures.add_metric([stage], st.failures)
+        yield hist
+        yield failures
+        for counter, (name, help_text) in PRODUCED.items():
+            yield CounterMetricFamily(name, help_text, value=snap.produced.get(counter, 0))
+        for name, (counter, stage) in THROUGHPUT.items():
+            busy = snap.stages[stage].seconds if stage in snap.stages else 0.0
+            rate = snap.produced.get(counter, 0) / busy if busy > 0 else 0.0
+            yield GaugeMetricFamily(name, f"{counter} per busy second of the {stage} stage's workers", value=rate)
+        gpu = GaugeMetricFamily("dfusion_gpu_memory_peak_bytes", "peak CUDA memory allocated per worker",
+                                labels=["worker"])
+        for worker, peak in sorted(snap.gpu_memory.items()):
+            gpu.add_metric([worker], peak)
+        yield gpu
 
 
 class ApiMetrics:
@@ -27,6 +74,8 @@ class ApiMetrics:
         )
         self.jobs = Gauge("dfusion_jobs", "jobs by status, all tenants", ["status"], registry=self.registry)
         self.redis_up = Gauge("dfusion_redis_up", "1 if Redis answered this scrape", registry=self.registry)
+        self.workers = WorkerCollector()
+        self.registry.register(self.workers)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -39,6 +88,7 @@ class ApiMetrics:
                 self.queue_depth.labels(q).set(depth)
             for status, n in state.count_by_status().items():
                 self.jobs.labels(status).set(n)
+            self.workers.snapshot = Telemetry(state.r).snapshot()
             self.redis_up.set(1)
         except Exception:  # noqa: BLE001 - a scrape must answer even when Redis is down
             self.redis_up.set(0)

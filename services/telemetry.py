@@ -1,0 +1,113 @@
+"""Worker telemetry in Redis, for the API's /metrics: task durations, items produced, GPU memory.
+
+Task metrics happen in worker processes the API cannot scrape, so workers add them to a few
+Redis hashes under `dfusion:telemetry:` (cumulative, Prometheus counter semantics) and the API
+exports them at scrape time. Items produced (images, pairs) are counted from the jobs' own
+counters: after each task the worker reports a job's current counts, and a script adds only what
+exceeds the highest count seen before, so concurrent or redelivered tasks never count twice.
+Torch-free; writes are best effort for the caller (it decides what to do with RedisError).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+PREFIX = "dfusion:telemetry"
+#: Upper bounds (seconds) of the task-duration histogram buckets; +Inf is implied.
+BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: Prometheus `le` labels of the buckets, +Inf last.
+BUCKET_LABELS = (*(f"{b:g}" for b in BUCKETS), "+Inf")
+#: GPU memory reports older than this are a gone worker's and are not exported.
+GPU_STALE_S = 600.0
+#: How long a job's "highest seen counts" are kept after its last task.
+SEEN_TTL_S = 7 * 24 * 3600
+
+# KEYS: seen, totals. ARGV: ttl, name1, count1, name2, count2, ...
+_PRODUCED = """
+for i = 2, #ARGV, 2 do
+  local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  local cur = tonumber(ARGV[i + 1])
+  if cur > seen then
+    redis.call('HSET', KEYS[1], ARGV[i], cur)
+    redis.call('HINCRBY', KEYS[2], ARGV[i], cur - seen)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """Cumulative task statistics of one stage (sample, score, fuse, train, start_job)."""
+
+    count: int
+    seconds: float
+    failures: int
+    buckets: dict[str, int]  # upper bound ("0.5", ..., "+Inf") -> tasks at most that long (cumulative)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    produced: dict[str, int] = field(default_factory=dict)  # job counter name -> total over all jobs
+    gpu_memory: dict[str, int] = field(default_factory=dict)  # worker -> peak bytes allocated
+
+
+class Telemetry:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r: Any = client
+        self._produced = client.register_script(_PRODUCED)
+
+    @classmethod
+    def from_url(cls, url: str) -> Telemetry:
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3))
+
+    @staticmethod
+    def _k(name: str) -> str:
+        return f"{PREFIX}:{name}"
+
+    def record_task(self, stage: str, seconds: float, ok: bool = True) -> None:
+        """One finished task of `stage` that ran `seconds` (a retry or failure has ok False)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hincrby(self._k("task_count"), stage, 1)
+        pipe.hincrbyfloat(self._k("task_seconds"), stage, float(seconds))
+        if not ok:
+            pipe.hincrby(self._k("task_failures"), stage, 1)
+        for bound, le in zip(BUCKETS, BUCKET_LABELS, strict=False):
+            if seconds <= bound:
+                pipe.hincrby(self._k("task_buckets"), f"{stage}|{le}", 1)
+        pipe.hincrby(self._k("task_buckets"), f"{stage}|+Inf", 1)
+        pipe.execute()
+
+    def record_produced(self, job_id: str, counts: dict[str, int]) -> None:
+        """A job's current counters (samples, pairs, ...); only growth past the highest seen is added."""
+        argv: list[Any] = [SEEN_TTL_S]
+        for name, n in counts.items():
+            argv += [name, int(n)]
+        self._produced(keys=[self._k(f"seen:{job_id}"), self._k("produced")], args=argv)
+
+    def set_gpu_memory(self, worker: str, peak_bytes: int) -> None:
+        self.r.hset(self._k("gpu_memory"), worker, f"{int(peak_bytes)} {time.time():.0f}")
+
+    def snapshot(self, now: float | None = None) -> Snapshot:
+        pipe = self.r.pipeline(transaction=False)
+        for name in ("task_count", "task_seconds", "task_failures", "task_buckets", "produced", "gpu_memory"):
+            pipe.hgetall(self._k(name))
+        count, seconds, failures, buckets, produced, gpu = pipe.execute()
+        stages = {}
+        for stage in count:
+            own = {k.split("|", 1)[1]: int(v) for k, v in buckets.items() if k.split("|", 1)[0] == stage}
+            stages[stage] = StageStats(int(count[stage]), float(seconds.get(stage, 0.0)),
+                                       int(failures.get(stage, 0)), own)
+        now = time.time() if now is None else now
+        memory = {}
+        for worker, value in gpu.items():
+            peak, at = value.split()
+            if now - float(at) <= GPU_STALE_S:
+                memory[worker] = int(peak)
+        return Snapshot(stages, {k: int(v) for k, v in produced.items()}, memory)
