@@ -42,6 +42,11 @@ def make_app(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
+        # Publishing (the API's enqueue, a stage enqueueing the next, a task's retry) rides out a
+        # Redis restart (~30 s) instead of kombu's default ~1 s: Celery drops a message whose
+        # retry cannot be published (Reject, requeue=False), which would strand the job.
+        task_publish_retry_policy={"max_retries": 15, "interval_start": 0.5, "interval_step": 0.5,
+                                   "interval_max": 2.0},
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             # Every consumer sweeps Redis for unacked messages older than the visibility timeout

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init
+from kombu.exceptions import OperationalError
 
 from services.queue import START_JOB, get_app, send
 from services.settings import get_settings
@@ -26,7 +27,8 @@ from workers.runtime import Runtime, pick_device
 
 log = logging.getLogger(__name__)
 app = get_app()
-TRANSIENT = (StorageUnavailable, StateUnavailable, ConnectionError, TimeoutError)
+# kombu's OperationalError: the broker could not be reached to enqueue the next stage.
+TRANSIENT = (StorageUnavailable, StateUnavailable, ConnectionError, TimeoutError, OperationalError)
 
 _ctx: stages.Context | None = None
 _ctx_lock = threading.Lock()

@@ -2,7 +2,8 @@
 
 Celery tasks (workers/celery_app.py) and the embedded runner call exactly these. Each stage:
 validate -> fetch inputs -> one core call -> store outputs (deterministic keys) -> update
-state -> enqueue what became ready. Fan-in is by exactly-once `mark_done`, never by chords.
+state -> enqueue what became ready. Fan-in is by exactly-once `mark_done`, never by chords; a
+re-run member of a complete fan-in re-enqueues until the enqueue is confirmed (`_fan_in`).
 
 Flow per epoch e (policy version e):
   sample(e, p, b) -> score(e, p, b) -> [all batches of p scored] fuse(e, p, c)
@@ -56,6 +57,24 @@ def _spec(ctx: Context, job_id: str) -> JobSpec | None:
     return JobSpec.model_validate(job.spec)
 
 
+def _fan_in(ctx: Context, job_id: str, scope: str, member: str, expected: int) -> bool:
+    """Whether this call must enqueue what follows `scope` (then call `_sent` once it has).
+
+    True for the call that completes the scope, and again for a re-run of a member of a complete
+    scope whose enqueue was never confirmed: the completer may have died (or lost the broker)
+    between firing and enqueueing, and nothing else would ever enqueue the next stage. Stages are
+    idempotent, so the rare duplicate (a member re-run while the completer is still enqueueing)
+    only costs time; confirmed scopes are not re-enqueued, so redeliveries never cascade.
+    """
+    if ctx.state.mark_done(job_id, scope, member, expected):
+        return True
+    return ctx.state.done_count(job_id, scope) >= expected and ctx.state.done_count(job_id, f"{scope}-sent") == 0
+
+
+def _sent(ctx: Context, job_id: str, scope: str) -> None:
+    ctx.state.mark_done(job_id, f"{scope}-sent", "ok", 1)
+
+
 def _batches(spec: JobSpec) -> int:
     return -(-spec.samples_per_prompt // spec.sampling.batch_size)
 
@@ -75,13 +94,15 @@ def start_job(ctx: Context, job_id: str) -> None:
 
 def start_epoch(ctx: Context, job_id: str, epoch: int) -> None:
     spec = _spec(ctx, job_id)
-    if spec is None or not ctx.state.mark_done(job_id, f"epoch-start-{epoch}", "go", 1):
+    scope = f"epoch-start-{epoch}"
+    if spec is None or not _fan_in(ctx, job_id, scope, "go", 1):
         return
     # unit (epoch, 0) trains on the state left by the previous epoch, which is complete by now
     ctx.state.mark_done(job_id, f"trainready-{keys.train_unit(epoch, 0)}", "prev", 2)
     for p in range(len(spec.prompts)):
         for b in range(_batches(spec)):
             ctx.dispatch("dfusion.sample", job_id=job_id, epoch=epoch, prompt=p, batch=b)
+    _sent(ctx, job_id, scope)
 
 
 # --- sample ------------------------------------------------------------------------------------
@@ -125,9 +146,11 @@ def score(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> Non
         scores = ctx.runtime.scorer(spec.scorer).score(images, [text] * len(sids))
     for sid, s in zip(sids, scores.tolist(), strict=True):
         ctx.state.update_sample(job_id, sid, {"score": float(s)})
-    if ctx.state.mark_done(job_id, f"scored-{keys.train_unit(epoch, prompt)}", f"b{batch}", _batches(spec)):
+    scope = f"scored-{keys.train_unit(epoch, prompt)}"
+    if _fan_in(ctx, job_id, scope, f"b{batch}", _batches(spec)):
         for c in range(_chunks(spec)):
             ctx.dispatch("dfusion.fuse", job_id=job_id, epoch=epoch, prompt=prompt, chunk=c)
+        _sent(ctx, job_id, scope)
 
 
 # --- fuse --------------------------------------------------------------------------------------
@@ -169,9 +192,10 @@ def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None
             ctx.store.put(keys.mask_key(job_id, pid), png_bytes(mask), "image/png")
             _put_pair(ctx, job_id, epoch, prompt, plan, records, pid,
                       keys.target_key(job_id, pid), keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid))
-    unit = keys.train_unit(epoch, prompt)
-    if ctx.state.mark_done(job_id, f"fused-{unit}", f"c{chunk}", _chunks(spec)):
+    scope = f"fused-{keys.train_unit(epoch, prompt)}"
+    if _fan_in(ctx, job_id, scope, f"c{chunk}", _chunks(spec)):
         _train_ready(ctx, job_id, epoch, prompt, "fused")
+        _sent(ctx, job_id, scope)
 
 
 def _store_plain_pairs(ctx, job_id, epoch, prompt, plans, records) -> None:
@@ -193,8 +217,10 @@ def _put_pair(ctx, job_id, epoch, prompt, plan, records, pid, tkey, tikey, mkey)
 
 
 def _train_ready(ctx: Context, job_id: str, epoch: int, prompt: int, member: str) -> None:
-    if ctx.state.mark_done(job_id, f"trainready-{keys.train_unit(epoch, prompt)}", member, 2):
+    scope = f"trainready-{keys.train_unit(epoch, prompt)}"
+    if _fan_in(ctx, job_id, scope, member, 2):
         ctx.dispatch("dfusion.train", job_id=job_id, epoch=epoch, prompt=prompt)
+        _sent(ctx, job_id, scope)
 
 
 # --- train -------------------------------------------------------------------------------------
