@@ -15,7 +15,7 @@ import time
 from typing import Annotated
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -60,7 +60,7 @@ def page_tenant(
 PageTenant = Annotated[str, Depends(page_tenant)]
 
 
-def install(app) -> None:  # noqa: ANN001 - FastAPI app
+def install(app: FastAPI) -> None:
     """Include the router and answer LoginRequired with a redirect (called by api.main)."""
 
     async def to_login(request: Request, exc: Exception) -> Response:
