@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dfusion_core import pipeline
+from dfusion_core.errors import TrajectoryError
 from dfusion_core.items import map_items
 from dfusion_core.pairs import select_fusion_pairs, select_plain_pairs
 from dfusion_core.storage import BlobStore
@@ -162,6 +163,14 @@ def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt
     return records  # type: ignore[return-value]
 
 
+def _trajectory(ctx: Context, key: str) -> Trajectory:
+    """A stored trajectory; a corrupt one fails the job with an error naming its object."""
+    try:
+        return Trajectory.from_bytes(ctx.store.get(key))
+    except TrajectoryError as exc:
+        raise TrajectoryError(f"object {key}: {exc}") from exc
+
+
 def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
     spec = _spec(ctx, job_id)
     if spec is None:
@@ -172,7 +181,7 @@ def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None
     plans = (select_plain_pairs if plain else select_fusion_pairs)(scores)
     size = spec.sampling.batch_size
     plans = plans[chunk * size : (chunk + 1) * size]
-    load = {i: Trajectory.from_bytes(ctx.store.get(records[i]["trajectory_key"]))
+    load = {i: _trajectory(ctx, records[i]["trajectory_key"])
             for i in {x for p in plans for x in (p.reference, p.base)}}
     if plain:
         _store_plain_pairs(ctx, job_id, epoch, prompt, plans, records)
@@ -260,8 +269,8 @@ def _train_pairs(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: i
     for k in range(spec.samples_per_prompt // 2):
         rec = records[keys.pair_id(epoch, prompt, k)]
         out.append(TrainPair(
-            winner=Trajectory.from_bytes(ctx.store.get(rec["target_key"])),
-            loser=Trajectory.from_bytes(ctx.store.get(rec["base_trajectory_key"])),
+            winner=_trajectory(ctx, rec["target_key"]),
+            loser=_trajectory(ctx, rec["base_trajectory_key"]),
             winner_reward=float(rec["reference_score"]), loser_reward=float(rec["base_score"]),
         ))
     return out

@@ -184,7 +184,7 @@ def running_task(stack: Stack, worker: str, offset: int) -> Event | None:
     return events[-1] if events and events[-1].kind == "start" else None
 
 
-def _signal_all(pids: list[int], sig: int) -> None:
+def signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         with suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -206,11 +206,11 @@ def kill_mid_task(stack: Stack, worker: str, task: str, offset: int, whole_worke
             continue
         main = stack.processes()[worker].pid
         victims = [main, *children] if whole_worker else children
-        _signal_all(victims, signal.SIGSTOP)
+        signal_all(victims, signal.SIGSTOP)
         if running_task(stack, worker, offset) == ev:  # still mid-task while frozen
-            _signal_all(victims, signal.SIGKILL)
+            signal_all(victims, signal.SIGKILL)
             return ev, time.time()
-        _signal_all(victims, signal.SIGCONT)
+        signal_all(victims, signal.SIGCONT)
         time.sleep(0.02)
     raise TimeoutError(f"{worker} never ran {task} within {timeout_s}s")
 

@@ -1,0 +1,61 @@
+"""Infrastructure faults mid-job: Redis killed (-9) and restarted from its AOF; the object store
+unreachable for 10 s. The job completes with exactly its expected outputs either way."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from services.procs import tcp_open
+from tests.integration.stack_helpers import assert_exact_outputs, small_job, wait_for
+
+pytestmark = pytest.mark.integration
+
+WORKERS = ("worker-sample", "worker-score", "worker-fuse", "worker-train")
+
+
+def _mid_sampling(stack, job_id: str) -> None:
+    state = stack.state()
+    wait_for(lambda: state.get_counts(job_id)["samples"] >= 2, 120, "the first samples")
+
+
+def test_rel_redis_killed_and_restarted_mid_job(rstack):
+    spec = small_job()
+    job_id = rstack.submit(spec)
+    _mid_sampling(rstack, job_id)
+    redis = rstack.processes()["redis"]
+    os.kill(redis.pid, signal.SIGKILL)
+    wait_for(lambda: (p := rstack.processes()["redis"]).restarts == redis.restarts + 1 and p.alive, 30,
+             "the supervisor to restart Redis")
+    job = rstack.wait_job(job_id, timeout_s=240)  # the API authenticates with the token from before the crash
+    assert job["status"] == "succeeded", job
+    assert_exact_outputs(rstack, job_id, spec)
+
+
+def test_rel_object_store_unreachable_for_10s(rstack):
+    spec = small_job()
+    offsets = {w: rstack.log_size(w) for w in WORKERS}
+    job_id = rstack.submit(spec)
+    _mid_sampling(rstack, job_id)
+    procs = rstack.processes()
+    supervisor, weed = procs["supervisor"].pid, procs["seaweedfs"]
+    host, port = rstack.facts["s3_endpoint"].rsplit(":", 1)
+    os.kill(supervisor, signal.SIGSTOP)  # hold the restart: the store stays down for the whole 10 s
+    try:
+        os.killpg(weed.pid, signal.SIGKILL)
+        wait_for(lambda: not tcp_open(host, int(port)), 10, "S3 to go away", poll_s=0.05)
+        time.sleep(10)
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    job = rstack.wait_job(job_id, timeout_s=240)
+    assert job["status"] == "succeeded", job
+    assert_exact_outputs(rstack, job_id, spec)
+    # the tasks that hit the outage were retried with exponential backoff, none failed
+    text = "".join(rstack.log_since(w, offsets[w]) for w in WORKERS)
+    delays = {int(d) for d in re.findall(r"transient failure, retry in (\d+)s", text)}
+    assert {1, 2, 4} <= delays, sorted(delays)
+    assert "failed permanently" not in text
