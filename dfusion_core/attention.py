@@ -81,6 +81,7 @@ class FusionController:
     _pending_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _acc: torch.Tensor | None = None
     _acc_layers: int = 0
+    _thr: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.token_positions) != self.n or len(self.thresholds) != self.n:
@@ -113,7 +114,9 @@ class FusionController:
                     f"no cross-attention layer works at {self.mask_resolution}x{self.mask_resolution}",
                 )
             avg = self._acc / self._acc_layers  # [n, L, items]
-            thr = torch.tensor(self.thresholds, dtype=avg.dtype, device=avg.device)[:, None, :]
+            if self._thr is None or self._thr.device != avg.device:
+                self._thr = torch.tensor(self.thresholds, dtype=avg.dtype).to(avg.device)[:, None, :]
+            thr = self._thr
             self.masks.append((avg >= thr).float())
             self._kv, self._pending_kv = self._pending_kv, {}
         self._acc = None
@@ -135,7 +138,7 @@ class FusionController:
 
     def record_cross(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
         """query [B, heads, L, d], key [B, heads, S, d]: accumulate the reference's item probabilities."""
-        rows = self._rows("ref", cond_only=True)
+        rows = self._slices("ref")[1]  # conditional half only
         probs = torch.softmax((query[rows].float() @ key[rows].float().transpose(-1, -2)) * scale, dim=-1)
         probs = probs.mean(dim=1)  # over heads: [n, L, S]
         layer = torch.stack(
@@ -147,18 +150,18 @@ class FusionController:
     def fuse_kv(self, name: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Self-attention K/V [B, heads, L, d]: keep the reference's, blend the target's."""
         if self.ref_step in self.steps:
-            rows = self._rows("ref", cond_only=False)
-            self._pending_kv[name] = (key[rows], value[rows])
+            ref_rows = self._slices("ref")
+            self._pending_kv[name] = (torch.cat([key[r] for r in ref_rows]), torch.cat([value[r] for r in ref_rows]))
         if self.tgt_step not in self.steps:
             return key, value
         assert self.tgt_step is not None
-        rows = self._rows("tgt", cond_only=False)
         k_ref, v_ref = self._kv[name]
-        mask = self._resized_mask(self.masks[self.tgt_step], key.shape[2]).to(key.dtype)
-        mask = mask[:, None, :, None].repeat(2, 1, 1, 1)  # [2n, 1, L, 1], both CFG halves
+        mask = self._resized_mask(self.masks[self.tgt_step], key.shape[2]).to(key.dtype)[:, None, :, None]  # [n,1,L,1]
         key, value = key.clone(), value.clone()
-        key[rows] = _blend(k_ref, key[rows], mask)
-        value[rows] = _blend(v_ref, value[rows], mask)
+        for half, rows in enumerate(self._slices("tgt")):  # both CFG halves
+            ref = slice(half * self.n, (half + 1) * self.n)
+            key[rows] = _blend(k_ref[ref], key[rows], mask)
+            value[rows] = _blend(v_ref[ref], value[rows], mask)
         return key, value
 
     def _resized_mask(self, item_masks: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -168,11 +171,12 @@ class FusionController:
         union = item_masks.amax(dim=-1).view(self.n, 1, r, r * self.latent_hw[1] // self.latent_hw[0])
         return F.interpolate(union, size=(h, w), mode="nearest").view(self.n, h * w)
 
-    def _rows(self, role: str, cond_only: bool) -> torch.Tensor:
+    def _slices(self, role: str) -> tuple[slice, slice]:
+        """The role's rows in the (uncond, cond) halves: contiguous slices, so indexing
+        stays a view and never copies an index tensor to the device."""
         roles = self.roles
         g, r = len(roles), roles.index(role)
-        halves = [1] if cond_only else [0, 1]
-        return torch.cat([torch.arange(self.n) + (h * g + r) * self.n for h in halves])
+        return tuple(slice((h * g + r) * self.n, (h * g + r + 1) * self.n) for h in (0, 1))  # type: ignore[return-value]
 
 
 def _blend(ref: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -180,12 +184,18 @@ def _blend(ref: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 
 class FusionAttnProcessor:
-    """SDPA attention with D-Fusion's hooks; identical to `AttnProcessor2_0` when idle."""
+    """SDPA attention with D-Fusion's hooks; identical to `AttnProcessor2_0` when idle.
 
-    def __init__(self, controller: FusionController | None, name: str, block: int | None) -> None:
+    `classic=True` materialises the attention probabilities everywhere, as the authors' code
+    does (no SDPA): the reference-like path the benchmarks compare against. Same results.
+    """
+
+    def __init__(self, controller: FusionController | None, name: str, block: int | None,
+                 classic: bool = False) -> None:
         self.controller = controller
         self.name = name
         self.block = block
+        self.classic = classic
 
     def __call__(
         self,
@@ -239,9 +249,15 @@ class FusionAttnProcessor:
             elif not is_cross and self.block is not None and ctl.fusing(self.block):
                 key, value = ctl.fuse_kv(self.name, key, value)
 
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
+        if self.classic:
+            scores = (query @ key.transpose(-1, -2)) * attn.scale
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            hidden_states = scores.softmax(dim=-1).to(value.dtype) @ value
+        else:
+            hidden_states = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+            )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
@@ -253,13 +269,13 @@ class FusionAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def install(unet: UNet2DConditionModel, controller: FusionController | None) -> None:
+def install(unet: UNet2DConditionModel, controller: FusionController | None, classic: bool = False) -> None:
     """Put a FusionAttnProcessor on every attention layer, sharing `controller`."""
     blocks = attention_blocks(unet)
     procs = {}
     for name in unet.attn_processors:
         block = next((i for i, p in enumerate(blocks) if name.startswith(p + ".")), None)
-        procs[name] = FusionAttnProcessor(controller, name, block)
+        procs[name] = FusionAttnProcessor(controller, name, block, classic)
     unet.set_attn_processor(procs)
 
 

@@ -48,9 +48,11 @@ def fuse(
     eta: float,
     ref_cond: torch.Tensor | None = None,
     sequential: bool = False,
+    classic_attention: bool = False,
 ) -> FusedBatch:
     """Fuse n pairs. cond [n, L, D] is the base's (= target's) prompt embedding, `ref_cond`
-    the reference's (default: the same); uncond [n, L, D]. `scheduler` has its timesteps set."""
+    the reference's (default: the same); uncond [n, L, D]. `scheduler` has its timesteps set.
+    `sequential` and `classic_attention` give the reference-like path (benchmarks only)."""
     n = base_noise.batch_size
     if ref_noise.batch_size != n or cond.shape[0] != n or uncond.shape[0] != n:
         raise ConfigError("pairs", "reference noise, base noise and embeddings must have one row per pair")
@@ -68,7 +70,7 @@ def fuse(
     )
     device, dtype = unet.device, unet.dtype
     old = dict(unet.attn_processors)
-    attention.install(unet, ctl)
+    attention.install(unet, ctl, classic=classic_attention)
     try:
         with torch.no_grad():
             return _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise,
@@ -81,7 +83,8 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
     sigma = scheduler.init_noise_sigma
     x_ref = (ref_noise.init * sigma).to(device, dtype)
     x_tgt = (base_noise.init * sigma).to(device, dtype)
-    ref_lat, tgt_lat, tgt_lp = [x_ref.float().cpu()], [x_tgt.float().cpu()], []
+    ref_lat, tgt_lat, tgt_lp = [x_ref.float()], [x_tgt.float()], []  # on the device until the end
+    ref_steps, base_steps = ref_noise.steps.to(device), base_noise.steps.to(device)
     cond, ref_cond, uncond = (e.to(device, dtype) for e in (cond, ref_cond, uncond))
     timesteps = [int(t) for t in scheduler.timesteps]
     num_steps = len(timesteps)
@@ -107,18 +110,18 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
         eps_u, eps_c = out.chunk(2)
         eps = (eps_u + w * (eps_c - eps_u)).chunk(len(xs))
         if ref_step is not None:
-            step = ddim_step_with_logprob(scheduler, eps[0], ts[0], x_ref, eta, noise=ref_noise.steps[:, ref_step].to(device))
+            step = ddim_step_with_logprob(scheduler, eps[0], ts[0], x_ref, eta, noise=ref_steps[:, ref_step])
             x_ref = step.prev_sample
-            ref_lat.append(x_ref.float().cpu())
+            ref_lat.append(x_ref.float())
         if tgt_step is not None:
-            step = ddim_step_with_logprob(scheduler, eps[-1], ts[-1], x_tgt, eta, noise=base_noise.steps[:, tgt_step].to(device))
+            step = ddim_step_with_logprob(scheduler, eps[-1], ts[-1], x_tgt, eta, noise=base_steps[:, tgt_step])
             x_tgt = step.prev_sample
-            tgt_lat.append(x_tgt.float().cpu())
-            tgt_lp.append(step.log_prob.float().cpu())
+            tgt_lat.append(x_tgt.float())
+            tgt_lp.append(step.log_prob.float())
     return FusedBatch(
-        ref_latents=torch.stack(ref_lat, 1),
-        target_latents=torch.stack(tgt_lat, 1),
-        target_log_probs=torch.stack(tgt_lp, 1),
-        masks=torch.stack([m.cpu() for m in ctl.masks]),
+        ref_latents=torch.stack(ref_lat, 1).cpu(),
+        target_latents=torch.stack(tgt_lat, 1).cpu(),
+        target_log_probs=torch.stack(tgt_lp, 1).cpu(),
+        masks=torch.stack(ctl.masks).cpu(),
         timesteps=scheduler.timesteps.cpu().clone(),
     )

@@ -107,6 +107,7 @@ def fuse_pairs(
     *,
     decode: bool = True,
     sequential: bool = False,
+    classic_attention: bool = False,
 ) -> list[FusedPair]:
     """Fuse each (reference k, base k) with the reference's items k; replays under the current weights."""
     n = len(bases)
@@ -132,6 +133,7 @@ def fuse_pairs(
         [[it.threshold for it in pair] for pair in items],
         config.model_copy(update={"mask_resolution": mask_resolution}),
         guidance_scale=base0.guidance_scale, eta=base0.eta, ref_cond=ref_cond, sequential=sequential,
+        classic_attention=classic_attention,
     )
     images = model.decode(result.target_latents[:, -1]) if decode else [None] * n
     return [

@@ -172,14 +172,17 @@ def rollout(
     if len(timesteps) != noise.num_steps:
         raise ConfigError("noise", f"noise has {noise.num_steps} steps, the scheduler {len(timesteps)}")
     x = (noise.init * scheduler.init_noise_sigma).to(device, dtype)
-    latents, log_probs = [x.float().cpu()], []
+    # everything stays on the device until the end: a per-step copy to the host would
+    # synchronise every step and leave the GPU idle while the next step is launched
+    steps_noise = noise.steps.to(device, non_blocking=True)
+    latents, log_probs = [x.float()], []
     for i, t in enumerate(timesteps):
         eps = denoise(x, int(t), i)
-        out = ddim_step_with_logprob(scheduler, eps, int(t), x, eta, noise=noise.steps[:, i].to(device))
+        out = ddim_step_with_logprob(scheduler, eps, int(t), x, eta, noise=steps_noise[:, i])
         x = out.prev_sample
-        latents.append(x.float().cpu())
-        log_probs.append(out.log_prob.float().cpu())
-    return Rollout(torch.stack(latents, 1), torch.stack(log_probs, 1), timesteps.cpu().clone())
+        latents.append(x.float())
+        log_probs.append(out.log_prob.float())
+    return Rollout(torch.stack(latents, 1).cpu(), torch.stack(log_probs, 1).cpu(), timesteps.cpu().clone())
 
 
 def trajectory_log_probs(
@@ -207,4 +210,7 @@ def trajectory_log_probs(
 def make_scheduler(template: DDIMScheduler, num_steps: int, device: torch.device | str = "cpu") -> DDIMScheduler:
     scheduler = DDIMScheduler.from_config(template.config)
     scheduler.set_timesteps(num_steps, device=device)
+    # the step reads alphas every step: keep them where the latents are (no per-step copies)
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.to(device)
     return scheduler

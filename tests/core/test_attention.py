@@ -109,8 +109,11 @@ def test_batched_and_sequential_fusion_agree(tiny, fast_sampling):
     cfg = FusionConfig(skip_first_steps=1)
     one = pipeline.fuse_pairs(tiny, refs, bases, items, cfg, decode=False)
     two = pipeline.fuse_pairs(tiny, refs, bases, items, cfg, decode=False, sequential=True)
-    for a, b in zip(one, two, strict=True):
+    classic = pipeline.fuse_pairs(tiny, refs, bases, items, cfg, decode=False, sequential=True,
+                                  classic_attention=True)
+    for a, b, c in zip(one, two, classic, strict=True):
         assert (a.target.latents - b.target.latents).abs().max() < 1e-4
+        assert (a.target.latents - c.target.latents).abs().max() < 1e-4
         assert torch.equal(a.masks, b.masks)
 
 
