@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -44,10 +45,19 @@ class StorageRejected(StorageError):
     """The store refused the request (credentials, bucket, malformed request): retrying won't help."""
 
 
+#: Seconds this thread spent in object-store calls (telemetry: a task's storage overhead).
+_io = threading.local()
+
+
+def io_seconds() -> float:
+    return float(getattr(_io, "seconds", 0.0))
+
+
 @contextmanager
 def _mapped(op: str, key: str | None = None) -> Iterator[None]:
     """Translate SDK / transport exceptions raised inside the block into our hierarchy."""
     what = f"{op} {key!r}" if key is not None else op
+    started = time.perf_counter()
     try:
         yield
     except S3Error as e:
@@ -62,6 +72,8 @@ def _mapped(op: str, key: str | None = None) -> Iterator[None]:
         raise StorageUnavailable(f"{what}: cannot reach the object store: {e}") from e
     except MinioException as e:
         raise StorageError(f"{what}: {e}") from e
+    finally:
+        _io.seconds = io_seconds() + time.perf_counter() - started
 
 
 def _http_client() -> urllib3.PoolManager:

@@ -10,6 +10,7 @@ Torch-free; writes are best effort for the caller (it decides what to do with Re
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,17 @@ class Telemetry:
         for name, n in counts.items():
             argv += [name, int(n)]
         self._produced(keys=[self._k(f"seen:{job_id}"), self._k("produced")], args=argv)
+
+    def record_overhead(self, stage: str, queue_s: float, storage_s: float, total_s: float) -> None:
+        """One task's infrastructure time: idle-worker queue latency and object-store I/O."""
+        row = json.dumps({"stage": stage, "queue_s": queue_s, "storage_s": storage_s, "total_s": total_s})
+        pipe = self.r.pipeline(transaction=False)
+        pipe.lpush(self._k("overhead"), row)
+        pipe.ltrim(self._k("overhead"), 0, 9999)
+        pipe.execute()
+
+    def overheads(self) -> list[dict[str, Any]]:
+        return [json.loads(r) for r in self.r.lrange(self._k("overhead"), 0, -1)]
 
     def set_gpu_memory(self, worker: str, peak_bytes: int) -> None:
         self.r.hset(self._k("gpu_memory"), worker, f"{int(peak_bytes)} {time.time():.0f}")

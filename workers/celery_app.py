@@ -17,6 +17,7 @@ from celery import Task
 from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 
+import workers.telemetry  # noqa: F401  (Celery signals: job/task ids on log records, task metrics to Redis)
 from services.queue import START_JOB, get_app, send
 from services.settings import get_settings
 from services.state import open_state

@@ -19,8 +19,15 @@ import sys
 import time
 from typing import Any
 
-from celery.signals import celeryd_after_setup, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    before_task_publish,
+    celeryd_after_setup,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+)
 
+from services.storage import io_seconds
 from services.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -85,18 +92,46 @@ def stage_of(task_name: str) -> str:
     return task_name.removeprefix("dfusion.")
 
 
+SENT_HEADER = "dfusion_sent"
+_last_end = [0.0]  # wall time this worker process last finished a task
+
+
+def on_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Stamp each message with its publish time, for the queue-latency telemetry."""
+    if headers is not None:
+        headers.setdefault(SENT_HEADER, time.time())
+
+
+def _queue_latency(task: Any) -> float | None:
+    """Publish -> start, counted from when this worker became free (waiting behind other
+    work is queueing, not overhead)."""
+    request = getattr(task, "request", None)
+    if request is None:
+        return None
+    sent = request.get(SENT_HEADER) or (getattr(request, "headers", None) or {}).get(SENT_HEADER)
+    if sent is None:
+        return None
+    return max(0.0, time.time() - max(float(sent), _last_end[0]))
+
+
 def on_prerun(task_id: str, task: Any, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     job_id = str((kwargs or {}).get("job_id", "-"))
     tokens = [job_id_var.set(job_id), task_id_var.set(task_id), task_name_var.set(task.name)]
-    _started[task_id] = (time.monotonic(), tokens)
+    _started[task_id] = (time.monotonic(), tokens, _queue_latency(task), io_seconds())
 
 
 def on_postrun(task_id: str, task: Any, kwargs: dict[str, Any] | None = None, state: str | None = None,
                **_: Any) -> None:
-    started, tokens = _started.pop(task_id, (None, []))
+    started, tokens, queue_s, io_before = _started.pop(task_id, (None, [], None, 0.0))
+    _last_end[0] = time.time()
     try:
         if started is not None:
-            record(task.name, time.monotonic() - started, (kwargs or {}).get("job_id"), ok=state == "SUCCESS")
+            seconds = time.monotonic() - started
+            record(task.name, seconds, (kwargs or {}).get("job_id"), ok=state == "SUCCESS")
+            if queue_s is not None:
+                telemetry().record_overhead(stage_of(task.name), queue_s, io_seconds() - io_before, seconds)
+    except Exception as exc:  # noqa: BLE001 - telemetry must never fail a task
+        log.debug("overhead not recorded: %s", exc)
     finally:
         for token in reversed(tokens):
             token.var.reset(token)
@@ -143,6 +178,7 @@ def _worker_ready(**_: Any) -> None:
 
 
 # Handlers only: importing this module changes no logging outside a Celery worker.
+before_task_publish.connect(on_publish, weak=False)
 task_prerun.connect(on_prerun, weak=False)
 task_postrun.connect(on_postrun, weak=False)
 worker_process_init.connect(_reset_after_fork, weak=False)
