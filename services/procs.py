@@ -92,10 +92,23 @@ def seaweed_env(access_key: str, secret_key: str) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
 
 
-def redis_command(redis_server: str, port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:
-    """A private redis-server with AOF persistence in its own directory."""
+def redis_command(redis_server: str, port: int, data_dir: Path, host: str = "127.0.0.1",
+                  password: str | None = None) -> list[str]:
+    """A private redis-server with AOF persistence in its own directory.
+
+    With `password`, clients must AUTH; it goes into an owner-only config file in `data_dir`
+    rather than onto the command line (which `ps` shows). Protected mode stays on, so without a
+    password Redis answers loopback clients only.
+    """
+    config: list[str] = []
+    if password is not None:
+        conf = Path(data_dir) / "auth.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'requirepass "{password}"\n')
+        config = [str(conf)]
     return [
-        redis_server, "--bind", host, "--port", str(port), "--dir", str(data_dir),
+        redis_server, *config, "--bind", host, "--port", str(port), "--dir", str(data_dir),
         "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
     ]
 

@@ -113,12 +113,17 @@ def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec]
     facts: dict[str, Any] = {}
     url = urlsplit(settings.redis_url)
     redis_host, redis_port = url.hostname or "127.0.0.1", url.port or 6379
+    facts["redis_url"] = settings.redis_url
     if not tcp_open(redis_host, redis_port):
         server = find_binary("redis-server") or "redis-server"
         (root_dir / "redis").mkdir(parents=True, exist_ok=True)
-        specs.append(ProcessSpec("redis", redis_command(server, redis_port, root_dir / "redis", redis_host),
+        # Reachable from other hosts only with a password (protected mode refuses them otherwise).
+        password = url.password
+        if password is None and not _loopback(redis_host):
+            password = secrets.token_urlsafe(24)
+            facts["redis_url"] = url._replace(netloc=f":{password}@{url.netloc}").geturl()
+        specs.append(ProcessSpec("redis", redis_command(server, redis_port, root_dir / "redis", redis_host, password),
                                  port=redis_port, restart=True))
-    facts["redis_url"] = settings.redis_url
 
     access = settings.s3_access_key or "dfusion-" + secrets.token_hex(4)
     secret = settings.s3_secret_key or secrets.token_urlsafe(24)
@@ -127,14 +132,15 @@ def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec]
         facts.update(s3_endpoint=endpoint, s3_access_key=settings.s3_access_key,
                      s3_secret_key=settings.s3_secret_key)
     else:
-        ports = SeaweedPorts.pick()
+        ports, s3_host = SeaweedPorts.pick(), "127.0.0.1"
         if endpoint:
-            ports = SeaweedPorts(_host_port(endpoint)[1], ports.master, ports.volume, ports.filer)
+            s3_host, s3_port = _host_port(endpoint)
+            ports = SeaweedPorts(s3_port, ports.master, ports.volume, ports.filer)
         weed = find_binary("weed") or "weed"
         (root_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
-        specs.append(ProcessSpec("seaweedfs", seaweed_command(weed, root_dir / "seaweedfs", ports),
+        specs.append(ProcessSpec("seaweedfs", seaweed_command(weed, root_dir / "seaweedfs", ports, s3_host),
                                  env=seaweed_env(access, secret), port=ports.s3, restart=True))
-        facts.update(s3_endpoint=f"127.0.0.1:{ports.s3}", s3_access_key=access, s3_secret_key=secret)
+        facts.update(s3_endpoint=f"{s3_host}:{ports.s3}", s3_access_key=access, s3_secret_key=secret)
     facts["s3_bucket"] = settings.s3_bucket
 
     env = {
@@ -151,6 +157,10 @@ def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec]
                "-c", "1", "--prefetch-multiplier", "1", "-l", "info"]
         specs.append(ProcessSpec(f"worker-{q}", cmd, env=env, queues=[q], restart=True))
     return specs, facts
+
+
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:

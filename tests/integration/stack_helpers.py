@@ -154,8 +154,9 @@ def small_job(samples: int = 8, epochs: int = 1, batch: int = 2, **over: Any) ->
 
 # --- task events from the worker logs ----------------------------------------------------------
 
+# Celery's format "[ts: INFO/ForkPoolWorker-1] msg" or workers.telemetry's "ts INFO name [job=.. task=..]: msg"
 _EVENT = re.compile(
-    r"^\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] "
+    r"^\[?(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\b[^\n\]]*\]:? "
     r"(?P<task>dfusion\.\w+) (?:(?P<kw>\{[^}]*\}) (?P<ev>start|done)|(?P<end>failed permanently|transient failure))",
     re.M,
 )
@@ -190,29 +191,34 @@ def signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def kill_mid_task(stack: Stack, worker: str, task: str, offset: int, whole_worker: bool,
-                  timeout_s: float = 180) -> tuple[Event, float]:
-    """SIGKILL the worker's pool process (or, `whole_worker`, the worker and its pool) while it runs
-    a `task`; returns that task's start event and the kill time.
+def freeze_mid_task(stack: Stack, worker: str, offset: int, task: str | None = None, whole_worker: bool = False,
+                    timeout_s: float = 180) -> tuple[Event, list[int]]:
+    """SIGSTOP the worker's pool process (with `whole_worker`, the main process too) while it runs a
+    task (a `task` one, if given); returns that task's start event and the frozen pids.
 
-    The victims are frozen first (SIGSTOP) and the log re-read, so the kill provably lands mid-task.
+    The log is re-read once they are frozen, so the caller's next move provably lands mid-task.
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         ev = running_task(stack, worker, offset)
         children = stack.pool_children(worker)
-        if ev is None or ev.task != task or not children:
+        if ev is None or (task is not None and ev.task != task) or not children:
             time.sleep(0.02)
             continue
-        main = stack.processes()[worker].pid
-        victims = [main, *children] if whole_worker else children
+        victims = [stack.processes()[worker].pid, *children] if whole_worker else children
         signal_all(victims, signal.SIGSTOP)
         if running_task(stack, worker, offset) == ev:  # still mid-task while frozen
-            signal_all(victims, signal.SIGKILL)
-            return ev, time.time()
+            return ev, victims
         signal_all(victims, signal.SIGCONT)
         time.sleep(0.02)
-    raise TimeoutError(f"{worker} never ran {task} within {timeout_s}s")
+    raise TimeoutError(f"{worker} never ran {task or 'a task'} within {timeout_s}s")
+
+
+def kill_mid_task(stack: Stack, worker: str, task: str, offset: int, whole_worker: bool) -> tuple[Event, float]:
+    """SIGKILL the worker's pool process (or the whole worker) mid-`task`; returns its start and the kill time."""
+    ev, victims = freeze_mid_task(stack, worker, offset, task, whole_worker)
+    signal_all(victims, signal.SIGKILL)
+    return ev, time.time()
 
 
 def restart_delay(stack: Stack, worker: str, ev: Event, killed_at: float, offset: int, timeout_s: float = 120) -> float:
