@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 
@@ -81,7 +82,13 @@ def _run(task: Task, stage: Callable[..., None], job_id: str, **kwargs: Any) -> 
             return
         delay = min(30, 2 ** task.request.retries)
         log.warning("%s transient failure, retry in %ss: %s", task.name, delay, exc, extra=extra)
-        raise task.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
+        try:
+            raise task.retry(exc=exc, countdown=delay, max_retries=settings.task_max_retries) from exc
+        except Reject as rej:
+            # Celery rejects *without* requeue when the retry cannot be published (the broker is
+            # what failed): the message would be dropped and the job would hang. Keep it instead.
+            log.warning("%s retry not published (%s); requeueing", task.name, rej.reason, extra=extra)
+            raise Reject(exc, requeue=True) from exc
     except Exception as exc:
         log.exception("%s failed permanently", task.name, extra=extra)
         fail_job(job_id, f"{task.name.removeprefix('dfusion.')}: {type(exc).__name__}: {exc}")
