@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     max_samples_per_job: int = Field(default=4096, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1, description="largest request body the API accepts, bytes")
     presign_expiry_s: int = Field(default=300, ge=1, le=7 * 24 * 3600, description="presigned URL lifetime, seconds")
-    visibility_timeout_s: int = Field(default=120, ge=1, description="broker redelivery timeout; above the longest task")
+    visibility_timeout_s: int = Field(default=60, ge=1, description="broker redelivery timeout; above the longest task")
     task_max_retries: int = Field(default=5, ge=0)
     device: str | None = Field(default=None, description="torch device of a worker (cuda:N, cpu); None = the GPU if any")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per worker process; None = torch's default")
