@@ -150,6 +150,10 @@ def load_model(
     """`tiny`, or a local diffusers folder in SD 1.x / 2.x layout (unet/, vae/, text_encoder/, ...)."""
     if str(name_or_path) == TINY:
         return build_tiny(device, dtype)
+    if str(name_or_path) == "toy":  # the trained toy-world model shipped in assets/toy
+        from dfusion_core.toyworld import load_toy
+
+        return load_toy(device, dtype)
     root = Path(name_or_path)
     missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (root / sub).is_dir()]
     if missing:

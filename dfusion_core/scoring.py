@@ -201,3 +201,6 @@ def build_scorer(name_or_path: str | Path, device: torch.device | str = "cpu",
         return ClipScorer.from_pretrained(name, device, dtype)
     raise ConfigError("scorer", f"unknown scorer {name!r}: use one of {available_scorers()}, "
                       "'openclip:<arch>:<weights>' or a local CLIP folder")
+
+
+import dfusion_core.toyworld  # noqa: E402,F401 - registers the exact "toy" scorer

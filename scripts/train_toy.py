@@ -1,0 +1,189 @@
+"""Train the toy-world text-to-image model (pixel space, 32x32) from scratch.
+
+    python scripts/train_toy.py --steps 4000 --out runs/toy [--resume] [--device cuda]
+
+Each step draws a fresh batch of scenes for training captions (held-out combinations are never
+shown), noises them under SD's DDPM schedule and regresses the noise (epsilon prediction);
+10% of captions are dropped to "" for classifier-free guidance. UNet and text encoder train
+jointly with AdamW; an EMA of the weights is what gets exported.
+
+Resumable: `--out/state.safetensors` holds weights, EMA, AdamW moments and the step; the batch
+of step k depends only on (seed, k), so a resumed run continues the same data stream.
+`--out/unet.safetensors` + `text_encoder.safetensors` (fp16 EMA, `load_toy(folder=...)`) are
+rewritten at every save; copy them to dfusion_core/assets/toy to ship.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file, save_file
+
+from dfusion_core import toyworld as tw
+from dfusion_core.models import SD_SCHEDULER_CONFIG, load_tokenizer
+
+log = logging.getLogger("train_toy")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, required=True, help="total optimizer steps (a resumed run stops here too)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from --out/state.safetensors if present")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100, help="linear LR warm-up steps")
+    p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights")
+    p.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this wall time; 0 = no limit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    return p.parse_args(argv)
+
+
+def _save_state(path: Path, step: int, modules: dict, ema: dict, opt: torch.optim.AdamW, params: list) -> None:
+    state: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        for k, v in module.state_dict().items():
+            state[f"model.{name}.{k}"] = v.detach().cpu().contiguous()
+    for k, v in ema.items():
+        state[f"ema.{k}"] = v.detach().cpu().contiguous()
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if st:
+            state[f"opt.{i}.exp_avg"] = st["exp_avg"].cpu().contiguous()
+            state[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
+            state[f"opt.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).float().cpu()
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"step": str(step)})
+    tmp.replace(path)
+
+
+def _load_state(path: Path, modules: dict, ema: dict, opt: torch.optim.AdamW, params: list, device) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        step = int(f.metadata()["step"])
+    state = load_file(str(path))
+    for name, module in modules.items():
+        prefix = f"model.{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    for k in ema:
+        ema[k].copy_(state[f"ema.{k}"])
+    for i, p in enumerate(params):
+        if f"opt.{i}.exp_avg" in state:
+            opt.state[p] = {
+                "exp_avg": state[f"opt.{i}.exp_avg"].to(device),
+                "exp_avg_sq": state[f"opt.{i}.exp_avg_sq"].to(device),
+                "step": state[f"opt.{i}.step"].reshape(()).clone(),
+            }
+    return step
+
+
+def _export(out: Path, unet, text, ema: dict, step: int, args: argparse.Namespace) -> None:
+    """Write the EMA weights in the shipped format (fp16)."""
+    backup = {k: v.detach().clone() for k, v in _named(unet, text).items()}
+    named = _named(unet, text)
+    with torch.no_grad():
+        for k, v in ema.items():
+            named[k].copy_(v)
+    meta = {"step": step, "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
+            "heldout": "captions with tw.is_heldout(text) were never trained on"}
+    tw.save_toy_weights(unet, text, out, meta)
+    with torch.no_grad():
+        for k, v in backup.items():
+            named[k].copy_(v)
+
+
+def _named(unet, text) -> dict[str, torch.Tensor]:
+    return {**{f"unet.{k}": p for k, p in unet.named_parameters()},
+            **{f"text.{k}": p for k, p in text.named_parameters()}}
+
+
+def train(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    unet, text = tw.build_toy_modules(seed=args.seed)
+    unet.to(device).train()
+    text.to(device).train()
+    tokenizer = load_tokenizer()
+    scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one",)})
+    alphas = scheduler.alphas_cumprod.to(device)
+    params = [p for p in (*unet.parameters(), *text.parameters())]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    ema = {k: p.detach().clone() for k, p in _named(unet, text).items()}
+    named = _named(unet, text)
+    modules = {"unet": unet, "text": text}
+    state_path = args.out / "state.safetensors"
+    step = 0
+    if args.resume and state_path.is_file():
+        step = _load_state(state_path, modules, ema, opt, params, device)
+        log.info("resumed at step %d", step)
+    captions = tw.train_captions()
+    # token ids of every caption (and of ""), once
+    vocab = captions + [""]
+    ids_all = tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids_all = ids_all.to(device)
+    t0 = time.time()
+    losses: list[float] = []
+    while step < args.steps:
+        rng = np.random.default_rng([args.seed, step])
+        idx = rng.integers(0, len(captions), size=args.batch)
+        images = tw.make_batch([captions[i] for i in idx], rng)
+        drop = rng.random(args.batch) < args.uncond
+        idx = np.where(drop, len(captions), idx)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        x0 = F.pixel_unshuffle(pixels, tw.LATENT_FACTOR).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        cond = text(ids_all[torch.from_numpy(idx).to(device)])[0]
+        pred = unet(x_t, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for k, p in named.items():
+                ema[k].lerp_(p.detach(), 1 - decay)
+        step += 1
+        losses.append(float(loss.detach()))
+        if step % 50 == 0:
+            log.info("step %d loss %.4f (%.2f s/step)", step, np.mean(losses[-50:]), (time.time() - t0) / len(losses))
+        out_of_time = args.max_minutes and (time.time() - t0) > 60 * args.max_minutes
+        if step % args.save_every == 0 or step == args.steps or out_of_time:
+            _save_state(state_path, step, modules, ema, opt, params)
+            _export(args.out, unet, text, ema, step, args)
+            log.info("saved step %d", step)
+        if out_of_time:
+            break
+    (args.out / "train_log.json").write_text(json.dumps({"step": step, "last_losses": losses[-200:]}))
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
