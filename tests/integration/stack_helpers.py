@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -115,24 +115,20 @@ def running_stack(root: Path, env: dict[str, str] | None = None, host: str = "12
                   plan: Callable[[list[ProcessSpec]], list[ProcessSpec]] | None = None) -> Iterator[Stack]:
     """Start a stack in `root`; `env` adds to STACK_ENV, `host` is where Redis and S3 listen,
     `plan` may rewrite the process list (e.g. run workers elsewhere)."""
+    # The stack's settings go to its processes only: several stacks may be alive at once in a
+    # test session, so nothing here may change this process's environment.
     env = {**STACK_ENV, **(env or {})}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     settings = Settings(redis_url=f"redis://{host}:{free_port()}/0", api_port=free_port(), s3_bucket="dfusion-it",
                         s3_endpoint=None if host == "127.0.0.1" else f"{host}:{free_port(grpc_pair=True)}")
     try:
         specs, facts = default_specs(settings, root)
+        specs = [replace(spec, env={**env, **spec.env}) for spec in specs]
         stack_up(settings, root, specs=plan(specs) if plan else specs)
         wait_for(lambda: httpx.get(f"{facts['api_url']}/healthz", timeout=5).status_code == 200, 120, "API healthy")
         token = JobState.from_url(facts["redis_url"]).create_token("alice")
         yield Stack(root, settings, facts, token)
     finally:
         stack_down(root, grace_s=5.0)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # --- fault injection and exact-output checks (tests/reliability) ------------------------------
