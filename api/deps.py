@@ -105,15 +105,21 @@ def get_tenant(
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> str:
     """The caller's tenant from `Authorization: Bearer` or the `dfusion_token` cookie (hash lookup)."""
-    if not settings.auth_required:
-        return DEFAULT_TENANT
-    token = bearer.credentials if bearer is not None else cookie
-    if not token:
+    if bearer is None and not cookie and settings.auth_required:
         raise _unauthorized("missing token: send 'Authorization: Bearer <token>'")
-    tenant = state.tenant_for_token(token) if len(token) <= 512 else None
+    tenant = resolve_tenant(settings, state, bearer, cookie)
     if tenant is None:
         raise _unauthorized("unknown token")
     return tenant
+
+
+def resolve_tenant(settings: Settings, state: JobState, bearer: HTTPAuthorizationCredentials | None,
+                   cookie: str | None) -> str | None:
+    """The tenant a bearer token or cookie stands for (the bearer wins); None when neither is valid."""
+    if not settings.auth_required:
+        return DEFAULT_TENANT
+    token = bearer.credentials if bearer is not None else cookie
+    return state.tenant_for_token(token) if token and len(token) <= 512 else None
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import DEFAULT_TENANT, TOKEN_COOKIE, SettingsDep, StateDep, StoreDep
+from api.deps import TOKEN_COOKIE, SettingsDep, StateDep, StoreDep, resolve_tenant
 from api.routes.jobs import object_url
 from api.schemas import JobSummary
 from dfusion_core.errors import ConfigError
@@ -48,10 +48,7 @@ def page_tenant(
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> str:
     """The tenant of a page request (cookie or bearer), else LoginRequired."""
-    if not settings.auth_required:
-        return DEFAULT_TENANT
-    token = bearer.credentials if bearer is not None else cookie
-    tenant = state.tenant_for_token(token) if token and len(token) <= 512 else None
+    tenant = resolve_tenant(settings, state, bearer, cookie)
     if tenant is None:
         raise LoginRequired(request.url.path)
     return tenant
