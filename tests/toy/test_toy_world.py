@@ -1,0 +1,79 @@
+"""The toy world's data and exact scorer (dfusion_core/toyworld.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dfusion_core import toyworld as tw
+from dfusion_core.errors import ConfigError
+from dfusion_core.scoring import available_scorers, build_scorer
+
+FLIP = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+
+
+def _swap_relation(text: str) -> str:
+    c = tw.parse_caption(text)
+    return tw.Caption(c.colour_a, c.shape_a, FLIP[c.relation], c.colour_b, c.shape_b).text
+
+
+def _swap_shapes(text: str) -> str:
+    c = tw.parse_caption(text)
+    return tw.Caption(c.colour_a, c.shape_b, c.relation, c.colour_b, c.shape_a).text
+
+
+def test_captions_and_split():
+    assert len(tw.CAPTIONS) == len(set(tw.CAPTIONS)) == 288
+    held, train = tw.heldout_captions(), tw.train_captions()
+    assert held and train and not set(held) & set(train)
+    assert sorted(held + train) == sorted(tw.CAPTIONS)
+    # every colour-shape binding and relation of the held-out split is seen in training, in other combinations
+    seen = {(c.colour_a, c.shape_a) for c in map(tw.parse_caption, train)}
+    assert all((c.colour_a, c.shape_a) in seen for c in map(tw.parse_caption, held))
+    assert tw.parse_caption("a red circle above a blue square").items == ["circle", "square"]
+
+
+@pytest.mark.parametrize("bad", ["a purple circle above a blue square", "a red circle above a red square",
+                                 "a red circle near a blue square", "a red circle above a blue circle", ""])
+def test_parse_rejects_text_outside_the_world(bad):
+    with pytest.raises(ConfigError):
+        tw.parse_caption(bad)
+
+
+def test_generation_is_deterministic_and_follows_the_caption():
+    caps = list(tw.CAPTIONS[::5])
+    a = tw.make_batch(caps, np.random.default_rng(7))
+    b = tw.make_batch(caps, np.random.default_rng(7))
+    assert a.dtype == np.uint8 and a.shape == (len(caps), 32, 32, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, tw.make_batch(caps, np.random.default_rng(8)))
+
+
+def test_scorer_is_exact_on_ground_truth_and_penalises_wrong_captions():
+    scorer = build_scorer("toy")
+    assert "toy" in available_scorers() and isinstance(scorer, tw.ToyScorer)
+    caps = [tw.CAPTIONS[i % len(tw.CAPTIONS)] for i in range(0, 600, 3)]
+    images = torch.from_numpy(tw.make_batch(caps, np.random.default_rng(0)))
+    assert torch.equal(scorer.score(images, caps), torch.ones(len(caps)))
+    wrong_relation = scorer.score(images, [_swap_relation(c) for c in caps])
+    assert torch.allclose(wrong_relation, torch.full((len(caps),), 0.8))  # four facts of five hold
+    assert (scorer.score(images, [_swap_shapes(c) for c in caps]) == 0.6).all()  # both shapes wrong
+    blank = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    assert torch.equal(scorer.score(blank, caps[:2]), torch.zeros(2))
+
+
+def test_scorer_checks_its_inputs():
+    scorer = tw.ToyScorer()
+    with pytest.raises(ConfigError):
+        scorer.score(torch.zeros(1, 32, 32, 3), ["a red circle above a blue square"])
+    with pytest.raises(ConfigError):
+        scorer.score(torch.zeros(2, 32, 32, 3, dtype=torch.uint8), ["a red circle above a blue square"])
+
+
+def test_pixel_vae_is_exact():
+    vae = tw.PixelVAE(factor=2, block_out_channels=(12, 12))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = vae.encode_pixels(x)
+    assert z.shape == (2, 12, 16, 16)
+    assert torch.equal(vae.decode(z).sample, x)
