@@ -19,6 +19,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = [{"text": r.text, "items": list(r.items), "mask_thresholds": list(r.mask_thresholds)}
                for r in load_prompts() if r.text in DEMO_PROMPTS]
     spec, models = build_spec(prompts, args)
+    # a held-out check per policy version that fits the demo's few-minute budget on 2 cores
+    held_out = [r.text for r in load_prompts(split="test")][:2]
+    spec = spec.model_copy(update={"eval_prompts": held_out, "eval_seeds": 1})
     code = execute(spec, models, args)
     print(f"open {args.out / 'report.html'} to see the pairs")
     return code
