@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="'tiny' or a local diffusers folder (default: tiny)")
+    p.add_argument("--model", default="tiny",
+                   help="'tiny' (random), 'toy' (the shipped toy-world model) or a local diffusers folder")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="multiple of 4 (default: 8)")
     p.add_argument("--epochs", type=int, default=1, help="sample -> fuse -> train rounds (default: 1)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20)")
@@ -56,7 +57,7 @@ def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[object, d
 
     models: dict[str, str] = {}
     model = args.model
-    if model != "tiny":
+    if model not in ("tiny", "toy"):
         folder = Path(model)
         if not folder.is_dir():
             raise ConfigError("model", f"{model} is neither 'tiny' nor a local diffusers folder")

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Model name that every worker can build without weights (tiny random model from configs).
 BUILTIN_MODEL = "tiny"
+#: Every model a worker can build with no configuration (tiny: random; toy: the shipped toy world).
+BUILTIN_MODELS = (BUILTIN_MODEL, "toy")
 
 
 def _alias(name: str) -> AliasChoices:
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
     storage_dir: Path = Field(default=Path(".dfusion/blobs"), description="local blob dir used when s3_endpoint is None")
     models: dict[str, str] = Field(
         default_factory=dict,
-        description=f"model name -> local diffusers folder on the workers; {BUILTIN_MODEL!r} is built in",
+        description="model name -> local diffusers folder on the workers; 'tiny' and 'toy' are built in",
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -55,7 +57,7 @@ class Settings(BaseSettings):
 
     def model_names(self) -> list[str]:
         """Names a job may ask for: the built-in tiny model plus the configured ones."""
-        return sorted({BUILTIN_MODEL, *self.models})
+        return sorted({*BUILTIN_MODELS, *self.models})
 
 
 @lru_cache(maxsize=1)

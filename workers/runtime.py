@@ -22,6 +22,9 @@ from workers import keys
 
 log = logging.getLogger(__name__)
 
+#: Models every worker builds without configuration: random `tiny`, the shipped toy-world `toy`.
+BUILTIN_MODELS = ("tiny", "toy")
+
 
 def pick_device(device: str | None) -> torch.device:
     if device:
@@ -47,8 +50,9 @@ class Runtime:
     def model(self, name: str) -> DiffusionModel:
         with self.lock:
             if name not in self._models:
-                if name != "tiny" and name not in self.models:
-                    raise ConfigError("model", f"unknown model {name!r}; registered: tiny, {', '.join(self.models)}")
+                if name not in BUILTIN_MODELS and name not in self.models:
+                    raise ConfigError("model", f"unknown model {name!r}; built in: {', '.join(BUILTIN_MODELS)}; "
+                                      f"registered: {', '.join(self.models) or 'none'}")
                 log.info("loading model %s on %s", name, self.device)
                 self._models[name] = load_model(self.models.get(name, name), self.device, self.dtype)
             return self._models[name]
