@@ -54,6 +54,17 @@ def io_seconds() -> float:
 
 
 @contextmanager
+def io_timer() -> Iterator[None]:
+    """Count the block's wall time as this thread's storage time (for I/O fanned out to a pool,
+    whose threads keep their own, uncounted totals)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        _io.seconds = io_seconds() + time.perf_counter() - started
+
+
+@contextmanager
 def _mapped(op: str, key: str | None = None) -> Iterator[None]:
     """Translate SDK / transport exceptions raised inside the block into our hierarchy."""
     what = f"{op} {key!r}" if key is not None else op

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from dfusion_core.storage import BlobStore
 from dfusion_core.trajectories import Trajectory
 from services.jobspec import JobSpec
 from services.state_types import JobStatus
+from services.storage import io_timer
 from workers import keys
 from workers.images import mask_image, png_bytes, png_tensor
 from workers.runtime import Runtime
@@ -118,17 +120,32 @@ def sample(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> No
     with ctx.runtime.lock:
         model = ctx.runtime.policy(spec.model, ctx.store, job_id, epoch)
         trajs = pipeline.sample(model, [text] * len(seeds), spec.sampling, seeds=seeds, policy_version=epoch)
-    for i, seed, traj in zip(indices, seeds, trajs, strict=True):
+    objects = []
+    for i, traj in zip(indices, trajs, strict=True):
+        sid = keys.sample_id(epoch, prompt, i)
+        assert traj.image is not None
+        objects += [(keys.trajectory_key(job_id, sid), traj.to_bytes(), "application/octet-stream"),
+                    (keys.image_key(job_id, sid), png_bytes(traj.image), "image/png")]
+    _put_all(ctx, objects)
+    for i, seed in zip(indices, seeds, strict=True):
         sid = keys.sample_id(epoch, prompt, i)
         tkey, ikey = keys.trajectory_key(job_id, sid), keys.image_key(job_id, sid)
-        ctx.store.put(tkey, traj.to_bytes())
-        assert traj.image is not None
-        ctx.store.put(ikey, png_bytes(traj.image), "image/png")
         ctx.state.put_sample(job_id, sid, {
             "id": sid, "epoch": epoch, "prompt_index": prompt, "index": i, "seed": seed,
             "policy_version": epoch, "prompt": text, "trajectory_key": tkey, "image_key": ikey, "score": None,
         })
     ctx.dispatch("dfusion.score", job_id=job_id, epoch=epoch, prompt=prompt, batch=batch)
+
+
+def _put_all(ctx: Context, objects: list[tuple[str, bytes, str]]) -> None:
+    """Store a task's objects concurrently: each put is a round trip, and a task has a dozen."""
+    with io_timer(), ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda o: ctx.store.put(*o), objects))
+
+
+def _get_all(ctx: Context, keys_: list[str]) -> list[bytes]:
+    with io_timer(), ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(ctx.store.get, keys_))
 
 
 # --- score -------------------------------------------------------------------------------------
@@ -141,7 +158,7 @@ def score(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> Non
     size = spec.sampling.batch_size
     sids = [keys.sample_id(epoch, prompt, i)
             for i in range(batch * size, min((batch + 1) * size, spec.samples_per_prompt))]
-    images = torch.stack([png_tensor(ctx.store.get(keys.image_key(job_id, sid))) for sid in sids])
+    images = torch.stack([png_tensor(b) for b in _get_all(ctx, [keys.image_key(job_id, sid) for sid in sids])])
     text = spec.prompts[prompt].text
     with ctx.runtime.lock:
         scores = ctx.runtime.scorer(spec.scorer).score(images, [text] * len(sids))
@@ -163,10 +180,10 @@ def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt
     return records  # type: ignore[return-value]
 
 
-def _trajectory(ctx: Context, key: str) -> Trajectory:
+def _trajectory(key: str, data: bytes) -> Trajectory:
     """A stored trajectory; a corrupt one fails the job with an error naming its object."""
     try:
-        return Trajectory.from_bytes(ctx.store.get(key))
+        return Trajectory.from_bytes(data)
     except TrajectoryError as exc:
         raise TrajectoryError(f"object {key}: {exc}") from exc
 
@@ -181,8 +198,9 @@ def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None
     plans = (select_plain_pairs if plain else select_fusion_pairs)(scores)
     size = spec.sampling.batch_size
     plans = plans[chunk * size : (chunk + 1) * size]
-    load = {i: _trajectory(ctx, records[i]["trajectory_key"])
-            for i in {x for p in plans for x in (p.reference, p.base)}}
+    needed = sorted({x for p in plans for x in (p.reference, p.base)})
+    blobs = _get_all(ctx, [records[i]["trajectory_key"] for i in needed])
+    load = {i: _trajectory(records[i]["trajectory_key"], b) for i, b in zip(needed, blobs, strict=True)}
     if plain:
         _store_plain_pairs(ctx, job_id, epoch, prompt, plans, records)
     else:
@@ -192,13 +210,17 @@ def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None
             items = map_items(model.tokenizer, ps.text, ps.items, ps.mask_thresholds)
             fused = pipeline.fuse_pairs(model, [load[p.reference] for p in plans], [load[p.base] for p in plans],
                                         [items] * len(plans), spec.fusion)
+        objects = []
         for plan, fp in zip(plans, fused, strict=True):
             pid = keys.pair_id(epoch, prompt, plan.index)
             assert fp.target.image is not None
-            ctx.store.put(keys.target_key(job_id, pid), fp.target.to_bytes())
-            ctx.store.put(keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png")
             mask = mask_image(fp.masks, fp.mask_resolution, tuple(fp.target.image.shape[:2]))
-            ctx.store.put(keys.mask_key(job_id, pid), png_bytes(mask), "image/png")
+            objects += [(keys.target_key(job_id, pid), fp.target.to_bytes(), "application/octet-stream"),
+                        (keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
+                        (keys.mask_key(job_id, pid), png_bytes(mask), "image/png")]
+        _put_all(ctx, objects)
+        for plan in plans:
+            pid = keys.pair_id(epoch, prompt, plan.index)
             _put_pair(ctx, job_id, epoch, prompt, plan, records, pid,
                       keys.target_key(job_id, pid), keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid))
     scope = f"fused-{keys.train_unit(epoch, prompt)}"
@@ -265,15 +287,11 @@ def _train_pairs(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: i
     from dfusion_core.training import TrainPair
 
     records = ctx.state.list_pairs(job_id)
-    out = []
-    for k in range(spec.samples_per_prompt // 2):
-        rec = records[keys.pair_id(epoch, prompt, k)]
-        out.append(TrainPair(
-            winner=_trajectory(ctx, rec["target_key"]),
-            loser=_trajectory(ctx, rec["base_trajectory_key"]),
-            winner_reward=float(rec["reference_score"]), loser_reward=float(rec["base_score"]),
-        ))
-    return out
+    recs = [records[keys.pair_id(epoch, prompt, k)] for k in range(spec.samples_per_prompt // 2)]
+    names = [key for rec in recs for key in (rec["target_key"], rec["base_trajectory_key"])]
+    trajs = [_trajectory(key, data) for key, data in zip(names, _get_all(ctx, names), strict=True)]
+    return [TrainPair(winner=trajs[2 * k], loser=trajs[2 * k + 1], winner_reward=float(rec["reference_score"]),
+                      loser_reward=float(rec["base_score"])) for k, rec in enumerate(recs)]
 
 
 def train(ctx: Context, job_id: str, epoch: int, prompt: int) -> None:
