@@ -1,0 +1,43 @@
+"""`dfusion run` (embedded): the run folder a user gets, with trained LoRA checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+
+def test_run_leaves_trained_checkpoints_and_metrics(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"text": "a red and woolen dog", "items": ["woolen", "dog"],
+                                   "mask_thresholds": [0.02, 0.03]}) + "\n")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", str(prompts), "--model", "tiny", "--samples-per-prompt", "4",
+         "--epochs", "2", "--steps", "4", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "succeeded" and summary["counts"]["pairs"] == 4
+    for version in (1, 2):
+        weights = load_file(str(out / "checkpoints" / str(version) / "pytorch_lora_weights.safetensors"))
+        lora_b = [t for k, t in weights.items() if "lora_B" in k or "lora.up" in k]
+        assert lora_b and any(t.abs().sum() > 0 for t in lora_b), "LoRA B is still zero: nothing trained"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["policy_version"] for m in metrics["epochs"]] == [1, 2]
+    for m in metrics["epochs"]:
+        assert m["loss"] is not None and m["margin"] is not None and m["heldout_score"] is not None
+    assert (out / "report.html").read_text().count('class="pair"') == 4
+
+
+def test_run_names_the_bad_field(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"text": "a cat", "items": ["dog"], "mask_thresholds": [0.1]}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "run", str(prompts), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "prompts.0" in proc.stderr and "'dog' is not a word" in proc.stderr
