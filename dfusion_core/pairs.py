@@ -21,6 +21,13 @@ class PairPlan:
     base: int
 
 
+def pairs_per_prompt(samples_per_prompt: int) -> int:
+    """Pairs one prompt yields per epoch: n/2, for D-Fusion and plain pairs alike."""
+    if samples_per_prompt <= 0 or samples_per_prompt % 4:
+        raise ConfigError("samples_per_prompt", f"needs a positive multiple of 4, got {samples_per_prompt}")
+    return samples_per_prompt // 2
+
+
 def _ranked(scores: Sequence[float]) -> list[int]:
     n = len(scores)
     if n == 0 or n % 4:
@@ -44,3 +51,17 @@ def select_plain_pairs(scores: Sequence[float]) -> list[PairPlan]:
     ranked = _ranked(scores)
     n = len(ranked)
     return [PairPlan(k, ranked[k], ranked[n - 1 - k]) for k in range(n // 2)]
+
+
+def carries_preference(winner_score: float, loser_score: float, rule: str) -> bool:
+    """Whether a pair is trained under `rule` (TrainingConfig.pair_filter).
+
+    'winner_beats_loser': the winner (a fused target scored on its own image, or a plain winner)
+    must score strictly above its loser; a tie or a fusion that did not help teaches nothing true.
+    'none': every pair, as the authors' selection produces them.
+    """
+    if rule == "none":
+        return True
+    if rule == "winner_beats_loser":
+        return float(winner_score) > float(loser_score)
+    raise ConfigError("training.pair_filter", f"unknown pair filter {rule!r}; use 'winner_beats_loser' or 'none'")

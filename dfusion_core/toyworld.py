@@ -339,8 +339,10 @@ TOY_UNET_CONFIG: dict = {
     "out_channels": LATENT_CHANNELS,
     "layers_per_block": 1,
     "block_out_channels": [48, 96, 96],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    # attention at every level, 16x16 included: that is where layout and objects live, so the
+    # cross-attention maps can find the items and self-attention fusion can move them
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "cross_attention_dim": 64,
     "attention_head_dim": 4,
     "norm_num_groups": 16,
@@ -398,7 +400,11 @@ def save_toy_weights(unet: torch.nn.Module, text: torch.nn.Module, folder: str |
     (root / "meta.json").write_text(json.dumps(meta or {}, indent=2))
 
 
-def load_toy_modules(folder: str | Path | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+def load_toy_modules(
+    folder: str | Path | None = None, strict: bool = True
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Toy weights from `folder` (default: the shipped ones). `strict=False` lets weights of a smaller
+    architecture seed a grown one (its extra layers keep their fresh init), as scripts/train_toy.py --init does."""
     from safetensors.torch import load_file
 
     root = Path(folder) if folder is not None else toy_dir()
@@ -407,7 +413,7 @@ def load_toy_modules(folder: str | Path | None = None) -> tuple[UNet2DConditionM
     unet, text = build_toy_modules()
     for name, module in (("unet", unet), ("text_encoder", text)):
         state = {k: v.float() for k, v in load_file(str(root / f"{name}.safetensors")).items()}
-        module.load_state_dict(state, strict=False)
+        module.load_state_dict(state, strict=strict)
     return unet, text
 
 

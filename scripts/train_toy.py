@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this wall time; 0 = no limit")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these toy weights (a folder as load_toy reads); layers they lack keep their "
+                        "fresh init, so a model grown by new attention layers trains on from the old one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -97,7 +100,7 @@ def _export(out: Path, unet, text, ema: dict, step: int, args: argparse.Namespac
     with torch.no_grad():
         for k, v in ema.items():
             named[k].copy_(v)
-    meta = {"step": step, "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
+    meta = {"step": step, "init": str(args.init) if args.init else None, "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
             "heldout": "captions with tw.is_heldout(text) were never trained on"}
     tw.save_toy_weights(unet, text, out, meta)
     with torch.no_grad():
@@ -115,7 +118,7 @@ def train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    unet, text = tw.build_toy_modules(seed=args.seed)
+    unet, text = tw.load_toy_modules(args.init, strict=False) if args.init else tw.build_toy_modules(seed=args.seed)
     unet.to(device).train()
     text.to(device).train()
     tokenizer = load_tokenizer()
