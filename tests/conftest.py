@@ -1,4 +1,5 @@
-"""Session-wide fixtures shared by every test package: real Redis and a real S3 server.
+"""Session-wide fixtures shared by every test package: a real Redis and a real S3 server, both started
+here on free ports.
 
 Kept light on purpose (no torch at import); other test packages add their own conftests.
 """
@@ -17,29 +18,26 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.infra import SeaweedServer, run_seaweed  # noqa: E402
-
-#: Redis db reserved for tests on the machine's Redis; flushed when the session starts.
-TEST_REDIS_DB = 13
+from tests.infra import SeaweedServer, run_redis, run_seaweed  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """URL of the machine's Redis (127.0.0.1:6379, db 13), flushed at session start.
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis for this test session: a private redis-server on a free loopback port, killed
+    at the end, so the suite needs nothing listening on 6379.
 
-    Override with DFUSION_TEST_REDIS_URL. Skips the test when no Redis answers.
+    DFUSION_TEST_REDIS_URL uses that Redis instead; its db is flushed when the session starts.
     """
-    import redis
+    url = os.environ.get("DFUSION_TEST_REDIS_URL")
+    if url:
+        import redis
 
-    url = os.environ.get("DFUSION_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_REDIS_DB}")
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.flushdb()
-    except redis.exceptions.ConnectionError as e:
-        pytest.skip(f"no Redis at {url}: {e}")
-    finally:
-        client.close()
-    return url
+        with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+            client.flushdb()
+        yield url
+        return
+    with run_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

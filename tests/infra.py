@@ -29,6 +29,7 @@ from services.settings import Settings
 __all__ = ["free_port", "SeaweedServer", "run_seaweed", "run_redis", "s3_probe"]
 
 SEAWEED_READY_TIMEOUT_S = 60.0
+REDIS_READY_TIMEOUT_S = 30.0  # starts in milliseconds; the rest is room for a loaded machine
 
 
 @dataclass(frozen=True)
@@ -87,17 +88,28 @@ def run_seaweed(data_dir: Path | None = None) -> Iterator[SeaweedServer]:
 
 @contextmanager
 def run_redis(data_dir: Path) -> Iterator[str]:
-    """A private redis-server with AOF in `data_dir`; yields its URL (db 0)."""
+    """A private redis-server on a free loopback port with AOF in `data_dir`; yields its URL (db 0).
+
+    Killed on exit. A server that dies at start (e.g. its port was taken meanwhile) raises at once,
+    with the end of its log.
+    """
+    import redis
+
     server = find_binary("redis-server")
     if server is None:
-        raise RuntimeError("redis-server not found")
+        raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
     port = free_port()
     proc = spawn(ProcessSpec("redis", redis_command(server, port, data_dir)), data_dir / "logs")
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        import redis
+        def ready() -> bool:
+            if proc.poll() is not None:
+                log = (data_dir / "logs" / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{log}")
+            with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
+                return bool(client.ping())
 
-        _wait_or_raise(lambda: bool(redis.Redis.from_url(url).ping()), 15.0, "redis-server")
+        _wait_or_raise(ready, REDIS_READY_TIMEOUT_S, "redis-server")
         yield url
     finally:
         terminate(proc.pid, grace_s=3.0, reap=proc.poll)
