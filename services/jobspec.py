@@ -8,10 +8,12 @@ tokenizer and fail the job with a readable reason if a word does not map.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dfusion_core.config import FusionConfig, SamplingConfig, TrainingConfig
+from dfusion_core.pairs import pairs_per_prompt
 
 MAX_PROMPT_CHARS = 300
 MAX_PROMPTS = 256
@@ -24,6 +26,26 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 def words(text: str) -> list[str]:
     """Lower-case words, as CLIP's pre-tokenizer splits them (letters/digits; punctuation dropped)."""
     return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class ExpectedCounts:
+    """How many records a job makes, per epoch and in all: the final values of JobState's
+    `samples`, `scored` and `pairs` counters (optimizer steps depend on the pair filter)."""
+
+    epochs: int
+    prompts: int
+    samples_per_prompt: int
+    pairs_per_prompt: int
+
+    @property
+    def per_epoch(self) -> dict[str, int]:
+        samples = self.prompts * self.samples_per_prompt
+        return {"samples": samples, "scored": samples, "pairs": self.prompts * self.pairs_per_prompt}
+
+    @property
+    def total(self) -> dict[str, int]:
+        return {name: n * self.epochs for name, n in self.per_epoch.items()}
 
 
 class PromptSpec(BaseModel):
@@ -109,3 +131,8 @@ class JobSpec(BaseModel):
     @property
     def total_samples(self) -> int:
         return len(self.prompts) * self.samples_per_prompt * self.epochs
+
+    def expected_counts(self) -> ExpectedCounts:
+        """Samples, scores and pairs this job makes (pairs per prompt: `dfusion_core.pairs`)."""
+        return ExpectedCounts(self.epochs, len(self.prompts), self.samples_per_prompt,
+                              pairs_per_prompt(self.samples_per_prompt))

@@ -15,7 +15,15 @@ from typing import Any
 
 from dfusion_core.errors import ConfigError
 from services.state import COUNTER_NAMES
-from services.state_types import TRANSITIONS, InvalidTransition, JobExists, JobNotFound, JobRecord, JobStatus
+from services.state_types import (
+    TRANSITIONS,
+    InvalidTransition,
+    JobExists,
+    JobNotFound,
+    JobRecord,
+    JobStatus,
+    StateError,
+)
 
 
 class MemoryState:
@@ -115,14 +123,22 @@ class MemoryState:
             return copy.deepcopy(self._job(job_id)["samples"].get(sample_id))
 
     def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
+        return self._merge(job_id, "samples", sample_id, updates, first="score", counter="scored")
+
+    def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
+        return self._merge(job_id, "pairs", pair_id, updates, first="target_score", counter="")
+
+    def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
         with self._lock:
             job = self._job(job_id)
-            record = job["samples"][sample_id]
-            first = record.get("score") is None and updates.get("score") is not None
+            record = job[kind].get(rid)
+            if record is None:
+                raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
+            was_first = record.get(first) is None and updates.get(first) is not None
             record.update(copy.deepcopy(updates))
-            if first:
-                job["counts"]["scored"] += 1
-            return first
+            if was_first and counter:
+                job["counts"][counter] += 1
+            return was_first
 
     def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -16,15 +16,23 @@ from celery import Celery
 from services.settings import Settings, get_settings
 
 QUEUES = ("sample", "score", "fuse", "train")
+
+# Task names: the one place they are spelled (workers register bodies under them, stages enqueue them).
 START_JOB = "dfusion.start_job"
+SAMPLE = "dfusion.sample"
+SCORE = "dfusion.score"  # a batch of samples
+SCORE_TARGETS = "dfusion.score_targets"  # the fused targets of a chunk of pairs
+FUSE = "dfusion.fuse"
+TRAIN = "dfusion.train"  # one unit per epoch
 
 # task name -> queue
 ROUTES = {
     START_JOB: "score",  # bookkeeping only: any light queue
-    "dfusion.sample": "sample",
-    "dfusion.score": "score",
-    "dfusion.fuse": "fuse",
-    "dfusion.train": "train",
+    SAMPLE: "sample",
+    SCORE: "score",
+    SCORE_TARGETS: "score",
+    FUSE: "fuse",
+    TRAIN: "train",
 }
 
 

@@ -298,27 +298,36 @@ class JobState:
 
     @_mapped
     def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
-        """Merge `updates` into a stored sample; True (and `scored` += 1) when this call set its first score.
+        """Merge `updates` into a stored sample; True (and `scored` += 1) when this call set its first score."""
+        return self._merge(job_id, "samples", sample_id, updates, first="score", counter="scored")
 
-        WATCH/MULTI rather than Lua so floats round-trip exactly through Python's json.
-        """
-        key, counts = self._k(job_id, "samples"), self._k(job_id, "counts")
-        first_score = False
+    @_mapped
+    def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
+        """Merge `updates` (e.g. `target_score`, `trained`) into a stored pair; True when this call
+        set its first `target_score`. No counter moves: pairs are counted when inserted."""
+        return self._merge(job_id, "pairs", pair_id, updates, first="target_score", counter="")
+
+    def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
+        """Merge `updates` into record `rid`; True when `updates` set field `first` for the first time
+        (then `counter` += 1 in the same transaction). WATCH/MULTI rather than Lua so floats
+        round-trip exactly through Python's json."""
+        key, counts = self._k(job_id, kind), self._k(job_id, "counts")
+        was_first = False
 
         def txn(pipe: redis.client.Pipeline) -> None:
-            nonlocal first_score
-            raw = pipe.hget(key, sample_id)
+            nonlocal was_first
+            raw = pipe.hget(key, rid)
             if raw is None:
-                raise StateError(f"job {job_id}: no sample {sample_id!r} to update")
+                raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
             record = json.loads(raw)
-            first_score = record.get("score") is None and updates.get("score") is not None
+            was_first = record.get(first) is None and updates.get(first) is not None
             pipe.multi()
-            pipe.hset(key, sample_id, _dumps({**record, **updates}))
-            if first_score:
-                pipe.hincrby(counts, "scored", 1)
+            pipe.hset(key, rid, _dumps({**record, **updates}))
+            if was_first and counter:
+                pipe.hincrby(counts, counter, 1)
 
         self.r.transaction(txn, key)
-        return first_score
+        return was_first
 
     @_mapped
     def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ def test_services_import_without_heavy_deps() -> None:
     code = (
         "import sys\n"
         "import services, services.settings, services.storage, services.state, services.state_types\n"
-        "import services.procs, services.stack, services.queue, services.jobspec\n"
+        "import services.procs, services.stack, services.queue, services.jobspec, services.records\n"
         f"print(','.join(m for m in {FORBIDDEN!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
