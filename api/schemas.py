@@ -43,17 +43,19 @@ class SpecSummary(BaseModel):
     samples_per_prompt: int
     epochs: int
     total_samples: int
+    expected_counts: dict[str, int] = Field(
+        default_factory=dict, description="final samples / scored / pairs counts of the whole job")
     algorithm: str | None = None
     pairs: str | None = None
+    pair_filter: str | None = None
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SpecSummary:
-        prompts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in spec.get("prompts", [])]
-        spp, epochs = int(spec.get("samples_per_prompt", 0)), int(spec.get("epochs", 1))
-        training = spec.get("training") or {}
+        s = JobSpec.model_validate(spec)
         return cls(
-            model=str(spec.get("model", "")), prompts=prompts, samples_per_prompt=spp, epochs=epochs,
-            total_samples=len(prompts) * spp * epochs, algorithm=training.get("algorithm"), pairs=training.get("pairs"),
+            model=s.model, prompts=[p.text for p in s.prompts], samples_per_prompt=s.samples_per_prompt,
+            epochs=s.epochs, total_samples=s.total_samples, expected_counts=s.expected_counts().total,
+            algorithm=s.training.algorithm, pairs=s.training.pairs, pair_filter=s.training.pair_filter,
         )
 
 
@@ -112,6 +114,8 @@ class PairPublic(BaseModel):
     reference: str | None = Field(None, description="sample id of the reference (winner) image")
     base_score: float | None = None
     reference_score: float | None = None
+    target_score: float | None = Field(None, description="the scorer on the target's own image; None until scored")
+    trained: bool | None = Field(None, description="whether the pair filter kept it for training; None until trained")
     target_image_url: str | None = None
     base_image_url: str | None = None
     reference_image_url: str | None = None

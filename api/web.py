@@ -23,6 +23,7 @@ from api.deps import TOKEN_COOKIE, SettingsDep, StateDep, StoreDep, resolve_tena
 from api.routes.jobs import object_url
 from api.schemas import JobSummary
 from dfusion_core.errors import ConfigError
+from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
 from services.state import JobState
 from services.state_types import JobNotFound, JobRecord
 from workers import report
@@ -163,21 +164,21 @@ def job_page(job_id: str, tenant: PageTenant, state: StateDep) -> HTMLResponse:
         return _html("dfusion: not found", f"<h1>No job {_e(job_id)}</h1>", status=404)
     s = JobSummary.from_record(job)
     metrics = state.get_metrics(job.job_id)
-    samples = dict(sorted(state.list_samples(job.job_id).items()))
-    pairs = dict(sorted(state.list_pairs(job.job_id).items()))
-    checkpoints = state.list_checkpoints(job.job_id)
+    samples = load_all(SampleRecord, state.list_samples(job.job_id))
+    pairs = load_all(PairRecord, state.list_pairs(job.job_id))
+    checkpoints = [CheckpointRecord.load(c) for c in state.list_checkpoints(job.job_id)]
 
     def url(key: str) -> str:
         return object_url(job.job_id, key) or ""
 
     error = f'<p class="status failed">{_e(s.error)}</p>' if s.error else ""
-    ckpts = " · ".join(f'<a href="{_e(url(c["key"]))}">v{_e(c["version"])}</a>' for c in checkpoints) or "none yet"
+    ckpts = " · ".join(f'<a href="{_e(url(c.key))}">v{c.version}</a>' for c in checkpoints) or "none yet"
     body = (
         f'<h1>Job {_e(s.id)} <span id="status" class="status {_e(s.status.value)}">{_e(s.status.value)}</span></h1>'
         f"{error}<p>model <b>{_e(s.spec.model)}</b> · {len(s.spec.prompts)} prompts × {s.spec.samples_per_prompt} "
         f"samples × {s.spec.epochs} epochs · pairs: {_e(s.spec.pairs)} · loss: {_e(s.spec.algorithm)} · "
         f"policy version {s.policy_version}</p>"
-        f"<h2>Progress</h2>{report.progress_bars(state.get_counts(job.job_id), report.stage_totals(s.spec.total_samples))}"
+        f"<h2>Progress</h2>{report.progress_bars(state.get_counts(job.job_id), report.stage_totals(s.spec.expected_counts))}"
         f"<h2>Training</h2>{report.metrics_table(metrics)}{report.curves(metrics)}"
         f"<p>checkpoints: {ckpts} · <a id='export' href='/jobs/{_e(s.id)}/pairs.parquet'>pairs as Parquet</a></p>"
         f"<h2>Pairs ({len(pairs)})</h2>{report.pair_rows(pairs, url)}"

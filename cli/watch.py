@@ -27,9 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def totals(job: dict[str, Any]) -> dict[str, int | None]:
-    """Expected final count per stage from the job's spec (one pair per two samples)."""
-    n = int(job["spec"]["total_samples"])
-    return {"samples": n, "scored": n, "pairs": n // 2, "trained_steps": None}
+    """Expected final count per stage, as the API derives it from the spec (JobSpec.expected_counts);
+    optimizer steps are not known in advance."""
+    expected = job["spec"].get("expected_counts") or {}
+    return {name: expected.get(name) for name in STAGES}
 
 
 def _summary(job: dict[str, Any]) -> str:

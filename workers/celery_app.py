@@ -19,7 +19,7 @@ from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 
 import workers.telemetry  # noqa: F401  (Celery signals: job/task ids on log records, task metrics to Redis)
-from services.queue import START_JOB, get_app, send
+from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN, get_app, send
 from services.settings import get_settings
 from services.state import open_state
 from services.state_types import JobStatus, StateUnavailable
@@ -101,24 +101,29 @@ def start_job(self: Task, job_id: str) -> None:
     _run(self, lambda ctx, j: stages.start_job(ctx, j), job_id)
 
 
-@app.task(name="dfusion.sample", bind=True)
+@app.task(name=SAMPLE, bind=True)
 def sample(self: Task, job_id: str, epoch: int, prompt: int, batch: int) -> None:
     _run(self, stages.sample, job_id, epoch=epoch, prompt=prompt, batch=batch)
 
 
-@app.task(name="dfusion.score", bind=True)
+@app.task(name=SCORE, bind=True)
 def score(self: Task, job_id: str, epoch: int, prompt: int, batch: int) -> None:
     _run(self, stages.score, job_id, epoch=epoch, prompt=prompt, batch=batch)
 
 
-@app.task(name="dfusion.fuse", bind=True)
+@app.task(name=SCORE_TARGETS, bind=True)
+def score_targets(self: Task, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
+    _run(self, stages.score_targets, job_id, epoch=epoch, prompt=prompt, chunk=chunk)
+
+
+@app.task(name=FUSE, bind=True)
 def fuse(self: Task, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
     _run(self, stages.fuse, job_id, epoch=epoch, prompt=prompt, chunk=chunk)
 
 
-@app.task(name="dfusion.train", bind=True)
-def train(self: Task, job_id: str, epoch: int, prompt: int) -> None:
-    _run(self, stages.train, job_id, epoch=epoch, prompt=prompt)
+@app.task(name=TRAIN, bind=True)
+def train(self: Task, job_id: str, epoch: int) -> None:
+    _run(self, stages.train, job_id, epoch=epoch)
 
 
 def worker_main(queues: list[str], concurrency: int = 1, loglevel: str = "INFO") -> None:

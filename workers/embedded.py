@@ -19,6 +19,8 @@ from dfusion_core.errors import DFusionError
 from dfusion_core.storage import LocalDirStore
 from services.jobspec import JobSpec
 from services.memstate import MemoryState
+from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN
+from services.records import PairRecord, SampleRecord, load_all
 from services.state_types import JobStatus
 from workers import keys, stages
 from workers.report import write_report
@@ -27,10 +29,11 @@ from workers.runtime import Runtime, pick_device
 log = logging.getLogger(__name__)
 
 STAGES: dict[str, Callable[..., None]] = {
-    "dfusion.sample": stages.sample,
-    "dfusion.score": stages.score,
-    "dfusion.fuse": stages.fuse,
-    "dfusion.train": stages.train,
+    SAMPLE: stages.sample,
+    SCORE: stages.score,
+    FUSE: stages.fuse,
+    SCORE_TARGETS: stages.score_targets,
+    TRAIN: stages.train,
 }
 
 
@@ -83,6 +86,7 @@ def run_embedded(
         runtime=Runtime(models=dict(models or {}), device=pick_device(device)),
     )
     totals = expected_totals(spec)
+    name = START_JOB
     try:
         stages.start_job(ctx, job_id)
         while queue:
@@ -90,21 +94,21 @@ def run_embedded(
             STAGES[name](ctx, **kwargs)
             if progress is not None:
                 progress(state.get_counts(job_id), totals)
-    except DFusionError as exc:
-        state.set_status(job_id, JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
-        log.error("job failed: %s", exc)
+    except Exception as exc:  # the workers' policy: a failed stage fails the job with a readable reason
+        log.error("%s failed", name, exc_info=not isinstance(exc, DFusionError))
+        state.set_status(job_id, JobStatus.FAILED, f"{name.removeprefix('dfusion.')}: {type(exc).__name__}: {exc}")
     job = state.get_job(job_id)
     metrics = state.get_metrics(job_id)
-    samples, pairs = state.list_samples(job_id), state.list_pairs(job_id)
+    samples = load_all(SampleRecord, state.list_samples(job_id))
+    pairs = load_all(PairRecord, state.list_pairs(job_id))
     local = lambda key: key.removeprefix(keys.job_prefix(job_id))  # noqa: E731 - object key -> run-folder path
     (out / "metrics.json").write_text(json.dumps({"status": job.status.value, "epochs": metrics}, indent=2))
-    (out / "samples.json").write_text(json.dumps(list(samples.values()), indent=1))
-    (out / "pairs.json").write_text(json.dumps(list(pairs.values()), indent=1))
+    (out / "samples.json").write_text(json.dumps([s.dump() for s in samples], indent=1))
+    (out / "pairs.json").write_text(json.dumps([p.dump() for p in pairs], indent=1))
     write_report(out / "report.html", spec, samples, pairs, metrics, local)
     return RunResult(job_id, out, job.status.value, state.get_counts(job_id), metrics, job.error)
 
 
 def expected_totals(spec: JobSpec) -> dict[str, int]:
-    per_epoch = len(spec.prompts) * spec.samples_per_prompt
-    return {"samples": per_epoch * spec.epochs, "scored": per_epoch * spec.epochs,
-            "pairs": per_epoch // 2 * spec.epochs, "trained_steps": 0}
+    """Final value of each progress counter (optimizer steps depend on the pair filter: 0 = unknown)."""
+    return {**spec.expected_counts().total, "trained_steps": 0}

@@ -1,7 +1,15 @@
-"""Deterministic object keys and record ids: (job, epoch, index) -> key, so a retried task
-overwrites its own objects instead of adding new ones."""
+"""Deterministic object keys, record ids and seeds: (job, epoch, index) -> key, so a retried task
+overwrites its own objects instead of adding new ones, and redraws the same noise."""
 
 from __future__ import annotations
+
+import hashlib
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from its parts (e.g. job seed, "sample", epoch, prompt, index)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def job_prefix(job_id: str) -> str:
@@ -44,5 +52,16 @@ def trainer_prefix(job_id: str) -> str:
     return f"{job_prefix(job_id)}trainer"
 
 
-def train_unit(epoch: int, prompt: int) -> str:
+def prompt_unit(epoch: int, prompt: int) -> str:
+    """A prompt's share of an epoch (its samples, scores and pairs)."""
     return f"e{epoch}-p{prompt:03d}"
+
+
+def train_unit(epoch: int) -> str:
+    """The training unit of an epoch: every pair of every prompt, one unit per epoch."""
+    return f"e{epoch}"
+
+
+def trainer_state_prefix(job_id: str, epoch: int) -> str:
+    """Where train(epoch) saves the trainer (LoRA + optimizer state) that train(epoch + 1) resumes."""
+    return f"{trainer_prefix(job_id)}/{train_unit(epoch)}"

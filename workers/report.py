@@ -7,11 +7,12 @@ the network. Torch-free (records in, text out), so the API's pages can reuse the
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from services.jobspec import JobSpec
+from services.records import PairRecord, SampleRecord
 
 CSS = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -91,45 +92,50 @@ def curves(metrics: list[dict[str, Any]]) -> str:
             + "</div>")
 
 
-def pair_rows(pairs: dict[str, dict[str, Any]], url: Callable[[str], str]) -> str:
+def _trained(p: PairRecord) -> str:
+    return {None: "", True: "<br>trained", False: '<br><span class="muted">filtered out</span>'}[p.trained]
+
+
+def pair_rows(pairs: Sequence[PairRecord], url: Callable[[str], str]) -> str:
     """Each pair as base | reference with the item mask overlaid (red where the mask is white) | target,
-    and the mask itself; plain pairs (no mask) show none."""
+    and the mask itself, each with its own score; plain pairs (no mask) show none."""
     rows = []
-    for pid, p in pairs.items():
+    for p in pairs:
         tint = mask = '<span class="muted">–</span>'
-        if p.get("mask_key"):
-            m = _e(url(p["mask_key"]))
+        if p.mask_key:
+            m = _e(url(p.mask_key))
             tint = (f'<div class="tint" role="img" aria-label="item mask overlay" '
                     f'style="mask-image:url(&quot;{m}&quot;);-webkit-mask-image:url(&quot;{m}&quot;)"></div>')
             mask = f'<img class="mask" src="{m}" alt="item mask">'
         rows.append(
-            f'<tr class="pair"><td class="muted">{_e(pid)}<br>{_e(p["prompt"])}</td>'
-            f'<td><img src="{_e(url(p["base_image_key"]))}" alt="base"><br>base {_fmt(p["base_score"])}</td>'
-            f'<td><div class="stack"><img src="{_e(url(p["reference_image_key"]))}" alt="reference">'
-            f'{tint if p.get("mask_key") else ""}</div>reference {_fmt(p["reference_score"])}</td>'
-            f'<td><img src="{_e(url(p["target_image_key"]))}" alt="target"><br>target (winner)</td>'
+            f'<tr class="pair"><td class="muted">{_e(p.id)}<br>{_e(p.prompt)}</td>'
+            f'<td><img src="{_e(url(p.base_image_key))}" alt="base"><br>base {_fmt(p.base_score)}</td>'
+            f'<td><div class="stack"><img src="{_e(url(p.reference_image_key))}" alt="reference">'
+            f'{tint if p.mask_key else ""}</div>reference {_fmt(p.reference_score)}</td>'
+            f'<td><img src="{_e(url(p.target_image_key))}" alt="target"><br>'
+            f'target <span class="target-score">{_fmt(p.target_score)}</span>{_trained(p)}</td>'
             f"<td>{mask}</td></tr>")
-    return ("<table><tr><th>pair</th><th>base (loser)</th><th>reference + item mask</th><th>target</th>"
+    return ("<table><tr><th>pair</th><th>base (loser)</th><th>reference + item mask</th><th>target (winner)</th>"
             "<th>mask</th></tr>" + "".join(rows) + "</table>")
 
 
-def gallery(samples: dict[str, dict[str, Any]], url: Callable[[str], str]) -> str:
-    figs = [f'<figure><img src="{_e(url(s["image_key"]))}" alt="{_e(sid)}" loading="lazy">'
-            f'{_e(sid)} · v{_e(s["policy_version"])} · {_fmt(s.get("score"))}</figure>' for sid, s in samples.items()]
+def gallery(samples: Sequence[SampleRecord], url: Callable[[str], str]) -> str:
+    figs = [f'<figure><img src="{_e(url(s.image_key))}" alt="{_e(s.id)}" loading="lazy">'
+            f'{_e(s.id)} · v{_e(s.policy_version)} · {_fmt(s.score)}</figure>' for s in samples]
     return '<div class="gallery">' + "".join(figs) + "</div>"
 
 
-def score_histograms(samples: dict[str, dict[str, Any]]) -> str:
-    epochs = sorted({s["epoch"] for s in samples.values()})
+def score_histograms(samples: Sequence[SampleRecord]) -> str:
+    epochs = sorted({s.epoch for s in samples})
     return '<div class="charts">' + "".join(
-        histogram(f"sample scores, epoch {e}", [s["score"] for s in samples.values()
-                                                 if s["epoch"] == e and s.get("score") is not None])
+        histogram(f"sample scores, epoch {e}", [s.score for s in samples if s.epoch == e and s.score is not None])
         for e in epochs) + "</div>"
 
 
-def stage_totals(total_samples: int) -> dict[str, int | None]:
-    """Expected final count per stage (None: not known in advance); one pair per two samples."""
-    return {"samples": total_samples, "scored": total_samples, "pairs": total_samples // 2, "trained_steps": None}
+def stage_totals(expected: dict[str, int]) -> dict[str, int | None]:
+    """Expected final count per stage (`JobSpec.expected_counts().total`); optimizer steps are not
+    known in advance (the pair filter decides how many pairs train)."""
+    return {**{name: expected.get(name) for name in STAGES}, "trained_steps": None}
 
 
 def progress_bars(counts: dict[str, int], totals: dict[str, int | None]) -> str:
@@ -148,9 +154,12 @@ def metrics_table(metrics: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{m['epoch']}</td><td>{m['policy_version']}</td><td>{_fmt(m.get('loss'))}</td>"
         f"<td>{_fmt(m.get('margin'))}</td><td>{_fmt(m.get('mean_sample_score'))}</td>"
+        f"<td>{_fmt(m.get('pairs_trained'))} / {_fmt(m.get('pairs_total'))}</td>"
+        f"<td>{_fmt(m.get('target_win_rate'))}</td><td>{_fmt(m.get('mean_target_gain'))}</td>"
         f"<td>{_fmt(m.get('heldout_score'))}</td></tr>" for m in metrics)
     return ("<table><tr><th>epoch</th><th>version</th><th>loss</th><th>margin</th>"
-            f"<th>mean sample score</th><th>held-out score</th></tr>{rows}</table>")
+            "<th>mean sample score</th><th>pairs trained</th><th>target win rate</th><th>mean target gain</th>"
+            f"<th>held-out score</th></tr>{rows}</table>")
 
 
 def page(title: str, body: str, head: str = "") -> str:
@@ -159,7 +168,8 @@ def page(title: str, body: str, head: str = "") -> str:
             f"<style>{CSS}</style>{head}</head><body>{body}</body></html>")
 
 
-def write_report(path: Path, spec: JobSpec, samples: dict, pairs: dict, metrics: list, url: Callable[[str], str]) -> None:
+def write_report(path: Path, spec: JobSpec, samples: Sequence[SampleRecord], pairs: Sequence[PairRecord],
+                 metrics: list[dict[str, Any]], url: Callable[[str], str]) -> None:
     body = (
         f"<h1>dfusion run</h1><p>model <b>{_e(spec.model)}</b> · {len(spec.prompts)} prompts × "
         f"{spec.samples_per_prompt} samples × {spec.epochs} epochs · pairs: {_e(spec.training.pairs)} · "

@@ -6,14 +6,15 @@ state -> enqueue what became ready. Fan-in is by exactly-once `mark_done`, never
 re-run member of a complete fan-in re-enqueues until the enqueue is confirmed (`_fan_in`).
 
 Flow per epoch e (policy version e):
-  sample(e, p, b) -> score(e, p, b) -> [all batches of p scored] fuse(e, p, c)
-  -> [all chunks of p fused, and unit (e, p-1) trained] train(e, p)
-  -> [last prompt] publish version e+1, evaluate, then epoch e+1 or done.
+  sample(e, p, b) -> score(e, p, b) -> [all batches of prompt p scored] fuse(e, p, c)
+  -> score_targets(e, p, c) (fused targets scored on their own images; plain pairs need none)
+  -> [every chunk of every prompt has scored pairs] train(e): resumes train(e-1)'s trainer,
+     trains the pairs that carry a preference, all prompts mixed
+  -> publish version e+1, evaluate, then epoch e+1 or done.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,19 +24,28 @@ from typing import Any
 from dfusion_core import pipeline
 from dfusion_core.errors import TrajectoryError
 from dfusion_core.items import map_items
-from dfusion_core.pairs import select_fusion_pairs, select_plain_pairs
+from dfusion_core.pairs import PairPlan, carries_preference, select_fusion_pairs, select_plain_pairs
 from dfusion_core.storage import BlobStore
 from dfusion_core.trajectories import Trajectory
 from services.jobspec import JobSpec
+from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, TRAIN
+from services.records import PairRecord, SampleRecord, load_all
 from services.state_types import JobStatus
 from services.storage import io_timer
-from workers import keys
+from workers import keys, publish
 from workers.images import mask_image, png_bytes, png_tensor
+from workers.keys import derive_seed
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[..., None]  # dispatch(task_name, **kwargs)
+
+# Fan-in scopes: what completes them, and what their completer enqueues.
+EPOCH_START = "epoch-start-{epoch}"  # the epoch's one start -> every sample batch
+SCORED = "scored-{unit}"  # every sample batch of a prompt scored -> its fuse chunks
+PAIRS_SCORED = "pairs-scored-e{epoch}"  # every chunk of every prompt has target-scored pairs -> train(e)
+TRAINED = "trained-{unit}"  # train(e)'s commit: its optimizer steps are counted once
 
 
 @dataclass
@@ -44,11 +54,6 @@ class Context:
     store: BlobStore
     dispatch: Dispatch
     runtime: Runtime
-
-
-def derive_seed(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _spec(ctx: Context, job_id: str) -> JobSpec | None:
@@ -83,7 +88,13 @@ def _batches(spec: JobSpec) -> int:
 
 
 def _chunks(spec: JobSpec) -> int:
-    return -(-(spec.samples_per_prompt // 2) // spec.sampling.batch_size)
+    return -(-spec.expected_counts().pairs_per_prompt // spec.sampling.batch_size)
+
+
+def _chunk_range(spec: JobSpec, chunk: int) -> range:
+    """Pair indices (within a prompt) of fuse / score_targets chunk `chunk`."""
+    size = spec.sampling.batch_size
+    return range(chunk * size, min((chunk + 1) * size, spec.expected_counts().pairs_per_prompt))
 
 
 # --- job start and epochs --------------------------------------------------------------------
@@ -97,14 +108,12 @@ def start_job(ctx: Context, job_id: str) -> None:
 
 def start_epoch(ctx: Context, job_id: str, epoch: int) -> None:
     spec = _spec(ctx, job_id)
-    scope = f"epoch-start-{epoch}"
+    scope = EPOCH_START.format(epoch=epoch)
     if spec is None or not _fan_in(ctx, job_id, scope, "go", 1):
         return
-    # unit (epoch, 0) trains on the state left by the previous epoch, which is complete by now
-    ctx.state.mark_done(job_id, f"trainready-{keys.train_unit(epoch, 0)}", "prev", 2)
     for p in range(len(spec.prompts)):
         for b in range(_batches(spec)):
-            ctx.dispatch("dfusion.sample", job_id=job_id, epoch=epoch, prompt=p, batch=b)
+            ctx.dispatch(SAMPLE, job_id=job_id, epoch=epoch, prompt=p, batch=b)
     _sent(ctx, job_id, scope)
 
 
@@ -129,12 +138,11 @@ def sample(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> No
     _put_all(ctx, objects)
     for i, seed in zip(indices, seeds, strict=True):
         sid = keys.sample_id(epoch, prompt, i)
-        tkey, ikey = keys.trajectory_key(job_id, sid), keys.image_key(job_id, sid)
-        ctx.state.put_sample(job_id, sid, {
-            "id": sid, "epoch": epoch, "prompt_index": prompt, "index": i, "seed": seed,
-            "policy_version": epoch, "prompt": text, "trajectory_key": tkey, "image_key": ikey, "score": None,
-        })
-    ctx.dispatch("dfusion.score", job_id=job_id, epoch=epoch, prompt=prompt, batch=batch)
+        ctx.state.put_sample(job_id, sid, SampleRecord(
+            id=sid, epoch=epoch, prompt_index=prompt, index=i, seed=seed, policy_version=epoch, prompt=text,
+            trajectory_key=keys.trajectory_key(job_id, sid), image_key=keys.image_key(job_id, sid),
+        ).dump())
+    ctx.dispatch(SCORE, job_id=job_id, epoch=epoch, prompt=prompt, batch=batch)
 
 
 def _put_all(ctx: Context, objects: list[tuple[str, bytes, str]]) -> None:
@@ -148,33 +156,59 @@ def _get_all(ctx: Context, keys_: list[str]) -> list[bytes]:
         return list(pool.map(ctx.store.get, keys_))
 
 
-# --- score -------------------------------------------------------------------------------------
+# --- score: samples, then fused targets --------------------------------------------------------
+def _score_images(ctx: Context, spec: JobSpec, image_keys: list[str], text: str) -> list[float]:
+    """The job's scorer on stored PNGs, all against the prompt `text`."""
+    import torch
+
+    images = torch.stack([png_tensor(b) for b in _get_all(ctx, image_keys)])
+    with ctx.runtime.lock:
+        scores = ctx.runtime.scorer(spec.scorer).score(images, [text] * len(image_keys))
+    return [float(s) for s in scores.tolist()]
+
+
 def score(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> None:
     spec = _spec(ctx, job_id)
     if spec is None:
         return
-    import torch
-
     size = spec.sampling.batch_size
     sids = [keys.sample_id(epoch, prompt, i)
             for i in range(batch * size, min((batch + 1) * size, spec.samples_per_prompt))]
-    images = torch.stack([png_tensor(b) for b in _get_all(ctx, [keys.image_key(job_id, sid) for sid in sids])])
-    text = spec.prompts[prompt].text
-    with ctx.runtime.lock:
-        scores = ctx.runtime.scorer(spec.scorer).score(images, [text] * len(sids))
-    for sid, s in zip(sids, scores.tolist(), strict=True):
-        ctx.state.update_sample(job_id, sid, {"score": float(s)})
-    scope = f"scored-{keys.train_unit(epoch, prompt)}"
+    scores = _score_images(ctx, spec, [keys.image_key(job_id, sid) for sid in sids], spec.prompts[prompt].text)
+    for sid, s in zip(sids, scores, strict=True):
+        ctx.state.update_sample(job_id, sid, {"score": s})
+    scope = SCORED.format(unit=keys.prompt_unit(epoch, prompt))
     if _fan_in(ctx, job_id, scope, f"b{batch}", _batches(spec)):
         for c in range(_chunks(spec)):
-            ctx.dispatch("dfusion.fuse", job_id=job_id, epoch=epoch, prompt=prompt, chunk=c)
+            ctx.dispatch(FUSE, job_id=job_id, epoch=epoch, prompt=prompt, chunk=c)
+        _sent(ctx, job_id, scope)
+
+
+def score_targets(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
+    """Score the fused targets of one chunk of pairs on their own images: `target_score`."""
+    spec = _spec(ctx, job_id)
+    if spec is None:
+        return
+    pids = [keys.pair_id(epoch, prompt, k) for k in _chunk_range(spec, chunk)]
+    scores = _score_images(ctx, spec, [keys.target_image_key(job_id, pid) for pid in pids], spec.prompts[prompt].text)
+    for pid, s in zip(pids, scores, strict=True):
+        ctx.state.update_pair(job_id, pid, {"target_score": s})
+    _pairs_scored(ctx, job_id, spec, epoch, prompt, chunk)
+
+
+def _pairs_scored(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int, chunk: int) -> None:
+    """A chunk's pairs carry their target scores; the last chunk of the epoch enqueues train(e)."""
+    scope = PAIRS_SCORED.format(epoch=epoch)
+    if _fan_in(ctx, job_id, scope, f"p{prompt}-c{chunk}", len(spec.prompts) * _chunks(spec)):
+        ctx.dispatch(TRAIN, job_id=job_id, epoch=epoch)
         _sent(ctx, job_id, scope)
 
 
 # --- fuse --------------------------------------------------------------------------------------
-def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int) -> list[dict]:
-    records = [ctx.state.get_sample(job_id, keys.sample_id(epoch, prompt, i)) for i in range(spec.samples_per_prompt)]
-    missing = [i for i, r in enumerate(records) if r is None or r.get("score") is None]
+def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int) -> list[SampleRecord]:
+    raw = [ctx.state.get_sample(job_id, keys.sample_id(epoch, prompt, i)) for i in range(spec.samples_per_prompt)]
+    records = [None if r is None else SampleRecord.load(r) for r in raw]
+    missing = [i for i, r in enumerate(records) if r is None or r.score is None]
     if missing:
         raise RuntimeError(f"samples {missing} of prompt {prompt} are not scored yet")
     return records  # type: ignore[return-value]
@@ -189,138 +223,84 @@ def _trajectory(key: str, data: bytes) -> Trajectory:
 
 
 def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
+    """Select the prompt's pairs and store this chunk's: D-Fusion targets (then scored by
+    score_targets), or plain pairs, whose winner is a scored sample already."""
     spec = _spec(ctx, job_id)
     if spec is None:
         return
     records = _prompt_samples(ctx, job_id, spec, epoch, prompt)
-    scores = [r["score"] for r in records]
     plain = spec.training.pairs == "plain"
+    scores = [r.score for r in records if r.score is not None]  # all of them: _prompt_samples checked
     plans = (select_plain_pairs if plain else select_fusion_pairs)(scores)
-    size = spec.sampling.batch_size
-    plans = plans[chunk * size : (chunk + 1) * size]
-    needed = sorted({x for p in plans for x in (p.reference, p.base)})
-    blobs = _get_all(ctx, [records[i]["trajectory_key"] for i in needed])
-    load = {i: _trajectory(records[i]["trajectory_key"], b) for i, b in zip(needed, blobs, strict=True)}
+    plans = [plans[k] for k in _chunk_range(spec, chunk)]
     if plain:
-        _store_plain_pairs(ctx, job_id, epoch, prompt, plans, records)
-    else:
-        ps = spec.prompts[prompt]
-        with ctx.runtime.lock:
-            model = ctx.runtime.policy(spec.model, ctx.store, job_id, epoch)
-            items = map_items(model.tokenizer, ps.text, ps.items, ps.mask_thresholds)
-            fused = pipeline.fuse_pairs(model, [load[p.reference] for p in plans], [load[p.base] for p in plans],
-                                        [items] * len(plans), spec.fusion)
-        objects = []
-        for plan, fp in zip(plans, fused, strict=True):
-            pid = keys.pair_id(epoch, prompt, plan.index)
-            assert fp.target.image is not None
-            mask = mask_image(fp.masks, fp.mask_resolution, tuple(fp.target.image.shape[:2]))
-            objects += [(keys.target_key(job_id, pid), fp.target.to_bytes(), "application/octet-stream"),
-                        (keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
-                        (keys.mask_key(job_id, pid), png_bytes(mask), "image/png")]
-        _put_all(ctx, objects)
         for plan in plans:
-            pid = keys.pair_id(epoch, prompt, plan.index)
-            _put_pair(ctx, job_id, epoch, prompt, plan, records, pid,
-                      keys.target_key(job_id, pid), keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid))
-    scope = f"fused-{keys.train_unit(epoch, prompt)}"
-    if _fan_in(ctx, job_id, scope, f"c{chunk}", _chunks(spec)):
-        _train_ready(ctx, job_id, epoch, prompt, "fused")
-        _sent(ctx, job_id, scope)
+            win = records[plan.reference]
+            _put_pair(ctx, job_id, plan, records, target_key=win.trajectory_key, target_image_key=win.image_key,
+                      mask_key=None, target_score=win.score)
+        _pairs_scored(ctx, job_id, spec, epoch, prompt, chunk)
+        return
+    _fuse_chunk(ctx, job_id, spec, prompt, plans, records)
+    ctx.dispatch(SCORE_TARGETS, job_id=job_id, epoch=epoch, prompt=prompt, chunk=chunk)
 
 
-def _store_plain_pairs(ctx, job_id, epoch, prompt, plans, records) -> None:
+def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, plans: list[PairPlan],
+                records: list[SampleRecord]) -> None:
+    """Fuse the pairs under the policy version that sampled them; store targets, masks, records."""
+    epoch = records[0].epoch
+    needed = sorted({x for p in plans for x in (p.reference, p.base)})
+    blobs = _get_all(ctx, [records[i].trajectory_key for i in needed])
+    load = {i: _trajectory(records[i].trajectory_key, b) for i, b in zip(needed, blobs, strict=True)}
+    ps = spec.prompts[prompt]
+    with ctx.runtime.lock:
+        model = ctx.runtime.policy(spec.model, ctx.store, job_id, epoch)
+        items = map_items(model.tokenizer, ps.text, ps.items, ps.mask_thresholds)
+        fused = pipeline.fuse_pairs(model, [load[p.reference] for p in plans], [load[p.base] for p in plans],
+                                    [items] * len(plans), spec.fusion)
+    objects = []
+    for plan, fp in zip(plans, fused, strict=True):
+        pid = keys.pair_id(epoch, prompt, plan.index)
+        assert fp.target.image is not None
+        mask = mask_image(fp.masks, fp.mask_resolution, tuple(fp.target.image.shape[:2]))
+        objects += [(keys.target_key(job_id, pid), fp.target.to_bytes(), "application/octet-stream"),
+                    (keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
+                    (keys.mask_key(job_id, pid), png_bytes(mask), "image/png")]
+    _put_all(ctx, objects)
     for plan in plans:
         pid = keys.pair_id(epoch, prompt, plan.index)
-        win = records[plan.reference]
-        _put_pair(ctx, job_id, epoch, prompt, plan, records, pid, win["trajectory_key"], win["image_key"], None)
+        _put_pair(ctx, job_id, plan, records, target_key=keys.target_key(job_id, pid),
+                  target_image_key=keys.target_image_key(job_id, pid), mask_key=keys.mask_key(job_id, pid))
 
 
-def _put_pair(ctx, job_id, epoch, prompt, plan, records, pid, tkey, tikey, mkey) -> None:
+def _put_pair(ctx: Context, job_id: str, plan: PairPlan, records: list[SampleRecord], *, target_key: str,
+              target_image_key: str, mask_key: str | None, target_score: float | None = None) -> None:
     ref, base = records[plan.reference], records[plan.base]
-    ctx.state.put_pair(job_id, pid, {
-        "id": pid, "epoch": epoch, "prompt_index": prompt, "index": plan.index, "prompt": base["prompt"],
-        "reference": ref["id"], "base": base["id"], "reference_score": ref["score"], "base_score": base["score"],
-        "reference_image_key": ref["image_key"], "base_image_key": base["image_key"],
-        "base_trajectory_key": base["trajectory_key"], "target_key": tkey, "target_image_key": tikey,
-        "mask_key": mkey, "policy_version": epoch,
-    })
-
-
-def _train_ready(ctx: Context, job_id: str, epoch: int, prompt: int, member: str) -> None:
-    scope = f"trainready-{keys.train_unit(epoch, prompt)}"
-    if _fan_in(ctx, job_id, scope, member, 2):
-        ctx.dispatch("dfusion.train", job_id=job_id, epoch=epoch, prompt=prompt)
-        _sent(ctx, job_id, scope)
+    assert ref.score is not None and base.score is not None
+    pid = keys.pair_id(base.epoch, base.prompt_index, plan.index)
+    ctx.state.put_pair(job_id, pid, PairRecord(
+        id=pid, epoch=base.epoch, prompt_index=base.prompt_index, index=plan.index, prompt=base.prompt,
+        policy_version=base.policy_version, reference=ref.id, base=base.id, reference_score=ref.score,
+        base_score=base.score, reference_image_key=ref.image_key, base_image_key=base.image_key,
+        base_trajectory_key=base.trajectory_key, target_key=target_key, target_image_key=target_image_key,
+        mask_key=mask_key, target_score=target_score,
+    ).dump())
 
 
 # --- train -------------------------------------------------------------------------------------
-def _unit_prefix(job_id: str, unit: str) -> str:
-    return f"{keys.trainer_prefix(job_id)}/{unit}"
+def train(ctx: Context, job_id: str, epoch: int) -> None:
+    """The epoch's one training unit, then epoch e+1 (or the job's end).
 
-
-def _previous_unit(spec: JobSpec, epoch: int, prompt: int) -> str | None:
-    if prompt > 0:
-        return keys.train_unit(epoch, prompt - 1)
-    return keys.train_unit(epoch - 1, len(spec.prompts) - 1) if epoch > 0 else None
-
-
-def _trainer(ctx: Context, spec: JobSpec, job_id: str, previous: str | None):
-    from dfusion_core.checkpoint import latest_version, load_checkpoint
-    from dfusion_core.lora import ADAPTER, has_lora
-    from dfusion_core.training import Trainer
-
-    model = ctx.runtime.model(spec.model)
-    if has_lora(model.unet):
-        model.unet.delete_adapters(ADAPTER)
-    if previous is None:
-        return Trainer(model, spec.training, seed=derive_seed(spec.seed, "train"),
-                       lora_seed=derive_seed(spec.seed, "lora"))
-    prefix = _unit_prefix(job_id, previous)
-    version = latest_version(ctx.store, prefix)
-    if version is None:
-        raise RuntimeError(f"training state of unit {previous} is missing")
-    return load_checkpoint(ctx.store, prefix, version, model, config=spec.training)
-
-
-def _train_pairs(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int) -> list:
-    from dfusion_core.training import TrainPair
-
-    records = ctx.state.list_pairs(job_id)
-    recs = [records[keys.pair_id(epoch, prompt, k)] for k in range(spec.samples_per_prompt // 2)]
-    names = [key for rec in recs for key in (rec["target_key"], rec["base_trajectory_key"])]
-    trajs = [_trajectory(key, data) for key, data in zip(names, _get_all(ctx, names), strict=True)]
-    return [TrainPair(winner=trajs[2 * k], loser=trajs[2 * k + 1], winner_reward=float(rec["reference_score"]),
-                      loser_reward=float(rec["base_score"])) for k, rec in enumerate(recs)]
-
-
-def train(ctx: Context, job_id: str, epoch: int, prompt: int) -> None:
-    """One training unit: this prompt's pairs of this epoch, on the state the previous unit left."""
-    import json
-    from dataclasses import asdict
-
-    from dfusion_core.checkpoint import save_checkpoint
-
+    A delivery of a committed unit only redoes what follows the commit (its outputs are all
+    stored); an uncommitted one recomputes from train(e-1)'s state and overwrites the same keys.
+    """
     spec = _spec(ctx, job_id)
     if spec is None:
         return
-    unit = keys.train_unit(epoch, prompt)
-    last = prompt == len(spec.prompts) - 1
-    with ctx.runtime.lock:
-        trainer = _trainer(ctx, spec, job_id, _previous_unit(spec, epoch, prompt))
-        ctx.runtime.mark_modified(spec.model, ("train", job_id, unit))
-        metrics = trainer.train_epoch(_train_pairs(ctx, job_id, spec, epoch, prompt))
-        save_checkpoint(ctx.store, _unit_prefix(job_id, unit), trainer)
-        ctx.store.put(f"{_unit_prefix(job_id, unit)}/metrics.json",
-                      json.dumps([asdict(m) for m in metrics]).encode(), "application/json")
-        if last:
-            _publish(ctx, job_id, spec, epoch, trainer.model)
-    # every side effect above is an idempotent overwrite; the commit below happens once
-    if ctx.state.mark_done(job_id, f"trained-{unit}", "commit", 1):
-        ctx.state.incr_count(job_id, "trained_steps", len(metrics))
-    if not last:
-        _train_ready(ctx, job_id, epoch, prompt + 1, "prev")
-        return
+    scope = TRAINED.format(unit=keys.train_unit(epoch))
+    if ctx.state.done_count(job_id, scope) == 0:
+        steps = _train_unit(ctx, job_id, spec, epoch)
+        if ctx.state.mark_done(job_id, scope, "commit", 1):
+            ctx.state.incr_count(job_id, "trained_steps", steps)
     ctx.state.advance_policy(job_id, epoch, epoch + 1)
     if epoch + 1 < spec.epochs:
         start_epoch(ctx, job_id, epoch + 1)
@@ -328,42 +308,78 @@ def train(ctx: Context, job_id: str, epoch: int, prompt: int) -> None:
         ctx.state.set_status(job_id, JobStatus.SUCCEEDED)
 
 
-def _publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model) -> None:
-    """Policy version epoch+1: its LoRA checkpoint, its held-out score, the epoch's metrics."""
+def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
+    """Train the epoch's pairs that carry a preference (all prompts, shuffled together) on the
+    state train(e-1) saved; save the trainer, publish version e+1. Returns the optimizer steps."""
     import json
+    from dataclasses import asdict
 
-    from dfusion_core.lora import adapters_disabled, lora_bytes
+    from dfusion_core.checkpoint import save_checkpoint
 
-    version = epoch + 1
-    key = keys.checkpoint_key(job_id, version)
-    ctx.store.put(key, lora_bytes(model.unet))
-    ctx.state.put_checkpoint(job_id, version, {"version": version, "key": key, "epoch": epoch})
-    steps = []
-    for p in range(len(spec.prompts)):
-        steps += json.loads(ctx.store.get(f"{_unit_prefix(job_id, keys.train_unit(epoch, p))}/metrics.json"))
-    samples = [r for r in ctx.state.list_samples(job_id).values() if r["epoch"] == epoch]
-    metrics: dict[str, Any] = {
-        "epoch": epoch,
-        "policy_version": version,
-        "optimizer_steps": len(steps),
-        "loss": _mean([s["loss"] for s in steps]),
-        "margin": _mean([s["margin"] for s in steps]),
-        "mean_sample_score": _mean([r["score"] for r in samples if r.get("score") is not None]),
-        "heldout_score": _heldout(ctx, spec, model),
-    }
+    pairs = _epoch_pairs(ctx, job_id, spec, epoch)
+    kept = [p for p in pairs
+            if p.target_score is not None and carries_preference(p.target_score, p.base_score, spec.training.pair_filter)]
+    if not kept:
+        log.warning("job %s epoch %d: pair filter %r kept none of %d pairs; version %d keeps the weights",
+                    job_id, epoch, spec.training.pair_filter, len(pairs), epoch + 1, extra={"job_id": job_id})
+    prefix = keys.trainer_state_prefix(job_id, epoch)
+    with ctx.runtime.lock:
+        trainer = _trainer(ctx, spec, job_id, epoch)
+        ctx.runtime.mark_modified(spec.model, ("train", job_id, epoch))
+        train_pairs = _train_pairs(ctx, kept)
+        before = trainer.pair_metrics(train_pairs) if train_pairs else {}  # on pairs the weights have not seen
+        steps = [asdict(m) for m in trainer.train_epoch(train_pairs)] if train_pairs else []
+        save_checkpoint(ctx.store, prefix, trainer)
+        ctx.store.put(f"{prefix}/metrics.json", json.dumps(steps).encode(), "application/json")
+        samples = [s for s in load_all(SampleRecord, ctx.state.list_samples(job_id)) if s.epoch == epoch]
+        metrics = publish.epoch_metrics(epoch, steps, pairs, kept, before, samples)
+        publish.publish(ctx, job_id, spec, epoch, trainer.model, metrics)
+    kept_ids = {p.id for p in kept}
+    for p in pairs:
+        ctx.state.update_pair(job_id, p.id, {"trained": p.id in kept_ids})
+    return len(steps)
+
+
+def _epoch_pairs(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> list[PairRecord]:
+    """Every pair of the epoch, in (prompt, index) order; each must carry its target's score."""
+    raw = ctx.state.list_pairs(job_id)
+    n = spec.expected_counts().pairs_per_prompt
+    ids = [keys.pair_id(epoch, p, k) for p in range(len(spec.prompts)) for k in range(n)]
+    pairs = [PairRecord.load(raw[pid]) for pid in ids if pid in raw]
+    unscored = sorted(set(ids) - {p.id for p in pairs if p.target_score is not None})
+    if unscored:
+        raise RuntimeError(f"{len(unscored)} pairs of epoch {epoch} have no target score yet, e.g. {unscored[0]}")
+    return pairs
+
+
+def _trainer(ctx: Context, spec: JobSpec, job_id: str, epoch: int):
+    """A fresh trainer for epoch 0; for epoch e > 0 the one train(e-1) saved (weights and AdamW state)."""
+    from dfusion_core.checkpoint import latest_version, load_checkpoint
+    from dfusion_core.lora import ADAPTER, has_lora
+    from dfusion_core.training import Trainer
+
+    model = ctx.runtime.model(spec.model)
+    if has_lora(model.unet):
+        model.unet.delete_adapters(ADAPTER)
     if epoch == 0:
-        with adapters_disabled(model.unet):
-            metrics["heldout_score_base"] = _heldout(ctx, spec, model)
-    ctx.state.append_metrics(job_id, metrics)
+        return Trainer(model, spec.training, seed=derive_seed(spec.seed, "train"),
+                       lora_seed=derive_seed(spec.seed, "lora"))
+    prefix = keys.trainer_state_prefix(job_id, epoch - 1)
+    version = latest_version(ctx.store, prefix)
+    if version is None:
+        raise RuntimeError(f"training state of epoch {epoch - 1} is missing under {prefix}")
+    return load_checkpoint(ctx.store, prefix, version, model, config=spec.training)
 
 
-def _heldout(ctx: Context, spec: JobSpec, model) -> float:
-    from dfusion_core.evaluation import evaluate, load_prompts
+def _train_pairs(ctx: Context, records: list[PairRecord]) -> list:
+    """TrainPairs: winner = the target trajectory, loser = the base's; rewards are their own scores."""
+    from dfusion_core.training import TrainPair
 
-    prompts = spec.eval_prompts or [p.text for p in load_prompts(split="test")][:4]
-    seeds = [derive_seed(spec.seed, "eval", i) for i in range(spec.eval_seeds)]
-    return float(evaluate(model, ctx.runtime.scorer(spec.scorer), prompts, seeds, spec.sampling))
-
-
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
+    names = [key for rec in records for key in (rec.target_key, rec.base_trajectory_key)]
+    trajs = [_trajectory(key, data) for key, data in zip(names, _get_all(ctx, names), strict=True)]
+    out = []
+    for k, rec in enumerate(records):
+        assert rec.target_score is not None  # _epoch_pairs checked
+        out.append(TrainPair(winner=trajs[2 * k], loser=trajs[2 * k + 1], winner_reward=rec.target_score,
+                             loser_reward=rec.base_score))
+    return out

@@ -1,8 +1,9 @@
 """Jobs and their records: create (202 + START_JOB enqueued), list, get, cancel, samples, pairs, checkpoints.
 
 Thin on purpose: validation is JobSpec's, persistence is JobState's, status codes are api.errors'.
-Records are read as the workers wrote them and projected onto public schemas; object keys become
-proxy URLs under /v1/jobs/{id}/objects/ (and, on request, presigned store URLs).
+Records are loaded through services.records (one serializer, shared with the workers) and projected
+onto public schemas; object keys become proxy URLs under /v1/jobs/{id}/objects/ (and, on request,
+presigned store URLs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from api.schemas import (
 )
 from dfusion_core.errors import ConfigError
 from dfusion_core.storage import BlobStore
+from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
 from services.state_types import InvalidTransition, JobStatus
 from services.storage import presigned_url
 
@@ -115,11 +117,10 @@ def list_samples(
     urls = _Urls(job.job_id, stores() if presign else None, settings.presign_expiry_s)
     data = [
         SamplePublic(
-            id=sid, epoch=r.get("epoch"), prompt_index=r.get("prompt_index"), policy_version=r.get("policy_version"),
-            prompt=r.get("prompt"), score=r.get("score"),
-            image_url=urls.proxy(r.get("image_key")), image_direct_url=urls.direct(r.get("image_key")),
+            id=r.id, epoch=r.epoch, prompt_index=r.prompt_index, policy_version=r.policy_version, prompt=r.prompt,
+            score=r.score, image_url=urls.proxy(r.image_key), image_direct_url=urls.direct(r.image_key),
         )
-        for sid, r in state.list_samples(job.job_id).items()
+        for r in load_all(SampleRecord, state.list_samples(job.job_id))
     ]
     return SamplesPublic(data=data, count=len(data))
 
@@ -129,13 +130,13 @@ def list_pairs(job: JobDep, state: StateDep) -> PairsPublic:
     urls = _Urls(job.job_id, None, 0)
     data = [
         PairPublic(
-            id=pid, epoch=r.get("epoch"), prompt_index=r.get("prompt_index"),
-            base=r.get("base"), reference=r.get("reference"),
-            base_score=r.get("base_score"), reference_score=r.get("reference_score"),
-            target_image_url=urls.proxy(r.get("target_image_key")), base_image_url=urls.proxy(r.get("base_image_key")),
-            reference_image_url=urls.proxy(r.get("reference_image_key")), mask_url=urls.proxy(r.get("mask_key")),
+            id=r.id, epoch=r.epoch, prompt_index=r.prompt_index, base=r.base, reference=r.reference,
+            base_score=r.base_score, reference_score=r.reference_score, target_score=r.target_score,
+            trained=r.trained, target_image_url=urls.proxy(r.target_image_key),
+            base_image_url=urls.proxy(r.base_image_key), reference_image_url=urls.proxy(r.reference_image_key),
+            mask_url=urls.proxy(r.mask_key),
         )
-        for pid, r in state.list_pairs(job.job_id).items()
+        for r in load_all(PairRecord, state.list_pairs(job.job_id))
     ]
     return PairsPublic(data=data, count=len(data))
 
@@ -146,7 +147,7 @@ def list_checkpoints(
 ) -> CheckpointsPublic:
     urls = _Urls(job.job_id, stores() if presign else None, settings.presign_expiry_s)
     data = [
-        CheckpointPublic(version=int(r["version"]), url=urls.proxy(r.get("key")), direct_url=urls.direct(r.get("key")))
-        for r in state.list_checkpoints(job.job_id)
+        CheckpointPublic(version=r.version, url=urls.proxy(r.key), direct_url=urls.direct(r.key))
+        for r in map(CheckpointRecord.load, state.list_checkpoints(job.job_id))
     ]
     return CheckpointsPublic(data=data, count=len(data))

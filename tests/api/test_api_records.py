@@ -7,6 +7,7 @@ import argparse
 import pytest
 from fastapi.testclient import TestClient
 
+from services.records import CheckpointRecord, PairRecord, SampleRecord
 from services.settings import Settings
 from services.state import JobState
 from services.storage import open_store
@@ -30,19 +31,22 @@ def _store_records(state: JobState, settings: Settings, job_id: str) -> dict[str
     for key in keys.values():
         store.put(key, PNG + key.encode())
     for i, sid in enumerate(("e0-p0-s0", "e0-p0-s1")):
-        state.put_sample(job_id, sid, {
-            "id": sid, "epoch": 0, "prompt_index": 0, "index": i, "seed": i, "policy_version": 0,
-            "prompt": "a cat next to a red ball", "trajectory_key": f"jobs/{job_id}/e0/t{i}.safetensors",
-            "image_key": keys[f"s{i}.png"], "score": None,
-        })
+        state.put_sample(job_id, sid, SampleRecord(
+            id=sid, epoch=0, prompt_index=0, index=i, seed=i, policy_version=0, prompt="a cat next to a red ball",
+            trajectory_key=f"jobs/{job_id}/e0/t{i}.safetensors", image_key=keys[f"s{i}.png"],
+        ).dump())
     state.update_sample(job_id, "e0-p0-s0", {"score": 0.75})
-    state.put_pair(job_id, "e0-p0-0", {
-        "id": "e0-p0-0", "epoch": 0, "prompt_index": 0, "index": 0, "reference": "e0-p0-s0", "base": "e0-p0-s1",
-        "reference_score": 0.75, "base_score": 0.25, "target_key": f"jobs/{job_id}/e0/target.safetensors",
-        "target_image_key": keys["target.png"], "mask_key": keys["mask.png"],
-        "base_image_key": keys["s1.png"], "reference_image_key": keys["s0.png"],
-    })
-    state.put_checkpoint(job_id, 1, {"key": keys["lora/v1/pytorch_lora_weights.safetensors"]})
+    state.put_pair(job_id, "e0-p0-0", PairRecord(
+        id="e0-p0-0", epoch=0, prompt_index=0, index=0, prompt="a cat next to a red ball", policy_version=0,
+        reference="e0-p0-s0", base="e0-p0-s1", reference_score=0.75, base_score=0.25,
+        target_key=f"jobs/{job_id}/e0/target.safetensors", target_image_key=keys["target.png"],
+        mask_key=keys["mask.png"], base_image_key=keys["s1.png"], reference_image_key=keys["s0.png"],
+        base_trajectory_key=f"jobs/{job_id}/e0/t1.safetensors",
+    ).dump())
+    state.update_pair(job_id, "e0-p0-0", {"target_score": 0.5})
+    state.update_pair(job_id, "e0-p0-0", {"trained": True})
+    state.put_checkpoint(job_id, 1, CheckpointRecord(
+        version=1, key=keys["lora/v1/pytorch_lora_weights.safetensors"], epoch=0).dump())
     return keys
 
 
@@ -63,6 +67,7 @@ def test_records_link_to_proxied_objects(
     [pair] = client.get(f"/v1/jobs/{job_id}/pairs", headers=acme).json()["data"]
     assert (pair["reference"], pair["base"], pair["reference_score"], pair["base_score"]) == (
         "e0-p0-s0", "e0-p0-s1", 0.75, 0.25)
+    assert (pair["target_score"], pair["trained"]) == (0.5, True)  # the target's own score, kept by the filter
     for field, name in (("target_image_url", "target.png"), ("mask_url", "mask.png"), ("base_image_url", "s1.png")):
         assert client.get(pair[field], headers=acme).content == PNG + keys[name].encode()
 

@@ -31,6 +31,10 @@ def test_run_leaves_trained_checkpoints_and_metrics(tmp_path: Path) -> None:
     assert [m["policy_version"] for m in metrics["epochs"]] == [1, 2]
     for m in metrics["epochs"]:
         assert m["loss"] is not None and m["margin"] is not None and m["heldout_score"] is not None
+        # one train unit per epoch over both pairs; the filter keeps the targets that beat their base
+        assert m["pairs_total"] == 2 and m["target_win_rate"] == m["pairs_trained"] / 2
+        assert m["optimizer_steps"] == (1 if m["pairs_trained"] else 0) and "mean_target_gain" in m
+    assert metrics["epochs"][0]["pairs_trained"] >= 1  # version 1 is trained, as checked above
     assert (out / "report.html").read_text().count('class="pair"') == 4
 
 

@@ -19,6 +19,7 @@ import httpx
 
 from services.jobspec import JobSpec
 from services.procs import ProcessSpec, free_port
+from services.records import PairRecord
 from services.settings import Settings
 from services.stack import default_specs, stack_down, stack_status, stack_up
 from services.state import JobState
@@ -228,12 +229,27 @@ def restart_delay(stack: Stack, worker: str, ev: Event, killed_at: float, offset
 
 # --- the exact outputs of a job ----------------------------------------------------------------
 
-def expected_keys(job_id: str, spec: JobSpec) -> set[str]:
+def steps_per_epoch(spec: JobSpec, kept: int) -> int:
+    """Optimizer steps train(e) takes on `kept` pairs (those the pair filter kept)."""
+    if kept == 0:
+        return 0
+    if spec.training.steps_per_epoch is not None:
+        return spec.training.steps_per_epoch
+    return math.ceil(kept / (spec.training.batch_pairs * spec.training.grad_accum)) * spec.training.inner_epochs
+
+
+def kept_per_epoch(state: JobState, job_id: str, spec: JobSpec) -> list[int]:
+    """Pairs per epoch that the train stage marked `trained` (all pairs carry the flag once trained)."""
+    pairs = [PairRecord.load(r) for r in state.list_pairs(job_id).values()]
+    assert all(p.trained is not None and p.target_score is not None for p in pairs), "a pair was never trained"
+    return [sum(1 for p in pairs if p.epoch == e and p.trained) for e in range(spec.epochs)]
+
+
+def expected_keys(job_id: str, spec: JobSpec, kept: list[int]) -> set[str]:
     """Every object a successful job stores; trainer state versions count optimizer steps."""
     from dfusion_core.checkpoint import STATE_NAME, WEIGHTS_NAME
 
-    n_pairs = spec.samples_per_prompt // 2
-    per_unit = math.ceil(n_pairs / (spec.training.batch_pairs * spec.training.grad_accum)) * spec.training.inner_epochs
+    n_pairs = spec.expected_counts().pairs_per_prompt
     out, version = set(), 0
     for e in range(spec.epochs):
         for p in range(len(spec.prompts)):
@@ -243,9 +259,9 @@ def expected_keys(job_id: str, spec: JobSpec) -> set[str]:
             for k in range(n_pairs):
                 pid = keys.pair_id(e, p, k)
                 out |= {keys.target_key(job_id, pid), keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid)}
-            version += per_unit
-            unit = f"{keys.trainer_prefix(job_id)}/{keys.train_unit(e, p)}"
-            out |= {f"{unit}/metrics.json", f"{unit}/{version}/{WEIGHTS_NAME}", f"{unit}/{version}/{STATE_NAME}"}
+        version += steps_per_epoch(spec, kept[e])
+        unit = keys.trainer_state_prefix(job_id, e)
+        out |= {f"{unit}/metrics.json", f"{unit}/{version}/{WEIGHTS_NAME}", f"{unit}/{version}/{STATE_NAME}"}
         out.add(keys.checkpoint_key(job_id, e + 1))
     return out
 
@@ -257,15 +273,16 @@ def assert_exact_outputs(stack: Stack, job_id: str, spec_dict: dict[str, Any]) -
     state = stack.state()
     job = state.get_job(job_id)
     assert job.status.value == "succeeded", (job.status, job.error)
-    n, pairs_per_prompt = spec.samples_per_prompt, spec.samples_per_prompt // 2
+    n, pairs_per_prompt = spec.samples_per_prompt, spec.expected_counts().pairs_per_prompt
     units = [(e, p) for e in range(spec.epochs) for p in range(len(spec.prompts))]
     assert set(state.list_samples(job_id)) == {keys.sample_id(e, p, i) for e, p in units for i in range(n)}
     assert set(state.list_pairs(job_id)) == {keys.pair_id(e, p, k) for e, p in units for k in range(pairs_per_prompt)}
-    steps = sum(m["optimizer_steps"] for m in state.get_metrics(job_id))
-    per_unit = math.ceil(pairs_per_prompt / (spec.training.batch_pairs * spec.training.grad_accum))
-    assert steps == len(units) * per_unit * spec.training.inner_epochs
-    assert state.get_counts(job_id) == {"samples": len(units) * n, "scored": len(units) * n,
-                                        "pairs": len(units) * pairs_per_prompt, "trained_steps": steps}
+    kept = kept_per_epoch(state, job_id, spec)
+    metrics = state.get_metrics(job_id)
+    assert [m["pairs_trained"] for m in metrics] == kept
+    assert [m["optimizer_steps"] for m in metrics] == [steps_per_epoch(spec, k) for k in kept]
+    steps = sum(m["optimizer_steps"] for m in metrics)
+    assert state.get_counts(job_id) == {**spec.expected_counts().total, "trained_steps": steps}
     assert [c["version"] for c in state.list_checkpoints(job_id)] == list(range(1, spec.epochs + 1))
     assert state.policy_version(job_id) == spec.epochs
-    assert set(stack.store().list(keys.job_prefix(job_id))) == expected_keys(job_id, spec)
+    assert set(stack.store().list(keys.job_prefix(job_id))) == expected_keys(job_id, spec, kept)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.jobspec import JobSpec
 from services.memstate import MemoryState
+from services.queue import TRAIN
 from services.state_types import JobStatus
 from tests.integration.stack_helpers import small_job
 from workers import stages
@@ -54,18 +56,23 @@ def test_rel_epoch_start_enqueue_lost_midway_is_redone_by_redelivery():
     assert later.sent == []
 
 
-def test_rel_train_ready_enqueue_lost_is_redone_only_by_a_member():
+def test_rel_train_enqueue_lost_is_redone_only_by_a_member():
+    """train(e) follows the epoch's last chunk of scored pairs, over every prompt: one unit per epoch."""
     state = MemoryState()
-    job = _job(state)
-    stages._train_ready(_ctx(state, Broker()), job, 0, 1, "prev")  # half of the fan-in: nothing yet
+    body = small_job(samples=8, batch=2, prompts=[{"text": "a cat"}, {"text": "a dog"}], training={"pairs": "plain"})
+    job = _job(state, **body)
+    spec = JobSpec.model_validate(body)  # 2 prompts x 4 pairs in 2 chunks each: 4 members
+    members = [(p, c) for p in range(2) for c in range(2)]
+    for p, c in members[:3]:  # not complete yet: nothing
+        stages._pairs_scored(_ctx(state, Broker()), job, spec, 0, p, c)
     with pytest.raises(ConnectionError):
-        stages._train_ready(_ctx(state, Broker(fail_after=0)), job, 0, 1, "fused")  # fires, enqueue lost
+        stages._pairs_scored(_ctx(state, Broker(fail_after=0)), job, spec, 0, *members[3])  # fires, enqueue lost
 
     retried = Broker()
-    stages._train_ready(_ctx(state, retried), job, 0, 1, "fused")
-    assert retried.sent == [("dfusion.train", {"job_id": job, "epoch": 0, "prompt": 1})]
+    stages._pairs_scored(_ctx(state, retried), job, spec, 0, *members[3])
+    assert retried.sent == [(TRAIN, {"job_id": job, "epoch": 0})]
 
-    for member in ("fused", "prev"):
+    for p, c in members:
         late = Broker()
-        stages._train_ready(_ctx(state, late), job, 0, 1, member)
+        stages._pairs_scored(_ctx(state, late), job, spec, 0, p, c)
         assert late.sent == []

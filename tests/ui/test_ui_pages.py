@@ -49,7 +49,11 @@ def test_job_page_shows_progress_pairs_histograms_and_curves(ui_stack, tiny_job)
             for field in ("base_image_url", "reference_image_url", "target_image_url", "mask_url"):
                 assert pair[field] in html
             assert c.get(pair["mask_url"]).headers["content-type"] == "image/png"
+            # the target's own score beside the reference's and the base's, and whether it trained
+            assert pair["target_score"] is not None and pair["trained"] == (pair["target_score"] > pair["base_score"])
+            assert f'<span class="target-score">{pair["target_score"]:.4f}</span>' in html
         assert html.count('class="pair"') == len(tiny_job.pairs)
+        assert html.count("<br>trained</td>") == sum(p["trained"] for p in tiny_job.pairs)
         assert 'id="progress-samples"' in html and f'value="{len(tiny_job.samples)}"' in html
         assert "sample scores, epoch 0" in html
         for curve in ("DPO loss", "preference margin", "held-out alignment"):

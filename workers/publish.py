@@ -1,0 +1,81 @@
+"""What training an epoch publishes: LoRA version e+1 with its checkpoint record, its held-out
+score, and the epoch's metrics (one dict per epoch, `JobState.append_metrics`).
+
+Every write is an overwrite under a key derived from (job, epoch), so the train stage may run
+this again on a redelivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from services.jobspec import JobSpec
+from services.records import CheckpointRecord, PairRecord, SampleRecord
+from workers import keys
+
+if TYPE_CHECKING:
+    from workers.stages import Context
+
+
+def epoch_metrics(
+    epoch: int,
+    steps: Sequence[dict[str, Any]],
+    pairs: Sequence[PairRecord],
+    kept: Sequence[PairRecord],
+    before: dict[str, float],
+    samples: Sequence[SampleRecord],
+) -> dict[str, Any]:
+    """The epoch's metrics, before the held-out evaluation.
+
+    steps: the optimizer steps' metrics (`dataclasses.asdict(StepMetrics)`); pairs: every pair of
+    the epoch, target-scored; kept: those the pair filter kept; before: `Trainer.pair_metrics` on
+    the kept pairs under the weights they were not yet trained on (reported `heldout_pairs_*`).
+    Each key of the steps' `extra` dicts is reported as its mean over the epoch's steps.
+    """
+    gains = [p.target_score - p.base_score for p in pairs if p.target_score is not None]
+    metrics: dict[str, Any] = {
+        "epoch": epoch,
+        "policy_version": epoch + 1,
+        "optimizer_steps": len(steps),
+        "loss": _mean([s["loss"] for s in steps]),
+        "margin": _mean([s["margin"] for s in steps]),
+        "mean_sample_score": _mean([s.score for s in samples if s.score is not None]),
+        "pairs_total": len(pairs),
+        "pairs_trained": len(kept),
+        "target_win_rate": _mean([1.0 if g > 0 else 0.0 for g in gains]),
+        "mean_target_gain": _mean(gains),
+    }
+    extra_keys = sorted({k for s in steps for k in s.get("extra") or {}} - metrics.keys())
+    for k in extra_keys:
+        metrics[k] = _mean([float(s["extra"][k]) for s in steps if k in (s.get("extra") or {})])
+    metrics.update({f"heldout_pairs_{k}": float(v) for k, v in before.items()})
+    return metrics
+
+
+def publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model: Any, metrics: dict[str, Any]) -> None:
+    """Policy version epoch+1: its LoRA object and checkpoint record, its held-out score, the metrics."""
+    from dfusion_core.lora import adapters_disabled, lora_bytes
+
+    version = epoch + 1
+    key = keys.checkpoint_key(job_id, version)
+    ctx.store.put(key, lora_bytes(model.unet))
+    ctx.state.put_checkpoint(job_id, version, CheckpointRecord(version=version, key=key, epoch=epoch).dump())
+    metrics = {**metrics, "heldout_score": heldout(ctx, spec, model)}
+    if epoch == 0:
+        with adapters_disabled(model.unet):
+            metrics["heldout_score_base"] = heldout(ctx, spec, model)
+    ctx.state.append_metrics(job_id, metrics)
+
+
+def heldout(ctx: Context, spec: JobSpec, model: Any) -> float:
+    """Mean score on the held-out prompts (the spec's, else the shipped test split's first four)."""
+    from dfusion_core.evaluation import evaluate, load_prompts
+
+    prompts = spec.eval_prompts or [p.text for p in load_prompts(split="test")][:4]
+    seeds = [keys.derive_seed(spec.seed, "eval", i) for i in range(spec.eval_seeds)]
+    return float(evaluate(model, ctx.runtime.scorer(spec.scorer), prompts, seeds, spec.sampling))
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
