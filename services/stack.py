@@ -5,6 +5,8 @@ already reachable are left alone), writes that plan as data (a list of `ProcessS
 detached `Supervisor` (`python -m services.stack supervise ROOT`). The supervisor spawns the plan,
 restarts processes that die (compose's restart policy), and keeps `ROOT/stack.json` current.
 `stack_down` stops only the processes recorded there. Tests pass dummy specs (`sleep 1000`).
+`stack_health` probes each service by its protocol (`services.stack_health`); `wait_healthy`
+is what `dfusion stack up` returns after, as `docker compose up --wait` does.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from services.procs import (
     terminate,
 )
 from services.settings import Settings
+from services.stack_health import ServiceHealth, probe_stack, wait_healthy
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +261,18 @@ def stack_status(root_dir: Path) -> list[ProcessInfo]:
 def stack_facts(root_dir: Path) -> dict[str, Any]:
     """Where the stack's Redis, S3 (with credentials) and API are."""
     return _read_json(Path(root_dir) / STATE_FILE).get("facts", {})
+
+
+def stack_health(root_dir: Path) -> list[ServiceHealth]:
+    """Each service of the stack in `root_dir`, probed now: Redis PING, an S3 round trip, the API's
+    /healthz, a consumer on every queue, and liveness for processes no probe covers."""
+    root = Path(root_dir)
+    return probe_stack(root, stack_status(root), stack_facts(root), QUEUES)
+
+
+def stack_wait(root_dir: Path, timeout_s: float) -> list[ServiceHealth]:
+    """Return once every service is healthy; `StackNotReady` names the others and their logs."""
+    return wait_healthy(lambda: stack_health(root_dir), timeout_s)
 
 
 def stack_up(settings: Settings, root_dir: Path, specs: list[ProcessSpec] | None = None,

@@ -1,9 +1,14 @@
-"""The local stack's supervisor, run with dummy processes, and its default plan."""
+"""The local stack's supervisor, run with dummy processes, and its default plan; its health probes;
+`dfusion stack up` waiting until the real stack is usable, or naming what is not."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +17,32 @@ import pytest
 
 from services.procs import ProcessSpec, free_port, pid_alive
 from services.settings import Settings
-from services.stack import QUEUES, ProcessInfo, default_specs, stack_down, stack_status, stack_up
+from services.stack import (
+    QUEUES,
+    ProcessInfo,
+    default_specs,
+    stack_down,
+    stack_facts,
+    stack_health,
+    stack_status,
+    stack_up,
+    stack_wait,
+)
+from services.stack_health import StackNotReady, probe_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+# Settings for a real stack's processes only (never this process's environment): four workers
+# share two cores.
+STACK_ENV = {"DFUSION_TORCH_THREADS": "1", "DFUSION_AUTH_REQUIRED": "true"}
 
 
 def _by_name(infos: list[ProcessInfo]) -> dict[str, ProcessInfo]:
     return {p.name: p for p in infos}
 
 
-def _wait(check, timeout_s: float = 10.0) -> None:
+# Deadlines for conditions that hold within a second on an idle machine (a supervisor tick, a
+# redis-server start): only a failing run waits them out, so they are generous for loaded ones.
+def _wait(check, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
@@ -112,13 +135,13 @@ def test_stack_runs_real_servers(tmp_path: Path) -> None:
     try:
         stack_up(settings, root, specs=servers)
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1)
-        _wait(lambda: _try(client.ping), 15)
+        _wait(lambda: _try(client.ping))
         client.set("dfusion:probe", "kept")
         os.kill(_by_name(stack_status(root))["redis"].pid, signal.SIGKILL)  # type: ignore[arg-type]
-        _wait(lambda: _by_name(stack_status(root))["redis"].restarts == 1 and _try(client.ping), 15)
+        _wait(lambda: _by_name(stack_status(root))["redis"].restarts == 1 and _try(client.ping))
         assert client.get("dfusion:probe") == b"kept"  # appendonly survived the kill
         _wait(lambda: _try(lambda: s3_probe(facts["s3_endpoint"], facts["s3_access_key"],
-                                            facts["s3_secret_key"])), 60)
+                                            facts["s3_secret_key"])), 120)
     finally:
         stack_down(root, grace_s=3.0)
     assert not any(p.alive for p in stack_status(root))
@@ -129,3 +152,120 @@ def _try(fn) -> bool:
         return bool(fn())
     except Exception:  # noqa: BLE001
         return False
+
+
+# --- health: probes, waiting, and `dfusion stack up` ---------------------------------------------
+
+
+def test_dummy_processes_are_healthy_while_alive(root: Path) -> None:
+    """With no servers to probe (a dummy plan), health is liveness; a dead one is named with its log."""
+    specs = [ProcessSpec("w", ["sleep", "1000"], restart=True), ProcessSpec("oneshot", ["sleep", "1000"])]
+    stack_up(Settings(), root, specs=specs)
+    _wait(lambda: all(p.alive for p in stack_status(root)))
+    assert [(h.name, h.healthy) for h in stack_wait(root, timeout_s=30)] == [("w", True), ("oneshot", True)]
+    os.kill(_by_name(stack_status(root))["oneshot"].pid, signal.SIGKILL)  # type: ignore[arg-type]
+    _wait(lambda: not _by_name(stack_status(root))["oneshot"].alive)
+    with pytest.raises(StackNotReady) as info:
+        stack_wait(root, timeout_s=0.5)
+    message = str(info.value)
+    assert "\n" not in message and "oneshot (not running" in message and "w (" not in message
+    assert str(root / "logs" / "oneshot.log") in message
+    assert not next(h for h in stack_health(root) if h.name == "oneshot").healthy
+
+
+def test_probes_name_each_service_that_does_not_answer(tmp_path: Path) -> None:
+    dead = {"redis_url": f"redis://:pw@127.0.0.1:{free_port()}/0", "s3_endpoint": f"127.0.0.1:{free_port()}",
+            "s3_access_key": "k", "s3_secret_key": "s", "s3_bucket": "b", "api_url": f"http://127.0.0.1:{free_port()}"}
+    report = {h.name: h for h in probe_stack(tmp_path, [], dead, QUEUES)}
+    assert list(report) == ["redis", "s3", "api"] + [f"queue:{q}" for q in QUEUES]
+    assert not any(h.healthy for h in report.values())
+    assert "no PING answer" in report["redis"].detail and "pw" not in report["redis"].detail  # redacted
+    assert "no S3 round trip" in report["s3"].detail and "no answer" in report["api"].detail
+    assert report["queue:sample"].detail == "redis does not answer"
+    assert report["redis"].line().endswith("; not started by the stack)")  # none of them is the stack's
+
+
+def test_queues_without_workers_are_unhealthy(tmp_path: Path, redis_url: str, seaweed_server) -> None:
+    import redis
+
+    facts = {"redis_url": redis_url, "s3_endpoint": seaweed_server.endpoint, "s3_bucket": "dfusion-test",
+             "s3_access_key": seaweed_server.access_key, "s3_secret_key": seaweed_server.secret_key}
+    with redis.Redis.from_url(redis_url) as client:
+        before = set(client.keys("*"))
+        try:
+            report = {h.name: h for h in probe_stack(tmp_path, [], facts, QUEUES)}
+        finally:  # Celery's inspect leaves kombu bookkeeping keys; the session's Redis is shared
+            if new := set(client.keys("*")) - before:
+                client.delete(*new)
+    assert report["redis"].healthy and report["s3"].healthy
+    assert report["queue:train"].detail == "no worker consumes queue 'train'" and not report["queue:train"].healthy
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout_s)
+
+
+def _stack_settings_env() -> dict[str, str]:
+    """A whole stack of its own: Redis and the API on free ports (S3 always gets free ones)."""
+    return {**STACK_ENV, "DFUSION_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "DFUSION_API_PORT": str(free_port())}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stack_up_returns_when_a_job_can_be_posted(root: Path) -> None:
+    """`dfusion stack up && curl -X POST .../v1/jobs`, with no sleep between (issue 12)."""
+    import httpx
+
+    from services.state import JobState
+
+    up = _cli("stack", "up", "--root", str(root), "--timeout", "300", env=_stack_settings_env())
+    assert up.returncode == 0, up.stdout + up.stderr
+    facts = stack_facts(root)
+    token = JobState.from_url(facts["redis_url"]).create_token("alice")  # what `dfusion token create` does
+    job = {"prompts": [{"text": "a cat eating a sandwich", "items": ["cat", "sandwich"],
+                        "mask_thresholds": [0.03, 0.005]}], "model": "tiny", "samples_per_prompt": 4,
+           "sampling": {"num_steps": 2}}
+    r = httpx.post(f"{facts['api_url']}/v1/jobs", json=job, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 202, r.text
+    assert httpx.get(f"{facts['api_url']}/healthz/live", timeout=5).json() == {"status": "live"}
+    status = json.loads(_cli("stack", "status", "--root", str(root), "--json").stdout)
+    health = {h["name"]: h for h in status["health"]}
+    assert set(health) == {"redis", "s3", "api"} | {f"queue:{q}" for q in QUEUES}
+    assert all(h["healthy"] for h in health.values()), health
+    assert health["queue:fuse"]["process"] == "worker-fuse" and health["queue:fuse"]["detail"].startswith("consumed by")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stack_up_names_a_worker_that_cannot_start(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The score worker's Celery app is a module that does not exist: up exits 1 within its timeout
+    and names that worker and its log (the plan is data: the test hook rewrites one command)."""
+    import services.settings
+    import services.stack
+    from cli.main import main
+
+    def broken_plan(settings: Settings, root_dir: Path):
+        specs, facts = default_specs(settings, root_dir)
+        specs = [dataclasses.replace(s, env={**STACK_ENV, **s.env}) for s in specs]
+        return [dataclasses.replace(s, command=[("tests.no_such_module" if a == "workers.celery_app" else a)
+                                                for a in s.command]) if s.name == "worker-score" else s
+                for s in specs], facts
+
+    env = _stack_settings_env()
+    settings = Settings(redis_url=env["DFUSION_REDIS_URL"], api_port=int(env["DFUSION_API_PORT"]))
+    monkeypatch.setattr(services.stack, "default_specs", broken_plan)
+    monkeypatch.setattr(services.settings, "get_settings", lambda: settings)
+    timeout_s = 20.0
+    started = time.monotonic()
+    rc = main(["stack", "up", "--root", str(root), "--timeout", str(timeout_s)])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 1
+    # the supervisor's start (<30 s) and one last round of probes (a few seconds) come on top
+    assert timeout_s <= elapsed < timeout_s + 45
+    assert err.startswith(f"dfusion stack up: stack not ready after {timeout_s:g}s: ")
+    assert "worker-score (" in err and str(root / "logs" / "worker-score.log") in err
+    assert "tests.no_such_module" in (root / "logs" / "worker-score.log").read_text()
