@@ -58,7 +58,8 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    return parts._replace(netloc=f":***@{parts.hostname}:{parts.port}").geturl()
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f":***@{parts.hostname}{port}").geturl()
 
 
 # --- probes: each returns "ok" or raises with the reason -----------------------------------------
@@ -98,9 +99,11 @@ def probe_api(api_url: str) -> str:
         r = httpx.get(f"{api_url}/healthz", timeout=PROBE_TIMEOUT_S)
     except httpx.HTTPError as e:
         raise RuntimeError(f"no answer at {api_url}/healthz: {type(e).__name__}") from e
-    if r.status_code != 200:
+    if r.status_code == 503:  # the API's own answer: live, with a dependency down
         body = r.json()
         raise RuntimeError(f"live, not ready: redis {body.get('redis')}, storage {body.get('storage')}")
+    if r.status_code != 200:
+        raise RuntimeError(f"{api_url}/healthz answered {r.status_code}")
     return "ok"
 
 
