@@ -73,7 +73,9 @@ class FusionController:
     mask_resolution: int
     latent_hw: tuple[int, int]
     token_positions: list[list[list[int]]]  # [pair][item] -> token indices
-    thresholds: list[list[float]]  # [pair][item]
+    thresholds: list[list[float]]  # [pair][item], used by mask_mode 'absolute'
+    mask_mode: str = "absolute"  # FusionConfig.mask_mode: absolute | minmax | quantile
+    mask_level: float = 0.5  # FusionConfig.mask_level, the cut of the relative modes
     ref_step: int | None = None  # step of the reference rows in the current call, None = absent
     tgt_step: int | None = None  # step of the target rows in the current call, None = absent
     masks: list[torch.Tensor] = field(default_factory=list)  # per step: [n, R*R, items] binary
@@ -114,12 +116,28 @@ class FusionController:
                     f"no cross-attention layer works at {self.mask_resolution}x{self.mask_resolution}",
                 )
             avg = self._acc / self._acc_layers  # [n, L, items]
-            if self._thr is None or self._thr.device != avg.device:
-                self._thr = torch.tensor(self.thresholds, dtype=avg.dtype).to(avg.device)[:, None, :]
-            thr = self._thr
-            self.masks.append((avg >= thr).float())
+            self.masks.append(self.binarise(avg).float())
             self._kv, self._pending_kv = self._pending_kv, {}
         self._acc = None
+
+    def binarise(self, avg: torch.Tensor) -> torch.Tensor:
+        """Item probabilities [n, L, items] -> item masks, by FusionConfig.mask_mode.
+
+        'absolute' (the authors'): p >= the item's threshold. The relative modes cut each item's own
+        map, so the mask follows where the item is rather than how peaked the model's attention is:
+        'minmax': (p - min) / (max - min) >= level over the L cells (a flat map gives an empty mask);
+        'quantile': p >= the map's level-quantile (the top 1 - level of cells; ties at the cut are kept).
+        """
+        if self.mask_mode == "absolute":
+            if self._thr is None or self._thr.device != avg.device:
+                self._thr = torch.tensor(self.thresholds, dtype=avg.dtype).to(avg.device)[:, None, :]
+            return avg >= self._thr
+        if self.mask_mode == "minmax":
+            lo, hi = avg.amin(dim=1, keepdim=True), avg.amax(dim=1, keepdim=True)
+            return ((avg - lo) >= self.mask_level * (hi - lo)) & (hi > lo)  # a flat map locates nothing
+        if self.mask_mode == "quantile":
+            return avg >= torch.quantile(avg.float(), self.mask_level, dim=1, keepdim=True).to(avg.dtype)
+        raise ConfigError("fusion.mask_mode", f"unknown mask mode {self.mask_mode!r}")
 
     def fusing(self, block: int) -> bool:
         return block in self.blocks and (self.ref_step in self.steps or self.tgt_step in self.steps)

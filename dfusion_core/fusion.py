@@ -67,6 +67,8 @@ def fuse(
         latent_hw=(int(h), int(w)),
         token_positions=token_positions,
         thresholds=thresholds,
+        mask_mode=config.mask_mode,
+        mask_level=config.mask_level,
     )
     device, dtype = unet.device, unet.dtype
     old = dict(unet.attn_processors)

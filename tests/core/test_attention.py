@@ -148,3 +148,30 @@ def test_blocks_are_counted_down_mid_up(tiny):
     assert attention.attention_blocks(tiny.unet) == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.1",
                                                      "up_blocks.2"]
     assert attention.default_fused_blocks(tiny.unet) == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "level", "expected"),
+    [
+        # item 0's map spans 0.010..0.030, item 1's is flat (it locates nothing)
+        ("absolute", 0.5, [[1, 0], [1, 0], [0, 0], [0, 0]]),  # thresholds 0.02 and 0.05
+        ("minmax", 0.5, [[1, 0], [1, 0], [0, 0], [0, 0]]),  # (p - 0.01) / 0.02 >= 0.5
+        ("minmax", 0.0, [[1, 0], [1, 0], [1, 0], [1, 0]]),  # level 0: the whole map, but a flat map stays empty
+        ("quantile", 0.75, [[1, 1], [0, 1], [0, 1], [0, 1]]),  # the top quarter; a flat map's ties all stay
+    ],
+)
+def test_mask_modes_cut_each_items_own_map(mode, level, expected):
+    ctl = FusionController(1, frozenset({0}), frozenset({0}), 2, (2, 2), [[[1], [2]]], [[0.02, 0.05]],
+                           mask_mode=mode, mask_level=level)
+    probs = torch.tensor([[[0.030, 0.013], [0.020, 0.013], [0.015, 0.013], [0.010, 0.013]]])  # [n=1, L=4, items=2]
+    assert ctl.binarise(probs).int().tolist() == [expected]
+
+
+def test_relative_masks_through_fusion(tiny, fast_sampling):
+    ref, base = pipeline.sample(tiny, ["a red and woolen dog"] * 2, fast_sampling, seeds=[3, 4], decode=False)
+    items = map_items(tiny.tokenizer, "a red and woolen dog", ["woolen", "dog"], [0.5, 0.5])
+    (pair,) = pipeline.fuse_pairs(tiny, [ref], [base], [items], FusionConfig(mask_mode="quantile", mask_level=0.5),
+                                  decode=False)
+    cover = pair.masks.float().mean(dim=1)  # [T, items]: share of the 8x8 cells on, per step and item
+    # the top half of each item's own map, whatever the absolute probabilities (0.5 would give nothing)
+    assert ((cover >= 0.5) & (cover <= 0.75)).all(), cover
