@@ -69,12 +69,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
-def select_steps(num_steps: int, fraction: float, generator: torch.Generator) -> list[int]:
-    """round(fraction * T) (at least 1) denoising step indices, drawn without replacement, sorted."""
-    k = max(1, min(num_steps, round(fraction * num_steps)))
-    if k == num_steps:
-        return list(range(num_steps))
-    return sorted(torch.randperm(num_steps, generator=generator)[:k].tolist())
+def select_steps(num_steps: int, fraction: float, generator: torch.Generator, skip_last: int = 0) -> list[int]:
+    """round(fraction * T') (at least 1) denoising step indices of the first T' = T - skip_last,
+    drawn without replacement, sorted."""
+    usable = num_steps - skip_last
+    if usable < 1:
+        raise ConfigError("training.skip_last_steps", f"skipping {skip_last} of {num_steps} steps leaves none to train")
+    k = max(1, min(usable, round(fraction * usable)))
+    if k == usable:
+        return list(range(usable))
+    return sorted(torch.randperm(usable, generator=generator)[:k].tolist())
 
 
 class Trainer:
@@ -179,11 +183,12 @@ class Trainer:
     def _trajectory_dpo(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
         """Winners and losers in one batch [2B]; reference log-probs once, policy step by step."""
         trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
-        steps = select_steps(trajs[0].num_steps, self.config.timestep_fraction, gen)
+        steps = self._steps(trajs[0], gen)
         b = len(pairs)
         with self._autocast():
             ref = pipeline.log_probs(self.model, trajs, adapters=False, steps=steps).float()
         acc: dict[str, float] = {}
+        log_ratio = torch.zeros(b)  # per pair, summed over the steps: the implicit reward margin (beta = 1)
         for j, step in enumerate(steps):
             with self._autocast():
                 logp = pipeline.log_probs(self.model, trajs, adapters=True, steps=[step], grad=True)[:, 0]
@@ -191,7 +196,12 @@ class Trainer:
                                              self.config.beta, self.config.eps)
             self._backward(out.loss * weight / len(steps))
             _accumulate(acc, out, 1.0 / len(steps))
+            log_ratio += _pair_log_ratio(logp.detach().float(), ref[:, j], b).cpu()
+        acc.update(_reward_stats(log_ratio))
         return acc
+
+    def _steps(self, first: Trajectory, gen: torch.Generator) -> list[int]:
+        return select_steps(first.num_steps, self.config.timestep_fraction, gen, self.config.skip_last_steps)
 
     def _diffusion_dpo(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
         """Noise x_0 of winner and loser with a shared t and eps; conditional eps-prediction MSE."""
@@ -221,6 +231,10 @@ class Trainer:
         self._backward(out.loss * weight)
         acc: dict[str, float] = {}
         _accumulate(acc, out, 1.0)
+        # the implicit reward of a pair here is how much more the policy (than the reference) lowered
+        # the winner's denoising error than the loser's: -d of the loss
+        d = ((err[:b] - ref_err[:b]) - (err[b:] - ref_err[b:])).detach().float().cpu()
+        acc.update(_reward_stats(-d))
         return acc
 
     def _policy_gradient(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
@@ -229,7 +243,7 @@ class Trainer:
         trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
         rewards = [p.winner_reward for p in pairs] + [p.loser_reward for p in pairs]
         adv = losses.normalise_rewards(rewards, [t.prompt for t in trajs]).to(self.model.device)
-        steps = select_steps(trajs[0].num_steps, self.config.timestep_fraction, gen)
+        steps = self._steps(trajs[0], gen)
         old = self._old_log_probs(pairs, trajs, steps)
         ref = None
         if self.config.algorithm == "dpok":
@@ -257,20 +271,49 @@ class Trainer:
 
     # -- an epoch ----------------------------------------------------------------------------
     def train_epoch(self, pairs: Sequence[TrainPair]) -> list[StepMetrics]:
-        """`inner_epochs` passes over the pairs, shuffled per pass, `pairs_per_step` per step.
+        """Optimizer steps of `pairs_per_step` pairs each over the epoch's pairs (all prompts mixed).
 
+        `steps_per_epoch` set: exactly that many steps, cycling over passes of the pairs, each pass
+        shuffled anew (equal step budgets whatever the pair count). Otherwise `inner_epochs` passes.
         For DDPO / DPOK the "old" log-probs are computed once, before the first update.
         """
         pairs = list(pairs)
+        if not pairs:
+            log.warning("no pairs to train on this epoch: no optimizer step")
+            return []
         if self.config.algorithm in ("ddpo", "dpok"):
             pairs = self.with_old_log_probs(pairs)
-        metrics = []
-        for inner in range(self.config.inner_epochs):
-            order = torch.randperm(len(pairs), generator=step_generator(self.seed + 7919 * (inner + 1), self.step))
+        batches = []
+        budget = self.config.steps_per_epoch
+        inner = 0
+        while (len(batches) < budget) if budget is not None else (inner < self.config.inner_epochs):
+            inner += 1
+            order = torch.randperm(len(pairs), generator=step_generator(self.seed + 7919 * inner, self.step))
             shuffled = [pairs[i] for i in order.tolist()]
-            for start in range(0, len(shuffled), self.pairs_per_step):
-                metrics.append(self.train_step(shuffled[start : start + self.pairs_per_step]))
-        return metrics
+            batches += [shuffled[k : k + self.pairs_per_step] for k in range(0, len(shuffled), self.pairs_per_step)]
+        return [self.train_step(batch) for batch in (batches[:budget] if budget is not None else batches)]
+
+    @torch.no_grad()
+    def pair_metrics(self, pairs: Sequence[TrainPair]) -> dict[str, float]:
+        """How far the current weights prefer each pair's winner over its loser, beyond the reference:
+        the implicit reward margin sum_t [(log pi - log pi_ref)(winner) - (log pi - log pi_ref)(loser)]
+        over the trained steps (beta = 1), as `reward_margin` (mean) and `reward_accuracy` (share of
+        pairs above 0, ties counting half). For any algorithm; on pairs not yet trained on it is a
+        held-out check that the learned preference generalises.
+        """
+        if not pairs:
+            return {}
+        first = pairs[0].winner
+        steps = select_steps(first.num_steps, 1.0, step_generator(self.seed, 0), self.config.skip_last_steps)
+        margins = []
+        for start in range(0, len(pairs), self.config.batch_pairs):
+            micro = list(pairs[start : start + self.config.batch_pairs])
+            trajs = [p.winner for p in micro] + [p.loser for p in micro]
+            with self._autocast():
+                logp = pipeline.log_probs(self.model, trajs, adapters=True, steps=steps).float()
+                ref = pipeline.log_probs(self.model, trajs, adapters=False, steps=steps).float()
+            margins.append(_pair_log_ratio(logp, ref, len(micro)).sum(dim=-1).cpu())  # logp [2b, steps]
+        return _reward_stats(torch.cat(margins))
 
     def with_old_log_probs(self, pairs: Sequence[TrainPair]) -> list[TrainPair]:
         """The pairs with their plain-policy log-probs [T] under the current weights attached."""
@@ -283,6 +326,19 @@ class Trainer:
             lp = lp.float().cpu()
             out += [_replace_old(p, lp[k], lp[b + k]) for k, p in enumerate(micro)]
         return out
+
+
+def _pair_log_ratio(logp: torch.Tensor, ref: torch.Tensor, b: int) -> torch.Tensor:
+    """Winners' minus losers' policy-vs-reference log-ratios: rows [winners (b); losers (b)] in, [b, ...] out."""
+    diff = logp.float() - ref.float()
+    return diff[:b] - diff[b:]
+
+
+def _reward_stats(margin: torch.Tensor) -> dict[str, float]:
+    """reward_accuracy: share of pairs with a positive implicit reward margin (ties count half);
+    reward_margin: its mean."""
+    accuracy = (margin > 0).float().mean() + 0.5 * (margin == 0).float().mean()
+    return {"reward_accuracy": float(accuracy), "reward_margin": float(margin.mean())}
 
 
 def _replace_old(pair: TrainPair, winner: torch.Tensor, loser: torch.Tensor) -> TrainPair:

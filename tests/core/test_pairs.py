@@ -19,3 +19,17 @@ def test_plain_pairs_best_vs_worst():
 def test_samples_per_prompt_must_be_a_multiple_of_4(n):
     with pytest.raises(ConfigError, match="multiple of 4"):
         select_fusion_pairs([0.0] * n)
+
+
+def test_pairs_carry_preference_only_when_the_winner_beats_the_loser():
+    from dfusion_core.pairs import carries_preference, pairs_per_prompt
+
+    assert carries_preference(0.8, 0.6, "winner_beats_loser")
+    assert not carries_preference(0.6, 0.6, "winner_beats_loser")  # a tie teaches nothing
+    assert not carries_preference(0.4, 0.6, "winner_beats_loser")  # a fusion that made it worse
+    assert carries_preference(0.4, 0.6, "none")
+    with pytest.raises(ConfigError, match="pair_filter"):
+        carries_preference(1.0, 0.0, "best")
+    assert pairs_per_prompt(8) == 4
+    with pytest.raises(ConfigError, match="samples_per_prompt"):
+        pairs_per_prompt(6)

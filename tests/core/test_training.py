@@ -95,3 +95,40 @@ def test_bf16_autocast_keeps_lora_fp32(plain_pairs):
     metrics = trainer.train_step(plain_pairs)
     assert torch.isfinite(torch.tensor([metrics.loss, metrics.grad_norm])).all()
     assert all(p.dtype == torch.float32 for p in trainer.parameters)
+
+
+def test_pair_metrics_see_the_learned_preference(plain_pairs):
+    trainer = Trainer(models.build_tiny(), TrainingConfig(learning_rate=1e-2, beta=1.0, batch_pairs=2))
+    before = trainer.pair_metrics(plain_pairs)
+    # B = 0 at the start: policy == reference, every margin is exactly 0, a tie counts half
+    assert before == {"reward_accuracy": 0.5, "reward_margin": 0.0}
+    metrics = [trainer.train_step(plain_pairs) for _ in range(3)]
+    after = trainer.pair_metrics(plain_pairs)
+    assert after["reward_accuracy"] == 1.0 and after["reward_margin"] > 0
+    # the step's own implicit-reward metrics travel in `extra`
+    assert {"reward_accuracy", "reward_margin"} <= set(metrics[-1].extra)
+    assert metrics[-1].extra["reward_margin"] > 0
+
+
+def test_steps_per_epoch_is_an_exact_budget(plain_pairs):
+    trainer = Trainer(models.build_tiny(), TrainingConfig(learning_rate=1e-3, batch_pairs=1, steps_per_epoch=5,
+                                                          timestep_fraction=0.34))
+    metrics = trainer.train_epoch(plain_pairs)  # 2 pairs, 1 per step: passes repeat until 5 steps
+    assert len(metrics) == 5 and [m.num_pairs for m in metrics] == [1] * 5
+    assert trainer.train_epoch([]) == [] and trainer.step == 5  # no pairs: no step, no error
+
+
+def test_skip_last_steps_leaves_the_final_steps_out():
+    g = step_generator(0, 0)
+    assert select_steps(10, 1.0, g, skip_last=3) == list(range(7))
+    assert all(s < 8 for _ in range(20) for s in select_steps(10, 0.5, g, skip_last=2))
+    with pytest.raises(ConfigError, match="skip_last_steps"):
+        select_steps(4, 1.0, g, skip_last=4)
+
+
+def test_each_algorithm_gets_its_own_beta():
+    assert TrainingConfig().beta == 0.1
+    assert TrainingConfig(algorithm="diffusion_dpo").beta == 2500.0
+    assert TrainingConfig(algorithm="diffusion_dpo", beta=300.0).beta == 300.0
+    # what a job body (JSON) says explicitly wins; null means "the algorithm's default"
+    assert TrainingConfig.model_validate({"algorithm": "diffusion_dpo", "beta": None}).beta == 2500.0
