@@ -1,8 +1,8 @@
 """dfusion export JOB --out FILE.parquet: the job's pairs as a DPO dataset (one Parquet file).
 
 Columns: pair_id, epoch, policy_version, prompt_index, prompt, winner_image, loser_image, mask
-(PNG images as Hugging Face Image features), winner_score, loser_score, winner/loser trajectory
-keys and sample ids. Load it with `datasets.load_dataset("parquet", data_files=FILE)`.
+(PNG images as Hugging Face Image features), winner_score (the target's own), loser_score,
+reference_score, trained, winner/loser trajectory keys and sample ids. Load it with `datasets.load_dataset("parquet", data_files=FILE)`.
 """
 
 from __future__ import annotations

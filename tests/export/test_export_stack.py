@@ -27,7 +27,9 @@ def test_exported_rows_match_the_job_records(ui_stack, tiny_job, tmp_path):
     for row in ds:
         rec = records[row["pair_id"]]
         assert row["prompt"] == prompts[row["prompt_index"]]
-        assert (row["winner_score"], row["loser_score"]) == (rec["reference_score"], rec["base_score"])
+        assert (row["winner_score"], row["loser_score"]) == (rec["target_score"], rec["base_score"])
+        assert row["winner_score"] is not None and row["reference_score"] == rec["reference_score"]
+        assert row["trained"] is rec["trained"] and row["trained"] is not None  # the job finished: filter ran
         assert {row["winner_trajectory_key"], row["loser_trajectory_key"]} <= keys
         assert row["winner_trajectory_key"].endswith(".target.safetensors")
         want = Image.open(io.BytesIO(store.get(rec["mask_key"])))
