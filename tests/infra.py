@@ -26,9 +26,12 @@ from services.procs import (
 )
 from services.settings import Settings
 
-__all__ = ["free_port", "SeaweedServer", "run_seaweed", "run_redis", "s3_probe"]
+__all__ = ["free_port", "SeaweedServer", "run_seaweed", "run_redis", "s3_probe", "kill_stack"]
 
 SEAWEED_READY_TIMEOUT_S = 60.0
+# A test's servers hold nothing worth a clean stop, and SeaweedFS spends ~25 s shutting down on
+# SIGTERM: they get this long before SIGKILL.
+TEARDOWN_GRACE_S = 0.5
 REDIS_READY_TIMEOUT_S = 30.0  # starts in milliseconds; the rest is room for a loaded machine
 
 
@@ -82,7 +85,7 @@ def run_seaweed(data_dir: Path | None = None) -> Iterator[SeaweedServer]:
             _wait_or_raise(ready, SEAWEED_READY_TIMEOUT_S, "SeaweedFS S3")
             yield SeaweedServer(endpoint, access, secret, root, proc.pid)
         finally:
-            terminate(proc.pid, grace_s=3.0, reap=proc.poll)
+            terminate(proc.pid, grace_s=TEARDOWN_GRACE_S, reap=proc.poll)
             proc.wait(timeout=5)
 
 
@@ -112,8 +115,20 @@ def run_redis(data_dir: Path) -> Iterator[str]:
         _wait_or_raise(ready, REDIS_READY_TIMEOUT_S, "redis-server")
         yield url
     finally:
-        terminate(proc.pid, grace_s=3.0, reap=proc.poll)
+        terminate(proc.pid, grace_s=TEARDOWN_GRACE_S, reap=proc.poll)
         proc.wait(timeout=5)
+
+
+def kill_stack(root: Path) -> None:
+    """Tear down a test's local stack in `root` without waiting for clean stops: the supervisor
+    first (so nothing restarts), then every process it recorded, each SIGKILLed after
+    TEARDOWN_GRACE_S. `services.stack.stack_down` is for real stacks (and has its own tests); on a
+    throwaway one its graceful stop costs ~10 s, mostly SeaweedFS's."""
+    from services.stack import stack_status
+
+    for proc in stack_status(root):  # the supervisor is listed first
+        if proc.alive and proc.pid:
+            terminate(proc.pid, grace_s=TEARDOWN_GRACE_S)
 
 
 def _wait_or_raise(check: Callable[[], bool], timeout_s: float, what: str) -> None:

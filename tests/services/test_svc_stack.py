@@ -29,6 +29,7 @@ from services.stack import (
     stack_wait,
 )
 from services.stack_health import StackNotReady, probe_stack
+from tests.infra import kill_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 # Settings for a real stack's processes only (never this process's environment): four workers
@@ -52,7 +53,7 @@ def _wait(check, timeout_s: float = 60.0) -> None:
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    stack_down(tmp_path, grace_s=3.0)  # never leave processes behind, even on failure
+    kill_stack(tmp_path)  # never leave processes behind, even on failure (no clean stop: nothing to keep)
 
 
 def test_supervisor_restarts_killed_process(root: Path) -> None:
