@@ -1,5 +1,6 @@
 """Session-wide fixtures shared by every test package: a real Redis and a real S3 server, both started
-here on free ports.
+here on free ports; and one local stack with one finished tiny job, shared by the integration, UI,
+CLI and export tests (the reliability and stack tests start their own: they kill or break parts).
 
 Kept light on purpose (no torch at import); other test packages add their own conftests.
 """
@@ -10,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +21,9 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.infra import SeaweedServer, run_redis, run_seaweed  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.integration.stack_helpers import FinishedJob, Stack
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +56,21 @@ def seaweed_server() -> Iterator[SeaweedServer]:
 def s3_settings(seaweed_server: SeaweedServer, redis_url: str):
     """Settings pointing at the session's SeaweedFS and test Redis db."""
     return seaweed_server.settings(bucket="dfusion-test", redis_url=redis_url)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The session's local stack (own Redis and SeaweedFS, the API, a Celery worker per queue),
+    started on first use: one start for every test that only submits jobs and reads them back."""
+    from tests.integration.stack_helpers import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def tiny_job(stack: Stack) -> FinishedJob:
+    """One finished tiny job (`stack_helpers.TINY_JOB`, 2 epochs) that the tests only read."""
+    from tests.integration.stack_helpers import TINY_JOB, finish_job
+
+    return finish_job(stack, TINY_JOB)

@@ -9,21 +9,21 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_exported_rows_match_the_job_records(ui_stack, tiny_job, tmp_path):
+def test_exported_rows_match_the_job_records(stack, tiny_job, tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
-    with ui_stack.client() as c:
+    with stack.client() as c:
         r = c.get(f"/jobs/{tiny_job.id}/pairs.parquet")
     assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"
     path = tmp_path / "pairs.parquet"
     path.write_bytes(r.content)
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
 
-    records, store = ui_stack.state().list_pairs(tiny_job.id), ui_stack.store()
+    records, store = stack.state().list_pairs(tiny_job.id), stack.store()
     assert sorted(records) == ds["pair_id"]
     keys = set(store.list(f"jobs/{tiny_job.id}/"))
-    prompts = [p["text"] for p in ui_stack.state().get_job(tiny_job.id).spec["prompts"]]
+    prompts = [p["text"] for p in stack.state().get_job(tiny_job.id).spec["prompts"]]
     for row in ds:
         rec = records[row["pair_id"]]
         assert row["prompt"] == prompts[row["prompt_index"]]

@@ -1,5 +1,6 @@
 """A real local stack for integration tests: own Redis (AOF) and SeaweedFS on free ports, the API
-and one Celery worker per queue as processes, under the stack supervisor."""
+and one Celery worker per queue as processes, under the stack supervisor; and the finished tiny job
+the integration, UI, CLI and export tests share (fixtures `stack` and `tiny_job` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from services.jobspec import JobSpec
 from services.procs import ProcessSpec, free_port
 from services.records import PairRecord
 from services.settings import Settings
-from services.stack import default_specs, stack_down, stack_status, stack_up
+from services.stack import default_specs, stack_status, stack_up
 from services.state import JobState
 from services.storage import S3Store
+from tests.infra import kill_stack
 from workers import keys
 
 # Settings the stack's processes read from the environment they inherit.
@@ -97,7 +99,7 @@ def _terminal(job: dict[str, Any]) -> dict[str, Any] | None:
     return job if job.get("status") in ("succeeded", "failed", "cancelled") else None
 
 
-def wait_for(fn: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.5) -> Any:
+def wait_for(fn: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout_s
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -129,7 +131,46 @@ def running_stack(root: Path, env: dict[str, str] | None = None, host: str = "12
         token = JobState.from_url(facts["redis_url"]).create_token("alice")
         yield Stack(root, settings, facts, token)
     finally:
-        stack_down(root, grace_s=5.0)
+        kill_stack(root)
+
+
+# --- the shared finished job --------------------------------------------------------------------
+
+#: 2 prompts x 4 samples x 2 epochs, 4 DDIM steps: every stage twice, a policy version per epoch.
+TINY_JOB: dict[str, Any] = {
+    "prompts": [
+        {"text": "a cat eating a sandwich", "items": ["cat", "sandwich"], "mask_thresholds": [0.03, 0.005]},
+        {"text": "a red and woolen dog", "items": ["woolen", "dog"], "mask_thresholds": [0.02, 0.03]},
+    ],
+    "model": "tiny",
+    "samples_per_prompt": 4,
+    "epochs": 2,
+    "sampling": {"num_steps": 4},
+    "seed": 3,
+    "eval_prompts": ["a horse driving a car"],
+    "eval_seeds": 1,
+}
+
+
+@dataclass
+class FinishedJob:
+    """A job that ran to the end on the stack, with its records as the API lists them."""
+
+    id: str
+    job: dict[str, Any]
+    pairs: list[dict[str, Any]]
+    samples: list[dict[str, Any]]
+    checkpoints: list[dict[str, Any]]
+
+
+def finish_job(stack: Stack, spec: dict[str, Any], timeout_s: float = 600) -> FinishedJob:
+    """Submit `spec`, wait until it ends (succeeded, or fail here), and fetch its records."""
+    job_id = stack.submit(spec)
+    job = stack.wait_job(job_id, timeout_s)
+    assert job["status"] == "succeeded", job
+    with stack.client() as c:
+        data = {k: c.get(f"/v1/jobs/{job_id}/{k}").json()["data"] for k in ("pairs", "samples", "checkpoints")}
+    return FinishedJob(job_id, job, **data)
 
 
 # --- fault injection and exact-output checks (tests/reliability) ------------------------------

@@ -1,47 +1,27 @@
-"""The whole service: a 2-prompt x 8-sample x 2-epoch tiny job over HTTP on the local stack."""
+"""The whole service: the session's tiny job (2 prompts x 4 samples x 2 epochs) over HTTP on the
+local stack; the same spec run embedded selects the same pairs."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.jobspec import JobSpec
+from tests.integration.stack_helpers import TINY_JOB
 
 pytestmark = pytest.mark.integration
 
-JOB = {
-    "prompts": [
-        {"text": "a cat eating a sandwich", "items": ["cat", "sandwich"], "mask_thresholds": [0.03, 0.005]},
-        {"text": "a red and woolen dog", "items": ["woolen", "dog"], "mask_thresholds": [0.02, 0.03]},
-    ],
-    "model": "tiny",
-    "samples_per_prompt": 8,
-    "epochs": 2,
-    "sampling": {"num_steps": 8},
-    "seed": 7,
-    "eval_prompts": ["a horse driving a car"],
-    "eval_seeds": 1,
-}
 
-
-@pytest.fixture(scope="module")
-def finished_job(stack):
-    with stack.client() as c:
-        r = c.post("/v1/jobs", json=JOB)
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-    return job_id, stack.wait_job(job_id)
-
-
-def test_job_succeeds_with_every_object_stored(stack, finished_job):
-    job_id, job = finished_job
+def test_job_succeeds_with_every_object_stored(stack, tiny_job):
+    job_id, job = tiny_job.id, tiny_job.job
+    assert TINY_JOB["epochs"] == 2 and len(TINY_JOB["prompts"]) * TINY_JOB["samples_per_prompt"] == 8
     assert job["status"] == "succeeded", job
-    assert job["counts"]["samples"] == 32 and job["counts"]["pairs"] == 16
+    assert job["counts"]["samples"] == 16 and job["counts"]["pairs"] == 8
     assert job["policy_version"] == 2
     with stack.client() as c:
         samples = c.get(f"/v1/jobs/{job_id}/samples").json()["data"]
         pairs = c.get(f"/v1/jobs/{job_id}/pairs").json()["data"]
         checkpoints = c.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
-    assert len(samples) == 32 and len(pairs) == 16
+    assert len(samples) == 16 and len(pairs) == 8
     assert {s["policy_version"] for s in samples if s["epoch"] == 1} == {1}
     assert {s["policy_version"] for s in samples if s["epoch"] == 0} == {0}
     assert [c["version"] for c in checkpoints] == [1, 2]
@@ -55,21 +35,21 @@ def test_job_succeeds_with_every_object_stored(stack, finished_job):
     for rec in state.list_checkpoints(job_id):
         assert rec["key"] in keys
     # nothing stored twice: exactly one trajectory and one image per sample, three objects per pair
-    assert len([k for k in keys if "/samples/" in k]) == 32
-    assert len([k for k in keys if "/pairs/" in k]) == 16 * 3
+    assert len([k for k in keys if "/samples/" in k]) == 16
+    assert len([k for k in keys if "/pairs/" in k]) == 8 * 3
 
 
-def test_embedded_run_selects_the_same_pairs(stack, finished_job, tmp_path):
+def test_embedded_run_selects_the_same_pairs(stack, tiny_job, tmp_path):
     import torch
 
     from workers.embedded import run_embedded
 
-    job_id, _ = finished_job
+    job_id = tiny_job.id
     remote = {p["id"]: (p["reference"], p["base"]) for p in stack.state().list_pairs(job_id).values()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the stack's workers: same kernels, same bits
     try:
-        result = run_embedded(JobSpec.model_validate({**JOB, "epochs": 1}), tmp_path / "run")
+        result = run_embedded(JobSpec.model_validate({**TINY_JOB, "epochs": 1}), tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     assert result.status == "succeeded"

@@ -41,13 +41,13 @@ _IMAGES_LOADED = """return Array.from(document.querySelectorAll('tr.pair img')).
   i => [i.alt, i.complete && i.naturalWidth > 0, i.getAttribute('src')]);"""
 
 
-def test_job_page_in_chromium_shows_pair_triplets_with_masks(ui_stack, tiny_job, browser, tmp_path):
+def test_job_page_in_chromium_shows_pair_triplets_with_masks(stack, tiny_job, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(f"{ui_stack.api}/jobs/{tiny_job.id}")
+    browser.get(f"{stack.api}/jobs/{tiny_job.id}")
     assert "/login" in browser.current_url  # no cookie yet
-    browser.find_element(By.ID, "token").send_keys(ui_stack.token)
+    browser.find_element(By.ID, "token").send_keys(stack.token)
     browser.find_element(By.ID, "login").click()
     WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(f"/jobs/{tiny_job.id}"))
     WebDriverWait(browser, 30).until(lambda d: all(ok for _, ok, _ in d.execute_script(_IMAGES_LOADED)))
@@ -62,7 +62,8 @@ def test_job_page_in_chromium_shows_pair_triplets_with_masks(ui_stack, tiny_job,
     assert all("mask.png" in t.value_of_css_property("mask-image") for t in tints)
     assert browser.find_element(By.ID, "status").text == "succeeded"
     assert browser.find_element(By.ID, "progress-pairs").get_attribute("value") == str(n)
-    assert len(browser.find_elements(By.CSS_SELECTOR, "svg[aria-label^='sample scores']")) == 1
+    epochs = tiny_job.job["spec"]["epochs"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg[aria-label^='sample scores']")) == epochs  # one per epoch
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg[aria-label$='per policy version']")) == 3
 
     height = browser.execute_script("return document.documentElement.scrollHeight")
@@ -71,5 +72,5 @@ def test_job_page_in_chromium_shows_pair_triplets_with_masks(ui_stack, tiny_job,
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     print(f"\njob page screenshot: {shot}")
 
-    browser.get(f"{ui_stack.api}/")  # the cookie carries over: the jobs list
+    browser.get(f"{stack.api}/")  # the cookie carries over: the jobs list
     assert tiny_job.id[:12] in browser.find_element(By.ID, "jobs").text

@@ -12,19 +12,19 @@ def _browser(stack) -> httpx.Client:
     return httpx.Client(base_url=stack.api, timeout=30, follow_redirects=False)
 
 
-def test_pages_redirect_to_login_without_a_token(ui_stack, tiny_job):
-    with _browser(ui_stack) as c:
+def test_pages_redirect_to_login_without_a_token(stack, tiny_job):
+    with _browser(stack) as c:
         r = c.get(f"/jobs/{tiny_job.id}")
         assert r.status_code == 303 and r.headers["location"] == f"/login?next=/jobs/{tiny_job.id}"
         assert c.get("/").headers["location"] == "/login?next=/"
         assert "<form" in c.get("/login").text
 
 
-def test_login_sets_an_httponly_cookie_that_the_api_accepts(ui_stack, tiny_job):
-    with _browser(ui_stack) as c:
+def test_login_sets_an_httponly_cookie_that_the_api_accepts(stack, tiny_job):
+    with _browser(stack) as c:
         bad = c.post("/login", data={"token": "nope", "next": "/"})
         assert bad.status_code == 401 and "unknown token" in bad.text
-        r = c.post("/login", data={"token": ui_stack.token, "next": f"/jobs/{tiny_job.id}"})
+        r = c.post("/login", data={"token": stack.token, "next": f"/jobs/{tiny_job.id}"})
         assert r.status_code == 303 and r.headers["location"] == f"/jobs/{tiny_job.id}"
         cookie = r.headers["set-cookie"]
         assert cookie.startswith("dfusion_token=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
@@ -33,16 +33,16 @@ def test_login_sets_an_httponly_cookie_that_the_api_accepts(ui_stack, tiny_job):
         assert c.post("/logout").headers["location"] == "/login"
 
 
-def test_login_never_redirects_off_site(ui_stack):
-    with _browser(ui_stack) as c:
+def test_login_never_redirects_off_site(stack):
+    with _browser(stack) as c:
         for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
-            r = c.post("/login", data={"token": ui_stack.token, "next": target})
+            r = c.post("/login", data={"token": stack.token, "next": target})
             assert r.headers["location"] == "/", target
 
 
-def test_job_page_shows_progress_pairs_histograms_and_curves(ui_stack, tiny_job):
-    with _browser(ui_stack) as c:
-        c.cookies.set("dfusion_token", ui_stack.token)
+def test_job_page_shows_progress_pairs_histograms_and_curves(stack, tiny_job):
+    with _browser(stack) as c:
+        c.cookies.set("dfusion_token", stack.token)
         html = c.get(f"/jobs/{tiny_job.id}").text
         for pair in tiny_job.pairs:
             assert pair["id"] in html
@@ -59,26 +59,26 @@ def test_job_page_shows_progress_pairs_histograms_and_curves(ui_stack, tiny_job)
         for curve in ("DPO loss", "preference margin", "held-out alignment"):
             assert f"{curve} per policy version" in html
         assert "<script" not in html  # a finished job needs no polling
-        assert "http://" not in html.replace(ui_stack.api, "") and "https://" not in html  # nothing remote
+        assert "http://" not in html.replace(stack.api, "") and "https://" not in html  # nothing remote
 
 
-def test_other_tenants_see_neither_the_job_nor_its_dataset(ui_stack, tiny_job):
-    other = ui_stack.state().create_token("mallory")
-    with _browser(ui_stack) as c:
+def test_other_tenants_see_neither_the_job_nor_its_dataset(stack, tiny_job):
+    other = stack.state().create_token("mallory")
+    with _browser(stack) as c:
         c.cookies.set("dfusion_token", other)
         assert c.get(f"/jobs/{tiny_job.id}").status_code == 404
         assert tiny_job.id not in c.get("/").text
         assert c.get(f"/jobs/{tiny_job.id}/pairs.parquet").status_code == 404
 
 
-def test_a_running_job_page_polls_the_api(ui_stack):
-    from tests.ui.tinyjob import TINY_JOB
+def test_a_running_job_page_polls_the_api(stack):
+    from tests.integration.stack_helpers import TINY_JOB
 
-    with ui_stack.client() as api:
+    with stack.client() as api:
         job_id = api.post("/v1/jobs", json={**TINY_JOB, "samples_per_prompt": 8}).json()["id"]
         try:
-            with _browser(ui_stack) as c:
-                c.cookies.set("dfusion_token", ui_stack.token)
+            with _browser(stack) as c:
+                c.cookies.set("dfusion_token", stack.token)
                 html = c.get(f"/jobs/{job_id}").text
         finally:
             api.delete(f"/v1/jobs/{job_id}")
