@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,9 @@ def test_run_leaves_trained_checkpoints_and_metrics(tmp_path: Path) -> None:
         [sys.executable, "-m", "cli.main", "run", str(prompts), "--model", "tiny", "--samples-per-prompt", "4",
          "--epochs", "2", "--steps", "4", "--out", str(out), "--no-progress"],
         capture_output=True, text=True, timeout=600,
+        # one torch thread, as the suite's other embedded runs: ~25 s of CPU; two threads on a loaded
+        # 2-core machine spin-wait on each other (63-165 s measured beside a running benchmark)
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
