@@ -6,12 +6,9 @@ when built and stored with the job's outputs.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 
 MaskMode = Literal["absolute", "minmax", "quantile"]
 PairFilter = Literal["winner_beats_loser", "none"]

@@ -283,7 +283,7 @@ class Trainer:
             return []
         if self.config.algorithm in ("ddpo", "dpok"):
             pairs = self.with_old_log_probs(pairs)
-        batches = []
+        batches: list[list[TrainPair]] = []
         budget = self.config.steps_per_epoch
         inner = 0
         while (len(batches) < budget) if budget is not None else (inner < self.config.inner_epochs):

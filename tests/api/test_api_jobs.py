@@ -118,3 +118,18 @@ def test_redis_down_is_503(tmp_path, api_settings) -> None:
         health = c.get("/healthz")
         assert health.status_code == 503 and health.json()["redis"].startswith("down")
         assert health.json()["storage"] == "ok"
+
+
+def test_each_algorithm_gets_its_own_beta_over_http(client: TestClient, acme: dict, state: JobState) -> None:
+    """A job that names an algorithm but no beta runs with that algorithm's beta; an explicit one wins;
+    a bad one is a 422 naming the field."""
+    ids = {}
+    for name, training in (("dpo", {"algorithm": "diffusion_dpo"}), ("traj", {}),
+                           ("explicit", {"algorithm": "diffusion_dpo", "beta": 300.0})):
+        r = client.post("/v1/jobs", json={**valid_body(), "training": training}, headers=acme)
+        assert r.status_code == 202, r.text
+        ids[name] = r.json()["id"]
+    betas = {name: state.get_job(job_id).spec["training"]["beta"] for name, job_id in ids.items()}
+    assert betas == {"dpo": 2500.0, "traj": 0.1, "explicit": 300.0}
+    r = client.post("/v1/jobs", json={**valid_body(), "training": {"beta": -1}}, headers=acme)
+    assert r.status_code == 422 and "beta" in r.text
