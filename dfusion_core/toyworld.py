@@ -64,6 +64,11 @@ HELDOUT_MOD = 7  # one caption in about seven is held out (a fixed hash split)
 TOY_FUSION: dict = {"mask_resolution": 8, "mask_mode": "minmax", "mask_level": 0.3, "blocks": (0, 6),
                     "skip_first_steps": 1}
 
+#: Training settings for toy jobs (TrainingConfig fields), from bench/alignment.py's search on the
+#: validation captions (bench/RESULTS.md): a fixed step budget of 4-pair minibatches, and the last
+#: two denoising steps left out (their log-ratios dwarf the others').
+TOY_TRAINING: dict = {"learning_rate": 1e-3, "batch_pairs": 4, "steps_per_epoch": 6, "skip_last_steps": 2}
+
 _CAPTION = re.compile(
     r"^an? (?P<c1>\w+) (?P<s1>\w+) (?P<rel>above|below|left of|right of) an? (?P<c2>\w+) (?P<s2>\w+)$"
 )
@@ -272,6 +277,15 @@ def object_masks(image: np.ndarray, caption: str | Caption) -> np.ndarray:
         if mask.sum() >= MIN_AREA:
             out[k] = _largest_component(mask)
     return out
+
+
+def mask_iou(item_masks: torch.Tensor, resolution: int, truth: np.ndarray) -> float:
+    """IoU of a fusion mask with the truth: the union of item masks [R*R, items] on the RxR grid,
+    nearest-upsampled to the image, against boolean `truth` [S, S] (e.g. `object_masks(...).any(0)`)."""
+    union = item_masks.amax(-1).reshape(resolution, resolution).cpu().numpy() > 0
+    up = np.kron(union, np.ones((truth.shape[0] // resolution, truth.shape[1] // resolution), bool))
+    inter, either = (up & truth).sum(), (up | truth).sum()
+    return float(inter / either) if either else 1.0
 
 
 def relation_holds(relation: str, a: Region, b: Region, margin: float = RELATION_MARGIN) -> bool:

@@ -12,8 +12,6 @@ from dfusion_core.items import map_items
 from dfusion_core.models import load_model
 
 CAPTIONS = tw.heldout_captions()[:6]
-THRESHOLD = 0.02  # cross-attention probability of an item token (the toy model spreads ~0.01-0.03)
-MASK_RESOLUTION = 8  # the default latent/4 = 4 is too coarse: its masks miss the objects
 
 
 def test_shipped_weights_fit_the_budget():
@@ -42,29 +40,26 @@ def test_trained_model_beats_untrained_on_heldout_captions():
 
 
 def test_fusion_masks_land_on_the_named_objects():
+    """Over every fused step, not only the last: the toy preset's item masks overlap the caption's
+    objects (in the reference image) better than covering everything, or than the same mask
+    mirrored, would."""
     model = load_model("toy")
     config = SamplingConfig(num_steps=10, guidance_scale=5.0, eta=1.0, batch_size=4)
     prompts = CAPTIONS[:4]
-    trajs = pipeline.sample(model, prompts, config, seeds=[11, 12, 13, 14])
-    items = [map_items(model.tokenizer, p, tw.parse_caption(p).items, [THRESHOLD] * 2) for p in prompts]
+    refs = pipeline.sample(model, prompts, config, seeds=[11, 12, 13, 14])
     bases = pipeline.sample(model, prompts, config, seeds=[21, 22, 23, 24])
-    fused = pipeline.fuse_pairs(model, trajs, bases, items, FusionConfig(mask_resolution=MASK_RESOLUTION))
-    hits, total = 0, 0
-    for traj, pair, prompt in zip(trajs, fused, prompts, strict=True):
-        image = traj.image.numpy()
-        regions = tw.segment(image)
-        c = tw.parse_caption(prompt)
-        # last step's item masks [R*R, items] on the RxR grid, against the object's pixels pooled to it
-        r = pair.mask_resolution
-        masks = pair.masks[-1].float().reshape(r, r, 2)
-        for k, colour in enumerate((c.colour_a, c.colour_b)):
-            if colour not in regions:
-                continue
-            obj = torch.from_numpy((((image.astype(float)[..., None, :] - tw._PALETTE) ** 2).sum(-1).argmin(-1)
-                                    == 1 + list(tw.COLOURS).index(colour)).astype("float32"))
-            obj_r = torch.nn.functional.avg_pool2d(obj[None, None], 32 // r)[0, 0]
-            inside = (masks[..., k] * obj_r).sum() / masks[..., k].sum().clamp(min=1)
-            outside = ((1 - masks[..., k]) * obj_r).sum() / (1 - masks[..., k]).sum().clamp(min=1)
-            hits += int(inside > outside)
-            total += 1
-    assert total >= 4 and hits / total >= 0.6, (hits, total)
+    items = [map_items(model.tokenizer, p, tw.parse_caption(p).items, [0.5] * 2) for p in prompts]
+    fusion = FusionConfig(**tw.TOY_FUSION)
+    fused = pipeline.fuse_pairs(model, refs, bases, items, fusion)
+    ious, full, mirrored = [], [], []
+    for ref, pair, prompt in zip(refs, fused, prompts, strict=True):
+        truth = tw.object_masks(ref.image.numpy(), prompt).any(0)
+        full.append(tw.mask_iou(torch.ones(pair.mask_resolution**2, 1), pair.mask_resolution, truth))
+        for step in fusion.fused_steps(config.num_steps):
+            m = pair.masks[step]
+            ious.append(tw.mask_iou(m, pair.mask_resolution, truth))
+            flipped = m.reshape(pair.mask_resolution, pair.mask_resolution, -1).flip(0, 1).reshape(m.shape)
+            mirrored.append(tw.mask_iou(flipped, pair.mask_resolution, truth))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    # measured 0.3-0.4 against ~0.2 for both baselines; 0.05 is well above what 4 pairs' noise moves
+    assert mean(ious) > mean(full) + 0.05 and mean(ious) > mean(mirrored) + 0.05, (ious, full, mirrored)
