@@ -1,10 +1,12 @@
-"""A reduced-size run of bench/alignment.py: three arms, finite mean and std on held-out captions."""
+"""Reduced-size runs of the toy-world benches: bench/fusion_quality.py and bench/alignment.py
+produce their summaries, with the exact result lines bench/RESULTS.md quotes."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -12,17 +14,45 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_alignment_bench_reduced(tmp_path):
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fusion_quality_reduced(tmp_path, capsys):
     torch.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("bench_alignment", ROOT / "bench" / "alignment.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    summary = bench.main(["--seeds", "0", "1", "--prompts", "1", "--samples", "4", "--epochs", "1", "--steps", "4",
-                          "--eval-prompts", "2", "--eval-seeds", "1", "--batch", "4", "--out", str(tmp_path)])
-    assert set(summary["arms"]) == {"none", "plain", "fusion"}
-    for arm in summary["arms"].values():
-        assert len(arm["per_seed"]) == 2
-        assert math.isfinite(arm["mean"]) and math.isfinite(arm["std"]) and 0.0 <= arm["mean"] <= 1.0
-    assert all(r["optimizer_steps"] == 1 for r in summary["runs"])
-    assert json.loads((tmp_path / "summary.json").read_text())["arms"].keys() == summary["arms"].keys()
+    summary = _bench("fusion_quality").main(["--captions", "2", "--samples", "4", "--steps", "4",
+                                             "--threads", "1", "--out", str(tmp_path)])
+    assert summary["pairs"] == 4 and summary["captions"] == 2
+    assert 0.0 <= summary["p_target_beats_base"] <= 1.0 and math.isfinite(summary["gain"]["mean"])
+    assert len(summary["mask_iou_per_step"]) == 4 and all(0 <= x <= 1 for x in summary["mask_iou_per_step"])
+    assert summary["dist_reference_base"] > 0 and summary["distance_ratio"] >= 0
+    out = capsys.readouterr().out
+    assert re.search(r"^fusion target gain: [+-]\d\.\d\d \(95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\), "
+                     r"P\(target>base\) \d\.\d\d$", out, re.M), out
+    assert json.loads((tmp_path / "summary.json").read_text())["gate"]["gain_at_least"] == 0.10
+
+
+def test_alignment_bench_reduced(tmp_path, capsys):
+    torch.set_num_threads(1)
+    summary = _bench("alignment").main([
+        "--seeds", "0", "1", "--prompts", "1", "--val-prompts", "1", "--val-seeds", "1", "--samples", "4",
+        "--epochs", "1", "--steps", "3", "--batch", "4", "--eval-batch", "4", "--batch-pairs", "1",
+        "--steps-per-epoch", "1", "--lrs", "1e-3", "--eval-prompts", "2", "--eval-seeds", "1",
+        "--train-eval-seeds", "1", "--threads", "1", "--out", str(tmp_path)])
+    assert set(summary["differences"]) == {"plain-none", "fusion-none", "fusion-plain"}
+    for seed in summary["per_seed"]:
+        assert set(seed["heldout"]) == {"none", "plain", "fusion"}
+        # every arm is scored on the same held-out captions and noise: the untrained model once for all
+        assert seed["heldout"]["none"] == summary["per_seed"][0]["heldout"]["none"]
+        # equal budgets: one optimizer step per epoch in both trained arms (a filtered-out epoch takes none)
+        assert all(e["optimizer_steps"] in (0, 1) for arm in seed["jobs"].values() for e in arm["epochs"])
+    for ci in summary["differences"].values():
+        assert ci["n"] == 2 and ci["lo"] <= ci["mean"] <= ci["hi"]
+    lines = capsys.readouterr().out
+    for name in summary["differences"]:
+        assert re.search(rf"^paired difference {name}: [+-]\d\.\d{{3}} \(95% CI [+-]\d\.\d{{3}} to [+-]\d\.\d{{3}}\)$",
+                         lines, re.M), lines
     assert (tmp_path / "alignment.svg").read_text().startswith("<svg")
