@@ -1,7 +1,8 @@
 """dfusion demo: a whole embedded job in a few minutes on 2 CPU cores.
 
 Default: the shipped toy-world model (coloured shapes, `dfusion_core/toyworld.py`) with its exact
-scorer, on two toy captions, evaluated on held-out captions. `--model tiny` runs the random tiny
+scorer and its fusion and training presets, on four toy captions; it ends by printing the held-out
+score of the untrained and the trained model on the same noise. `--model tiny` runs the random tiny
 model on two of the paper's prompts instead (machinery only: its images are noise).
 """
 
