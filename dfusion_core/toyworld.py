@@ -248,10 +248,14 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == ids[np.argmax(counts)]
 
 
+def _nearest_palette(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> int [H, W]: each pixel's nearest palette entry (0 = background)."""
+    return ((image.astype(np.float32)[:, :, None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
+
+
 def segment(image: np.ndarray) -> dict[str, Region]:
     """uint8 [H, W, 3] -> the colours present (largest blob of >= MIN_AREA pixels each)."""
-    dist = ((image.astype(np.float32)[:, :, None, :] - _PALETTE) ** 2).sum(-1)
-    nearest = dist.argmin(-1)
+    nearest = _nearest_palette(image)
     out: dict[str, Region] = {}
     for k in range(1, len(_NAMES)):
         mask = nearest == k
@@ -272,7 +276,7 @@ def object_masks(image: np.ndarray, caption: str | Caption) -> np.ndarray:
     (the largest blob of each object's colour; all False when the colour is absent). The ground
     truth that item masks are measured against."""
     c = parse_caption(caption) if isinstance(caption, str) else caption
-    nearest = ((image.astype(np.float32)[:, :, None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
+    nearest = _nearest_palette(image)
     out = np.zeros((2, *image.shape[:2]), bool)
     for k, colour in enumerate((c.colour_a, c.colour_b)):
         mask = nearest == _NAMES.index(colour)
