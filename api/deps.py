@@ -1,4 +1,4 @@
-"""Dependencies as `Annotated[..., Depends(...)]` aliases: settings, state, store, queue, tenant, job.
+"""Dependencies as `Annotated[..., Depends(...)]` aliases: settings, state, tokens, store, queue, tenant, job.
 
 Everything is resolved per request from `app.state` and built lazily, so importing `api.main`
 connects to nothing, and tests swap any piece (settings, the Celery app) without monkeypatching.
@@ -18,8 +18,9 @@ from dfusion_core.errors import ConfigError
 from dfusion_core.storage import BlobStore
 from services import queue
 from services.settings import Settings, get_settings
-from services.state import JobState, open_state
-from services.state_types import JobNotFound, JobRecord
+from services.state.redis import RedisJobStore, open_state
+from services.state.tokens import TokenStore, open_tokens
+from services.state.types import JobNotFound, JobRecord
 from services.storage import open_store
 
 #: Name of the cookie the web UI stores the bearer token in.
@@ -46,11 +47,18 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_state(settings: SettingsDep) -> JobState:
+def get_state(settings: SettingsDep) -> RedisJobStore:
     return open_state(settings.redis_url)
 
 
-StateDep = Annotated[JobState, Depends(get_state)]
+StateDep = Annotated[RedisJobStore, Depends(get_state)]
+
+
+def get_tokens(settings: SettingsDep) -> TokenStore:
+    return open_tokens(settings.redis_url)
+
+
+TokensDep = Annotated[TokenStore, Depends(get_tokens)]
 
 
 def get_store(settings: SettingsDep) -> BlobStore:
@@ -100,26 +108,26 @@ def _unauthorized(detail: str) -> HTTPException:
 
 def get_tenant(
     settings: SettingsDep,
-    state: StateDep,
+    tokens: TokensDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> str:
     """The caller's tenant from `Authorization: Bearer` or the `dfusion_token` cookie (hash lookup)."""
     if bearer is None and not cookie and settings.auth_required:
         raise _unauthorized("missing token: send 'Authorization: Bearer <token>'")
-    tenant = resolve_tenant(settings, state, bearer, cookie)
+    tenant = resolve_tenant(settings, tokens, bearer, cookie)
     if tenant is None:
         raise _unauthorized("unknown token")
     return tenant
 
 
-def resolve_tenant(settings: Settings, state: JobState, bearer: HTTPAuthorizationCredentials | None,
+def resolve_tenant(settings: Settings, tokens: TokenStore, bearer: HTTPAuthorizationCredentials | None,
                    cookie: str | None) -> str | None:
     """The tenant a bearer token or cookie stands for (the bearer wins); None when neither is valid."""
     if not settings.auth_required:
         return DEFAULT_TENANT
     token = bearer.credentials if bearer is not None else cookie
-    return state.tenant_for_token(token) if token and len(token) <= 512 else None
+    return tokens.tenant_for(token) if token and len(token) <= 512 else None
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

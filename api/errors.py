@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dfusion_core.errors import BlobNotFound, ConfigError, DFusionError
-from services.state_types import (
+from services.state.types import (
     InvalidTransition,
     JobExists,
     JobNotFound,

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from services.queue import QUEUES
-from services.state import JobState
-from services.telemetry import BUCKET_LABELS, Snapshot, Telemetry
+from services.state.redis import RedisJobStore
+from services.telemetry import BUCKET_LABELS, Snapshot, Telemetry, jobs_by_status
 
 # job counter -> (metric name, help); `samples` are generated images
 PRODUCED = {
@@ -81,14 +81,15 @@ class ApiMetrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def render(self, state: JobState) -> bytes:
+    def render(self, state: RedisJobStore) -> bytes:
         """Refresh the Redis-backed gauges (best effort: a dead Redis gives redis_up 0) and serialise."""
         try:
-            for q, depth in state.queue_depths(QUEUES).items():
+            telemetry = Telemetry(state.r)
+            for q, depth in telemetry.queue_depths(QUEUES).items():
                 self.queue_depth.labels(q).set(depth)
-            for status, n in state.count_by_status().items():
+            for status, n in jobs_by_status(state).items():
                 self.jobs.labels(status).set(n)
-            self.workers.snapshot = Telemetry(state.r).snapshot()
+            self.workers.snapshot = telemetry.snapshot()
             self.redis_up.set(1)
         except Exception:  # noqa: BLE001 - a scrape must answer even when Redis is down
             self.redis_up.set(0)

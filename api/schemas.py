@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from services.jobspec import JobSpec
-from services.state_types import JobRecord, JobStatus
+from services.state.types import JobRecord, JobStatus
 
 
 class JobCreate(JobSpec):

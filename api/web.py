@@ -19,13 +19,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import TOKEN_COOKIE, SettingsDep, StateDep, StoreDep, resolve_tenant
+from api.deps import TOKEN_COOKIE, SettingsDep, StateDep, StoreDep, TokensDep, resolve_tenant
 from api.routes.jobs import object_url
 from api.schemas import JobSummary
 from dfusion_core.errors import ConfigError
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
-from services.state import JobState
-from services.state_types import JobNotFound, JobRecord
+from services.state.redis import RedisJobStore
+from services.state.types import JobNotFound, JobRecord
 from workers import report
 from workers.report import _e
 
@@ -44,12 +44,12 @@ class LoginRequired(Exception):
 def page_tenant(
     request: Request,
     settings: SettingsDep,
-    state: StateDep,
+    tokens: TokensDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie: Annotated[str | None, Depends(_cookie)],
 ) -> str:
     """The tenant of a page request (cookie or bearer), else LoginRequired."""
-    tenant = resolve_tenant(settings, state, bearer, cookie)
+    tenant = resolve_tenant(settings, tokens, bearer, cookie)
     if tenant is None:
         raise LoginRequired(request.url.path)
     return tenant
@@ -99,11 +99,11 @@ def login_form(next: str = "/") -> HTMLResponse:  # noqa: A002 - the query param
 
 
 @router.post("/login")
-async def login(request: Request, state: StateDep) -> Response:
+async def login(request: Request, tokens: TokensDep) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
     next_path = _safe_next((form.get("next") or ["/"])[0])
-    if not token or len(token) > 512 or state.tenant_for_token(token) is None:
+    if not token or len(token) > 512 or tokens.tenant_for(token) is None:
         return _login_page(next_path, "unknown token", status=401)
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(TOKEN_COOKIE, token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
@@ -136,7 +136,7 @@ def jobs_page(tenant: PageTenant, state: StateDep) -> HTMLResponse:
     return _html("dfusion: jobs", f"<h1>Jobs of {_e(tenant)}</h1>{table}")
 
 
-def _owned(state: JobState, job_id: str, tenant: str) -> JobRecord | None:
+def _owned(state: RedisJobStore, job_id: str, tenant: str) -> JobRecord | None:
     try:
         job = state.get_job(job_id)
     except (ConfigError, JobNotFound):

@@ -1,6 +1,6 @@
 """dfusion token create --tenant NAME: mint an API token for a tenant; the token is the last line printed.
 
-Only the token's sha256 is stored (in Redis, via JobState.create_token), so this is the one time the
+Only the token's sha256 is stored (in Redis, via services.state.tokens), so this is the one time the
 plain token is shown.
 """
 
@@ -18,13 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from services.settings import get_settings
-    from services.state import open_state
+    from services.state.tokens import open_tokens
 
     if args.token_command != "create":  # argparse enforces the choice; kept for direct callers
         print(f"unknown action {args.token_command!r}", file=sys.stderr)
         return 2
-    state = open_state(get_settings().redis_url)
-    token = state.create_token(args.tenant)
+    token = open_tokens(get_settings().redis_url).create(args.tenant)
     print(f"token for tenant {args.tenant!r} (shown once; send as 'Authorization: Bearer <token>'):", file=sys.stderr)
     print(token)
     return 0

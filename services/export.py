@@ -27,8 +27,7 @@ import pyarrow.parquet as pq
 
 from dfusion_core.storage import BlobStore
 from services.records import PairRecord, load_all
-from services.state import JobState
-from services.state_types import JobRecord
+from services.state import JobRecord, JobStore
 
 _IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -93,14 +92,14 @@ def pairs_table(pairs: Iterable[PairRecord], store: BlobStore, job_id: str = "")
     return pa.Table.from_pylist(rows, schema=SCHEMA.with_metadata(meta))
 
 
-def pairs_table_bytes(state: JobState, store: BlobStore, job: JobRecord) -> bytes:
+def pairs_table_bytes(state: JobStore, store: BlobStore, job: JobRecord) -> bytes:
     """The job's pairs as Parquet file bytes (read whole into memory: sized for one job's pairs)."""
     buf = io.BytesIO()
     pq.write_table(pairs_table(load_all(PairRecord, state.list_pairs(job.job_id)), store, job.job_id), buf)
     return buf.getvalue()
 
 
-def write_pairs_parquet(state: JobState, store: BlobStore, job_id: str, path: str | Path) -> int:
+def write_pairs_parquet(state: JobStore, store: BlobStore, job_id: str, path: str | Path) -> int:
     """Write the job's pairs to `path`; returns the number of rows."""
     table = pairs_table(load_all(PairRecord, state.list_pairs(job_id)), store, job_id)
     pq.write_table(table, str(path))

@@ -1,4 +1,5 @@
-"""Worker telemetry in Redis, for the API's /metrics: task durations, items produced, GPU memory.
+"""Telemetry for the API's /metrics: worker task durations, items produced and GPU memory kept in
+Redis, plus what is read at scrape time (queue depths, jobs by status).
 
 Task metrics happen in worker processes the API cannot scrape, so workers add them to a few
 Redis hashes under `dfusion:telemetry:` (cumulative, Prometheus counter semantics) and the API
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+
+from services.state import JobStatus, JobStore
 
 PREFIX = "dfusion:telemetry"
 #: Upper bounds (seconds) of the task-duration histogram buckets; +Inf is implied.
@@ -106,6 +109,10 @@ class Telemetry:
     def set_gpu_memory(self, worker: str, peak_bytes: int) -> None:
         self.r.hset(self._k("gpu_memory"), worker, f"{int(peak_bytes)} {time.time():.0f}")
 
+    def queue_depths(self, queues: tuple[str, ...]) -> dict[str, int]:
+        """Messages waiting in each Celery queue (kombu's Redis transport keeps a list per queue name)."""
+        return {q: int(self.r.llen(q)) for q in queues}
+
     def snapshot(self, now: float | None = None) -> Snapshot:
         pipe = self.r.pipeline(transaction=False)
         for name in ("task_count", "task_seconds", "task_failures", "task_buckets", "produced", "gpu_memory"):
@@ -123,3 +130,12 @@ class Telemetry:
             if now - float(at) <= GPU_STALE_S:
                 memory[worker] = int(peak)
         return Snapshot(stages, {k: int(v) for k, v in produced.items()}, memory)
+
+
+def jobs_by_status(store: JobStore) -> dict[str, int]:
+    """Jobs per status over all tenants (every tenant's job list: fine at scrape rates)."""
+    tally = dict.fromkeys((s.value for s in JobStatus), 0)
+    for tenant in store.list_tenants():
+        for job in store.list_jobs(tenant):
+            tally[job.status.value] += 1
+    return tally

@@ -21,8 +21,8 @@ from kombu.exceptions import OperationalError
 import workers.telemetry  # noqa: F401  (Celery signals: job/task ids on log records, task metrics to Redis)
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN, get_app, send
 from services.settings import get_settings
-from services.state import open_state
-from services.state_types import JobStatus, StateUnavailable
+from services.state.redis import open_state
+from services.state.types import JobStatus, StateUnavailable
 from services.storage import StorageUnavailable, open_store
 from workers import stages
 from workers.runtime import Runtime, pick_device

@@ -1,7 +1,7 @@
 """Embedded mode: a whole job in one process, with local-directory storage and no Redis.
 
 The same stage functions the Celery workers run, fed from an in-process FIFO instead of the
-broker, with `MemoryState` standing in for Redis. The run folder holds the job's objects
+broker, with `MemoryJobStore` standing in for Redis. The run folder holds the job's objects
 (images, masks, pairs, trajectories, checkpoints/<version>/) plus metrics.json and report.html.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 from dfusion_core.errors import DFusionError
 from dfusion_core.storage import LocalDirStore
 from services.jobspec import JobSpec
-from services.memstate import MemoryState
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN
 from services.records import PairRecord, SampleRecord, load_all
-from services.state_types import JobStatus
+from services.state.memory import MemoryJobStore
+from services.state.types import JobStatus
 from workers import keys, stages
 from workers.report import write_report
 from workers.runtime import Runtime, pick_device
@@ -76,7 +76,7 @@ def run_embedded(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(spec.model_dump_json(indent=2))
-    state = MemoryState()
+    state = MemoryJobStore()
     state.create_job(job_id, "local", spec.model_dump(mode="json"))
     queue: deque[tuple[str, dict[str, Any]]] = deque()
     ctx = stages.Context(

@@ -1,5 +1,5 @@
 """What training an epoch publishes: LoRA version e+1 with its checkpoint record, its held-out
-score, and the epoch's metrics (one dict per epoch, `JobState.append_metrics`).
+score, and the epoch's metrics (one dict per epoch, `JobStore.append_metrics`).
 
 Every write is an overwrite under a key derived from (job, epoch), so the train stage may run
 this again on a redelivery.

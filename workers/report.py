@@ -30,7 +30,7 @@ table{border-collapse:collapse}td,th{padding:4px 8px;text-align:center;vertical-
 a{color:#245}nav{margin-bottom:12px}
 """
 
-#: Stages shown as progress bars, in pipeline order (the names of JobState's counters).
+#: Stages shown as progress bars, in pipeline order (the names of the JobStore's counters).
 STAGES = ("samples", "scored", "pairs", "trained_steps")
 
 

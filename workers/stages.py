@@ -19,7 +19,6 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from dfusion_core import pipeline
 from dfusion_core.errors import TrajectoryError
@@ -30,7 +29,7 @@ from dfusion_core.trajectories import Trajectory
 from services.jobspec import JobSpec
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, TRAIN
 from services.records import PairRecord, SampleRecord, load_all
-from services.state_types import JobStatus
+from services.state import JobStatus, JobStore
 from services.storage import io_timer
 from workers import keys, publish
 from workers.images import mask_image, png_bytes, png_tensor
@@ -50,7 +49,7 @@ TRAINED = "trained-{unit}"  # train(e)'s commit: its optimizer steps are counted
 
 @dataclass
 class Context:
-    state: Any  # services.state.JobState or services.memstate.MemoryState
+    state: JobStore  # RedisJobStore in the Celery workers, MemoryJobStore in the embedded runner
     store: BlobStore
     dispatch: Dispatch
     runtime: Runtime

@@ -153,7 +153,7 @@ def record(task_name: str, seconds: float, job_id: str | None, ok: bool = True) 
 
 def job_counts(job_id: str) -> dict[str, int]:
     from services.settings import get_settings
-    from services.state import open_state
+    from services.state.redis import open_state
 
     return open_state(get_settings().redis_url).get_counts(job_id)
 

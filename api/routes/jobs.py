@@ -1,6 +1,6 @@
 """Jobs and their records: create (202 + START_JOB enqueued), list, get, cancel, samples, pairs, checkpoints.
 
-Thin on purpose: validation is JobSpec's, persistence is JobState's, status codes are api.errors'.
+Thin on purpose: validation is JobSpec's, persistence is the JobStore's, status codes are api.errors'.
 Records are loaded through services.records (one serializer, shared with the workers) and projected
 onto public schemas; object keys become proxy URLs under /v1/jobs/{id}/objects/ (and, on request,
 presigned store URLs).
@@ -32,7 +32,7 @@ from api.schemas import (
 from dfusion_core.errors import ConfigError
 from dfusion_core.storage import BlobStore
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
-from services.state_types import InvalidTransition, JobStatus
+from services.state.types import InvalidTransition, JobStatus
 from services.storage import presigned_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

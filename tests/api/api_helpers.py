@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.state import JobState
+from services.state.redis import RedisJobStore
 
 #: Small limits so the tests can hit them cheaply.
 LIMITS: dict[str, Any] = {"max_concurrent_jobs_per_tenant": 3, "max_samples_per_job": 512, "max_body_bytes": 64 * 1024}
@@ -22,6 +22,6 @@ def valid_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def queue_len(state: JobState, queue: str = "score") -> int:
+def queue_len(state: RedisJobStore, queue: str = "score") -> int:
     """Messages waiting in a Celery queue (kombu's Redis transport: a list named after the queue)."""
     return int(state.r.llen(queue))

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from services.queue import QUEUES
 from services.settings import Settings
-from services.state import JobState, open_state
+from services.state.redis import RedisJobStore, open_state
+from services.state.tokens import TokenStore, open_tokens
 from tests.api.api_helpers import LIMITS
 
 
@@ -35,25 +36,31 @@ def api_settings(s3_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def state(api_settings: Settings) -> Iterator[JobState]:
+def state(api_settings: Settings) -> Iterator[RedisJobStore]:
     _clean(api_settings.redis_url)
     yield open_state(api_settings.redis_url)
     _clean(api_settings.redis_url)
 
 
 @pytest.fixture
-def client(api_settings: Settings, state: JobState) -> Iterator[TestClient]:
+def client(api_settings: Settings, state: RedisJobStore) -> Iterator[TestClient]:
     with TestClient(create_app(api_settings), raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.fixture
-def acme(state: JobState) -> dict[str, str]:
-    """Auth headers of tenant 'acme'."""
-    return {"Authorization": f"Bearer {state.create_token('acme')}"}
+def tokens(state: RedisJobStore, api_settings: Settings) -> TokenStore:
+    """API tokens on the same Redis (after `state` has cleaned it)."""
+    return open_tokens(api_settings.redis_url)
 
 
 @pytest.fixture
-def globex(state: JobState) -> dict[str, str]:
+def acme(tokens: TokenStore) -> dict[str, str]:
+    """Auth headers of tenant 'acme'."""
+    return {"Authorization": f"Bearer {tokens.create('acme')}"}
+
+
+@pytest.fixture
+def globex(tokens: TokenStore) -> dict[str, str]:
     """Auth headers of another tenant, 'globex'."""
-    return {"Authorization": f"Bearer {state.create_token('globex')}"}
+    return {"Authorization": f"Bearer {tokens.create('globex')}"}

@@ -8,11 +8,13 @@ from fastapi.testclient import TestClient
 
 from api.deps import get_enqueue
 from api.errors import QueueUnavailable
-from services.state import JobState, JobStatus
+from services.state import JobStatus
+from services.state.redis import RedisJobStore
+from services.state.tokens import TokenStore
 from tests.api.api_helpers import queue_len, valid_body
 
 
-def test_create_returns_202_and_enqueues_start_job(client: TestClient, acme: dict, state: JobState) -> None:
+def test_create_returns_202_and_enqueues_start_job(client: TestClient, acme: dict, state: RedisJobStore) -> None:
     r = client.post("/v1/jobs", json=valid_body(), headers=acme)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -25,7 +27,7 @@ def test_create_returns_202_and_enqueues_start_job(client: TestClient, acme: dic
     assert job.tenant == "acme" and job.spec["samples_per_prompt"] == 4
 
 
-def test_list_and_get(client: TestClient, acme: dict, state: JobState) -> None:
+def test_list_and_get(client: TestClient, acme: dict, state: RedisJobStore) -> None:
     ids = [client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"] for _ in range(2)]
     listed = client.get("/v1/jobs", headers=acme).json()
     assert listed["count"] == 2 and {j["id"] for j in listed["data"]} == set(ids)
@@ -48,12 +50,12 @@ def test_missing_or_unknown_token_is_401(client: TestClient, acme: dict) -> None
     assert client.post("/v1/jobs", json=valid_body()).status_code == 401
 
 
-def test_cookie_token_is_accepted(client: TestClient, state: JobState) -> None:
-    client.cookies.set("dfusion_token", state.create_token("acme"))
+def test_cookie_token_is_accepted(client: TestClient, tokens: TokenStore) -> None:
+    client.cookies.set("dfusion_token", tokens.create("acme"))
     assert client.get("/v1/jobs").status_code == 200
 
 
-def test_auth_not_required_uses_default_tenant(api_settings, state: JobState) -> None:
+def test_auth_not_required_uses_default_tenant(api_settings, state: RedisJobStore) -> None:
     from api.main import create_app
 
     with TestClient(create_app(api_settings.model_copy(update={"auth_required": False}))) as c:
@@ -62,7 +64,7 @@ def test_auth_not_required_uses_default_tenant(api_settings, state: JobState) ->
         assert c.get(f"/v1/jobs/{job_id}").status_code == 200
 
 
-def test_other_tenant_sees_404_everywhere(client: TestClient, acme: dict, globex: dict, state: JobState) -> None:
+def test_other_tenant_sees_404_everywhere(client: TestClient, acme: dict, globex: dict, state: RedisJobStore) -> None:
     job_id = client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
     assert client.get("/v1/jobs", headers=globex).json() == {"data": [], "count": 0}
     for path in ("", "/samples", "/pairs", "/checkpoints", f"/objects/jobs/{job_id}/x.png"):
@@ -75,7 +77,7 @@ def test_other_tenant_sees_404_everywhere(client: TestClient, acme: dict, globex
         assert client.get(f"/v1/jobs/{bad}", headers=globex).status_code == 404, bad
 
 
-def test_cancel(client: TestClient, acme: dict, state: JobState) -> None:
+def test_cancel(client: TestClient, acme: dict, state: RedisJobStore) -> None:
     job_id = client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
     r = client.delete(f"/v1/jobs/{job_id}", headers=acme)
     assert r.status_code == 202 and r.json() == {"id": job_id, "status": "cancelled"}
@@ -94,7 +96,7 @@ def test_too_many_active_jobs_is_429_until_one_ends(client: TestClient, acme: di
     assert client.post("/v1/jobs", json=valid_body(), headers=acme).status_code == 202
 
 
-def test_broker_down_gives_503_and_frees_the_slot(client: TestClient, acme: dict, state: JobState) -> None:
+def test_broker_down_gives_503_and_frees_the_slot(client: TestClient, acme: dict, state: RedisJobStore) -> None:
     def broken(job_id: str) -> None:
         raise QueueUnavailable("broker gone")
 
@@ -120,7 +122,7 @@ def test_redis_down_is_503(tmp_path, api_settings) -> None:
         assert health.json()["storage"] == "ok"
 
 
-def test_each_algorithm_gets_its_own_beta_over_http(client: TestClient, acme: dict, state: JobState) -> None:
+def test_each_algorithm_gets_its_own_beta_over_http(client: TestClient, acme: dict, state: RedisJobStore) -> None:
     """A job that names an algorithm but no beta runs with that algorithm's beta; an explicit one wins;
     a bad one is a 422 naming the field."""
     ids = {}

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from services.records import CheckpointRecord, PairRecord, SampleRecord
 from services.settings import Settings
-from services.state import JobState
+from services.state.redis import RedisJobStore
 from services.storage import open_store
 from tests.api.api_helpers import valid_body
 
@@ -21,7 +21,7 @@ def job_id(client: TestClient, acme: dict) -> str:
     return client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
 
 
-def _store_records(state: JobState, settings: Settings, job_id: str) -> dict[str, str]:
+def _store_records(state: RedisJobStore, settings: Settings, job_id: str) -> dict[str, str]:
     """Write what the workers would: objects in the store, records in state. Returns name -> key."""
     store = open_store(settings)
     keys = {
@@ -51,7 +51,7 @@ def _store_records(state: JobState, settings: Settings, job_id: str) -> dict[str
 
 
 def test_records_link_to_proxied_objects(
-    client: TestClient, acme: dict, state: JobState, api_settings: Settings, job_id: str
+    client: TestClient, acme: dict, state: RedisJobStore, api_settings: Settings, job_id: str
 ) -> None:
     keys = _store_records(state, api_settings, job_id)
     samples = client.get(f"/v1/jobs/{job_id}/samples", headers=acme).json()
@@ -76,7 +76,7 @@ def test_records_link_to_proxied_objects(
     assert client.get(ckpt["url"], headers=acme).status_code == 200
 
 
-def test_presigned_urls_on_request(client: TestClient, acme: dict, state: JobState, api_settings, job_id) -> None:
+def test_presigned_urls_on_request(client: TestClient, acme: dict, state: RedisJobStore, api_settings, job_id) -> None:
     import httpx
 
     _store_records(state, api_settings, job_id)
@@ -86,7 +86,7 @@ def test_presigned_urls_on_request(client: TestClient, acme: dict, state: JobSta
 
 
 def test_object_proxy_refuses_other_keys(
-    client: TestClient, acme: dict, globex: dict, state: JobState, api_settings: Settings, job_id: str
+    client: TestClient, acme: dict, globex: dict, state: RedisJobStore, api_settings: Settings, job_id: str
 ) -> None:
     other = client.post("/v1/jobs", json=valid_body(), headers=globex).json()["id"]
     store = open_store(api_settings)

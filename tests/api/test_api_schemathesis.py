@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from api.main import create_app  # noqa: E402
-from services.state import JobState  # noqa: E402
+from services.state.redis import RedisJobStore  # noqa: E402
+from services.state.tokens import TokenStore  # noqa: E402
 from tests.api.api_helpers import valid_body  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
 @pytest.fixture(autouse=True)
-def _app_settings(api_settings, state: JobState):
+def _app_settings(api_settings, state: RedisJobStore):
     # High job cap: schemathesis creates many jobs; a 429 is fine but would hide deeper paths.
     APP.state.settings = api_settings.model_copy(update={"max_concurrent_jobs_per_tenant": 1000})
     APP.state.celery = None
@@ -39,8 +40,8 @@ def _app_settings(api_settings, state: JobState):
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-def test_no_server_errors(case, state: JobState) -> None:
-    token = state.create_token("fuzz")
+def test_no_server_errors(case, tokens: TokenStore) -> None:
+    token = tokens.create("fuzz")
     response = case.call(headers={"Authorization": f"Bearer {token}"})
     assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}"
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.state import JobState
+from services.state.redis import RedisJobStore
 from tests.api.api_helpers import LIMITS, queue_len, valid_body
 
 
@@ -51,7 +51,7 @@ BAD_BODIES: list[tuple[str, Any, str, str]] = [
 
 
 @pytest.fixture
-def untouched(client: TestClient, acme: dict, state: JobState) -> Iterator[None]:
+def untouched(client: TestClient, acme: dict, state: RedisJobStore) -> Iterator[None]:
     """Asserts after the test that no job was recorded and nothing was enqueued."""
     yield
     assert state.list_jobs("acme") == []

@@ -23,7 +23,8 @@ from services.procs import ProcessSpec, free_port
 from services.records import PairRecord
 from services.settings import Settings
 from services.stack import default_specs, stack_status, stack_up
-from services.state import JobState
+from services.state.redis import RedisJobStore
+from services.state.tokens import TokenStore
 from services.storage import S3Store
 from tests.infra import kill_stack
 from workers import keys
@@ -53,8 +54,11 @@ class Stack:
         return httpx.Client(base_url=self.api, timeout=30,
                             headers={"Authorization": f"Bearer {token or self.token}"})
 
-    def state(self) -> JobState:
-        return JobState.from_url(self.facts["redis_url"])
+    def state(self) -> RedisJobStore:
+        return RedisJobStore.from_url(self.facts["redis_url"])
+
+    def tokens(self) -> TokenStore:
+        return TokenStore.from_url(self.facts["redis_url"])
 
     def store(self) -> S3Store:
         return S3Store(self.facts["s3_endpoint"], self.facts["s3_access_key"], self.facts["s3_secret_key"],
@@ -128,7 +132,7 @@ def running_stack(root: Path, env: dict[str, str] | None = None, host: str = "12
         specs = [replace(spec, env={**env, **spec.env}) for spec in specs]
         stack_up(settings, root, specs=plan(specs) if plan else specs)
         wait_for(lambda: httpx.get(f"{facts['api_url']}/healthz", timeout=5).status_code == 200, 120, "API healthy")
-        token = JobState.from_url(facts["redis_url"]).create_token("alice")
+        token = TokenStore.from_url(facts["redis_url"]).create("alice")
         yield Stack(root, settings, facts, token)
     finally:
         kill_stack(root)
@@ -279,7 +283,7 @@ def steps_per_epoch(spec: JobSpec, kept: int) -> int:
     return math.ceil(kept / (spec.training.batch_pairs * spec.training.grad_accum)) * spec.training.inner_epochs
 
 
-def kept_per_epoch(state: JobState, job_id: str, spec: JobSpec) -> list[int]:
+def kept_per_epoch(state: RedisJobStore, job_id: str, spec: JobSpec) -> list[int]:
     """Pairs per epoch that the train stage marked `trained` (all pairs carry the flag once trained)."""
     pairs = [PairRecord.load(r) for r in state.list_pairs(job_id).values()]
     assert all(p.trained is not None and p.target_score is not None for p in pairs), "a pair was never trained"

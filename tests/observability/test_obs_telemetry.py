@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from api.metrics import ApiMetrics
-from services.state import JobState
+from services.state.redis import RedisJobStore
 from services.telemetry import Telemetry
 
 
@@ -56,7 +56,7 @@ def test_api_metrics_export_worker_telemetry(r):
     t.record_task("fuse", 1.0)
     t.record_produced("j1", {"samples": 8, "pairs": 4})
     t.set_gpu_memory("gpu0", 123)
-    text = ApiMetrics().render(JobState(r)).decode()
+    text = ApiMetrics().render(RedisJobStore(r)).decode()
     assert 'dfusion_task_seconds_bucket{le="0.1",stage="fuse"} 0.0' in text
     assert 'dfusion_task_seconds_count{stage="sample"} 1.0' in text
     assert "dfusion_images_total 8.0" in text and "dfusion_pairs_total 4.0" in text

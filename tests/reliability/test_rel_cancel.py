@@ -8,6 +8,7 @@ import time
 import pytest
 
 from services.queue import QUEUES
+from services.telemetry import Telemetry
 from tests.integration.stack_helpers import running_task, small_job, task_events, wait_for
 from workers import keys
 
@@ -29,7 +30,7 @@ def test_rel_cancel_stops_new_work_and_keeps_what_finished(rstack):
 
     def settled() -> bool:
         return (all(running_task(rstack, w, offsets[w]) is None for w in WORKERS)
-                and not any(state.queue_depths(QUEUES).values()) and state.r.hlen("unacked") == 0)
+                and not any(Telemetry(state.r).queue_depths(QUEUES).values()) and state.r.hlen("unacked") == 0)
 
     wait_for(settled, 60, "the workers to drain the cancelled job's queue", poll_s=0.2)
     time.sleep(2)

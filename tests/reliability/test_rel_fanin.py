@@ -1,4 +1,4 @@
-"""Fan-in survives losing the broker between firing and enqueueing (no stack: MemoryState).
+"""Fan-in survives losing the broker between firing and enqueueing (no stack: MemoryJobStore).
 
 A fan-in fires exactly once (`mark_done`); if the task that fired it dies, or cannot reach the
 broker, before it has enqueued the next stage, its redelivery must enqueue it, or the job would
@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from services.jobspec import JobSpec
-from services.memstate import MemoryState
 from services.queue import TRAIN
-from services.state_types import JobStatus
+from services.state.memory import MemoryJobStore
+from services.state.types import JobStatus
 from tests.integration.stack_helpers import small_job
 from workers import stages
 
@@ -30,18 +30,18 @@ class Broker:
         self.sent.append((name, kwargs))
 
 
-def _job(state: MemoryState, **over) -> str:
+def _job(state: MemoryJobStore, **over) -> str:
     state.create_job("j1", "alice", small_job(**over))
     state.set_status("j1", JobStatus.RUNNING)
     return "j1"
 
 
-def _ctx(state: MemoryState, broker: Broker) -> stages.Context:
+def _ctx(state: MemoryJobStore, broker: Broker) -> stages.Context:
     return stages.Context(state=state, store=None, dispatch=broker, runtime=None)  # type: ignore[arg-type]
 
 
 def test_rel_epoch_start_enqueue_lost_midway_is_redone_by_redelivery():
-    state = MemoryState()
+    state = MemoryJobStore()
     job = _job(state, samples=8, batch=2)  # four sample tasks
     down = Broker(fail_after=2)  # two enqueued, then the broker goes away
     with pytest.raises(ConnectionError):
@@ -58,7 +58,7 @@ def test_rel_epoch_start_enqueue_lost_midway_is_redone_by_redelivery():
 
 def test_rel_train_enqueue_lost_is_redone_only_by_a_member():
     """train(e) follows the epoch's last chunk of scored pairs, over every prompt: one unit per epoch."""
-    state = MemoryState()
+    state = MemoryJobStore()
     body = small_job(samples=8, batch=2, prompts=[{"text": "a cat"}, {"text": "a dog"}], training={"pairs": "plain"})
     job = _job(state, **body)
     spec = JobSpec.model_validate(body)  # 2 prompts x 4 pairs in 2 chunks each: 4 members

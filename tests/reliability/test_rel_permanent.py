@@ -9,6 +9,7 @@ import time
 import pytest
 
 from services.queue import QUEUES
+from services.telemetry import Telemetry
 from tests.integration.stack_helpers import signal_all, small_job, task_events, wait_for
 from workers import keys
 
@@ -21,7 +22,7 @@ def _assert_settled(stack, worker: str, offset: int, task: str, max_starts: int)
     starts = [e for e in task_events(stack, worker, offset) if e.kind == "start" and e.task == task]
     assert len(starts) <= max_starts and len({e.kwargs for e in starts}) == len(starts), starts
     state = stack.state()
-    assert state.queue_depths(QUEUES) == dict.fromkeys(QUEUES, 0)
+    assert Telemetry(state.r).queue_depths(QUEUES) == dict.fromkeys(QUEUES, 0)
     assert state.r.hlen("unacked") == 0  # kombu's Redis transport: delivered, not yet acknowledged
 
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from celery.exceptions import Reject, Retry
 
-from services.state_types import StateUnavailable
+from services.state.types import StateUnavailable
 from services.storage import StorageUnavailable
 from workers import celery_app
 

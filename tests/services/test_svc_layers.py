@@ -14,7 +14,8 @@ FORBIDDEN = ("torch", "diffusers", "fastapi", "transformers")
 def test_services_import_without_heavy_deps() -> None:
     code = (
         "import sys\n"
-        "import services, services.settings, services.storage, services.state, services.state_types\n"
+        "import services, services.settings, services.storage, services.state, services.state.redis\n"
+        "import services.state.memory, services.state.tokens, services.telemetry\n"
         "import services.procs, services.stack, services.queue, services.jobspec, services.records\n"
         f"print(','.join(m for m in {FORBIDDEN!r} if m in sys.modules))\n"
     )
@@ -24,6 +25,6 @@ def test_services_import_without_heavy_deps() -> None:
 
 
 def test_only_settings_reads_environment() -> None:
-    for path in (ROOT / "services").glob("*.py"):
+    for path in (ROOT / "services").rglob("*.py"):
         if path.name != "settings.py":
             assert "os.environ" not in path.read_text().replace("{**os.environ", ""), path.name

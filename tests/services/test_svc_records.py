@@ -3,33 +3,12 @@ spec expects: the records the workers write read back equal, and updates merge t
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from pydantic import ValidationError
 
 from services.jobspec import JobSpec
-from services.memstate import MemoryState
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
-from services.state import JobState
-from services.state_types import StateError
-
-
-@pytest.fixture(params=["redis", "memory"])
-def backend(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
-    """(state, job id) on each backend, with one fresh job."""
-    if request.param == "memory":
-        state: Any = MemoryState()
-    else:
-        state = JobState.from_url(request.getfixturevalue("redis_url"))
-    job_id = uuid.uuid4().hex
-    state.create_job(job_id, "acme", {"prompts": ["a cat"]})
-    yield state, job_id
-    if request.param == "redis":
-        state.delete_job(job_id)
-        state.r.close()
+from services.state import JobStore, StateError
 
 
 def _sample(i: int, score: float | None = None) -> SampleRecord:
@@ -48,43 +27,40 @@ def _pair(k: int, target_score: float | None = None, mask: bool = True) -> PairR
         target_image_key=f"{pid}.target.png", mask_key=f"{pid}.mask.png" if mask else None, target_score=target_score)
 
 
-def test_sample_records_round_trip_and_first_score_counts(backend) -> None:
-    state, job = backend
+def test_sample_records_round_trip_and_first_score_counts(store: JobStore, job: str) -> None:
     rec = _sample(0)
-    assert state.put_sample(job, rec.id, rec.dump())
-    assert SampleRecord.load(state.get_sample(job, rec.id)) == rec
-    assert state.update_sample(job, rec.id, {"score": 0.123456789012345678})
-    assert not state.update_sample(job, rec.id, {"score": 0.25})
-    assert SampleRecord.load(state.get_sample(job, rec.id)) == rec.model_copy(update={"score": 0.25})
-    assert state.get_counts(job)["scored"] == 1
+    assert store.put_sample(job, rec.id, rec.dump())
+    assert SampleRecord.load(store.get_sample(job, rec.id)) == rec
+    assert store.update_sample(job, rec.id, {"score": 0.123456789012345678})
+    assert not store.update_sample(job, rec.id, {"score": 0.25})
+    assert SampleRecord.load(store.get_sample(job, rec.id)) == rec.model_copy(update={"score": 0.25})
+    assert store.get_counts(job)["scored"] == 1
     with pytest.raises(StateError):
-        state.update_sample(job, "e0-p000-s999", {"score": 1.0})
+        store.update_sample(job, "e0-p000-s999", {"score": 1.0})
 
 
-def test_pair_updates_merge_target_score_and_trained(backend) -> None:
-    state, job = backend
+def test_pair_updates_merge_target_score_and_trained(store: JobStore, job: str) -> None:
     fused, plain = _pair(0), _pair(1, target_score=0.4, mask=False)
     for p in (fused, plain):
-        assert state.put_pair(job, p.id, p.dump())
-    assert not state.put_pair(job, fused.id, _pair(0, target_score=9.0).dump())  # insert-once
-    assert state.update_pair(job, fused.id, {"target_score": 0.3})  # first target score
-    assert not state.update_pair(job, fused.id, {"target_score": 0.3})  # a redelivered scoring task
-    assert not state.update_pair(job, plain.id, {"trained": True})
-    assert not state.update_pair(job, fused.id, {"trained": False})
-    got = load_all(PairRecord, state.list_pairs(job))
+        assert store.put_pair(job, p.id, p.dump())
+    assert not store.put_pair(job, fused.id, _pair(0, target_score=9.0).dump())  # insert-once
+    assert store.update_pair(job, fused.id, {"target_score": 0.3})  # first target score
+    assert not store.update_pair(job, fused.id, {"target_score": 0.3})  # a redelivered scoring task
+    assert not store.update_pair(job, plain.id, {"trained": True})
+    assert not store.update_pair(job, fused.id, {"trained": False})
+    got = load_all(PairRecord, store.list_pairs(job))
     assert got == [fused.model_copy(update={"target_score": 0.3, "trained": False}),
                    plain.model_copy(update={"trained": True})]
     assert got[0].fused and not got[1].fused
-    assert state.get_counts(job)["pairs"] == 2  # updates move no counter
+    assert store.get_counts(job)["pairs"] == 2  # updates move no counter
     with pytest.raises(StateError):
-        state.update_pair(job, "e0-p000-k999", {"target_score": 1.0})
+        store.update_pair(job, "e0-p000-k999", {"target_score": 1.0})
 
 
-def test_checkpoint_records(backend) -> None:
-    state, job = backend
+def test_checkpoint_records(store: JobStore, job: str) -> None:
     rec = CheckpointRecord(version=1, key="jobs/j/checkpoints/1/pytorch_lora_weights.safetensors", epoch=0)
-    assert state.put_checkpoint(job, 1, rec.dump())
-    assert [CheckpointRecord.load(c) for c in state.list_checkpoints(job)] == [rec]
+    assert store.put_checkpoint(job, 1, rec.dump())
+    assert [CheckpointRecord.load(c) for c in store.list_checkpoints(job)] == [rec]
 
 
 def test_records_ignore_unknown_fields_and_name_bad_ones() -> None:

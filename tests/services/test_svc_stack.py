@@ -219,12 +219,12 @@ def test_stack_up_returns_when_a_job_can_be_posted(root: Path) -> None:
     """`dfusion stack up && curl -X POST .../v1/jobs`, with no sleep between (issue 12)."""
     import httpx
 
-    from services.state import JobState
+    from services.state.tokens import TokenStore
 
     up = _cli("stack", "up", "--root", str(root), "--timeout", "300", env=_stack_settings_env())
     assert up.returncode == 0, up.stdout + up.stderr
     facts = stack_facts(root)
-    token = JobState.from_url(facts["redis_url"]).create_token("alice")  # what `dfusion token create` does
+    token = TokenStore.from_url(facts["redis_url"]).create("alice")  # what `dfusion token create` does
     job = {"prompts": [{"text": "a cat eating a sandwich", "items": ["cat", "sandwich"],
                         "mask_thresholds": [0.03, 0.005]}], "model": "tiny", "samples_per_prompt": 4,
            "sampling": {"num_steps": 2}}

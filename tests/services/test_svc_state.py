@@ -1,60 +1,38 @@
-"""Job state on the real Redis: transitions, insert-once records, fan-in, CAS, tokens."""
+"""The JobStore contract on both backends (real Redis and in memory): transitions, insert-once
+records, fan-in, CAS, id checks, unknown jobs. Redis-only behaviour is in test_svc_state_redis.py."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
-import redis
 
 from dfusion_core.errors import ConfigError
-from services.procs import free_port
 from services.state import (
     InvalidTransition,
     JobExists,
     JobNotFound,
-    JobState,
     JobStatus,
-    StateUnavailable,
+    JobStore,
+    StateError,
     TooManyJobs,
-    hash_token,
 )
+from services.telemetry import jobs_by_status
 
 S = JobStatus
 
 
-@pytest.fixture
-def state(redis_url: str) -> Iterator[JobState]:
-    st = JobState.from_url(redis_url)
-    yield st
-    for key in st.r.scan_iter(match="dfusion:*"):
-        st.r.delete(key)
-    st.r.close()
-
-
-@pytest.fixture
-def job(state: JobState) -> str:
-    job_id = uuid.uuid4().hex
-    state.create_job(job_id, "acme", {"prompts": ["a cat"], "model": "tiny"})
-    return job_id
-
-
-def test_create_and_get(state: JobState, job: str) -> None:
-    rec = state.get_job(job)
+def test_create_and_get(store: JobStore, job: str) -> None:
+    rec = store.get_job(job)
     assert (rec.job_id, rec.tenant, rec.status, rec.policy_version) == (job, "acme", S.QUEUED, 0)
     assert rec.spec == {"prompts": ["a cat"], "model": "tiny"}
-    assert [j.job_id for j in state.list_jobs("acme")] == [job]
-    assert state.list_jobs("other") == []
+    assert [j.job_id for j in store.list_jobs("acme")] == [job]
+    assert store.list_jobs("other") == []
     with pytest.raises(JobExists):
-        state.create_job(job, "acme", {})
+        store.create_job(job, "acme", {})
     with pytest.raises(JobNotFound):
-        state.get_job("nope")
-    # every key naming this job or tenant is ours (the session's Redis also holds other clients' keys,
-    # e.g. the pidbox replies a Celery inspect elsewhere in the session leaves behind)
-    mine = [k for k in state.r.scan_iter(match="*") if job in k or "acme" in k]
-    assert mine and all(k.startswith("dfusion:") for k in mine), mine
+        store.get_job("nope")
 
 
 @pytest.mark.parametrize(
@@ -67,12 +45,12 @@ def test_create_and_get(state: JobState, job: str) -> None:
         [S.CANCELLED],
     ],
 )
-def test_allowed_transitions(state: JobState, job: str, path: list[JobStatus]) -> None:
+def test_allowed_transitions(store: JobStore, job: str, path: list[JobStatus]) -> None:
     for status in path:
-        assert state.set_status(job, status, error="boom" if status is S.FAILED else None).status is status
-    assert state.get_job(job).error == ("boom" if path[-1] is S.FAILED else None)
-    assert state.is_cancelled(job) == (path[-1] is S.CANCELLED)
-    assert state.active_jobs("acme") == 0
+        assert store.set_status(job, status, error="boom" if status is S.FAILED else None).status is status
+    assert store.get_job(job).error == ("boom" if path[-1] is S.FAILED else None)
+    assert store.is_cancelled(job) == (path[-1] is S.CANCELLED)
+    assert store.active_jobs("acme") == 0
 
 
 @pytest.mark.parametrize(
@@ -86,27 +64,27 @@ def test_allowed_transitions(state: JobState, job: str, path: list[JobStatus]) -
         ([S.FAILED], S.SUCCEEDED),
     ],
 )
-def test_refused_transitions(state: JobState, job: str, path: list[JobStatus], refused: JobStatus) -> None:
+def test_refused_transitions(store: JobStore, job: str, path: list[JobStatus], refused: JobStatus) -> None:
     for status in path:
-        state.set_status(job, status)
+        store.set_status(job, status)
     with pytest.raises(InvalidTransition) as info:
-        state.set_status(job, refused)
+        store.set_status(job, refused)
     assert info.value.requested is refused
-    assert state.get_job(job).status is (path[-1] if path else S.QUEUED)
+    assert store.get_job(job).status is (path[-1] if path else S.QUEUED)
 
 
-def test_same_status_is_noop(state: JobState, job: str) -> None:
-    state.set_status(job, S.RUNNING)
-    assert state.set_status(job, S.RUNNING).status is S.RUNNING
+def test_same_status_is_noop(store: JobStore, job: str) -> None:
+    store.set_status(job, S.RUNNING)
+    assert store.set_status(job, S.RUNNING).status is S.RUNNING
 
 
-def test_concurrent_terminal_transitions_one_wins(state: JobState, job: str) -> None:
-    state.set_status(job, S.RUNNING)
+def test_concurrent_terminal_transitions_one_wins(store: JobStore, job: str) -> None:
+    store.set_status(job, S.RUNNING)
     outcomes: list[str] = []
 
     def go(status: JobStatus) -> None:
         try:
-            state.set_status(job, status)
+            store.set_status(job, status)
             outcomes.append("ok")
         except InvalidTransition:
             outcomes.append("refused")
@@ -116,86 +94,86 @@ def test_concurrent_terminal_transitions_one_wins(state: JobState, job: str) -> 
         t.start()
     for t in threads:
         t.join()
-    final = state.get_job(job).status
+    final = store.get_job(job).status
     assert final in (S.SUCCEEDED, S.CANCELLED)
     assert outcomes.count("ok") == 4  # the 4 calls that asked for `final` (same-status no-ops included)
 
 
-def test_tenant_limit(state: JobState) -> None:
+def test_tenant_limit(store: JobStore) -> None:
     ids = [uuid.uuid4().hex for _ in range(3)]
     for job_id in ids[:2]:
-        state.create_job(job_id, "t2", {}, max_active=2)
+        store.create_job(job_id, "t2", {}, max_active=2)
     with pytest.raises(TooManyJobs):
-        state.create_job(ids[2], "t2", {}, max_active=2)
-    state.set_status(ids[0], S.CANCELLED)
-    state.create_job(ids[2], "t2", {}, max_active=2)
-    assert state.active_jobs("t2") == 2
+        store.create_job(ids[2], "t2", {}, max_active=2)
+    store.set_status(ids[0], S.CANCELLED)
+    store.create_job(ids[2], "t2", {}, max_active=2)
+    assert store.active_jobs("t2") == 2
 
 
-def test_put_sample_idempotent(state: JobState, job: str) -> None:
-    assert state.put_sample(job, "s0", {"prompt": 0, "key": "a"})
-    assert not state.put_sample(job, "s0", {"prompt": 0, "key": "CHANGED"})
-    assert state.put_sample(job, "s1", {"prompt": 0})
-    assert state.get_counts(job)["samples"] == 2
-    assert state.list_samples(job)["s0"] == {"prompt": 0, "key": "a"}
+def test_put_sample_idempotent(store: JobStore, job: str) -> None:
+    assert store.put_sample(job, "s0", {"prompt": 0, "key": "a"})
+    assert not store.put_sample(job, "s0", {"prompt": 0, "key": "CHANGED"})
+    assert store.put_sample(job, "s1", {"prompt": 0})
+    assert store.get_counts(job)["samples"] == 2
+    assert store.list_samples(job)["s0"] == {"prompt": 0, "key": "a"}
     # first score bumps `scored`, later updates and duplicate scores do not
-    assert state.update_sample(job, "s0", {"score": 0.123456789012345678})
-    assert not state.update_sample(job, "s0", {"score": 0.5})
-    assert not state.update_sample(job, "s1", {"note": "x"})
-    assert state.update_sample(job, "s1", {"score": -1.0})
-    assert state.get_counts(job) == {"samples": 2, "scored": 2, "pairs": 0, "trained_steps": 0}
-    assert state.get_sample(job, "s0") == {"prompt": 0, "key": "a", "score": 0.5}
+    assert store.update_sample(job, "s0", {"score": 0.123456789012345678})
+    assert not store.update_sample(job, "s0", {"score": 0.5})
+    assert not store.update_sample(job, "s1", {"note": "x"})
+    assert store.update_sample(job, "s1", {"score": -1.0})
+    assert store.get_counts(job) == {"samples": 2, "scored": 2, "pairs": 0, "trained_steps": 0}
+    assert store.get_sample(job, "s0") == {"prompt": 0, "key": "a", "score": 0.5}
     with pytest.raises(JobNotFound):
-        state.put_sample("nojob", "s0", {})
+        store.put_sample("nojob", "s0", {})
 
 
-def test_put_sample_concurrent_duplicates(state: JobState, job: str) -> None:
+def test_put_sample_concurrent_duplicates(store: JobStore, job: str) -> None:
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(state.put_sample(job, "dup", {}))) for _ in range(16)]
+    threads = [threading.Thread(target=lambda: results.append(store.put_sample(job, "dup", {}))) for _ in range(16)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert results.count(True) == 1
-    assert state.get_counts(job)["samples"] == 1
+    assert store.get_counts(job)["samples"] == 1
 
 
-def test_pairs_checkpoints_metrics(state: JobState, job: str) -> None:
-    assert state.put_pair(job, "p0", {"win": "s0", "lose": "s1"})
-    assert not state.put_pair(job, "p0", {"win": "s1", "lose": "s0"})
-    assert state.list_pairs(job) == {"p0": {"win": "s0", "lose": "s1"}}
-    assert state.get_counts(job)["pairs"] == 1
-    assert state.put_checkpoint(job, 2, {"key": "lora/2"})
-    assert state.put_checkpoint(job, 1, {"key": "lora/1"})
-    assert not state.put_checkpoint(job, 1, {"key": "other"})
-    assert [c["key"] for c in state.list_checkpoints(job)] == ["lora/1", "lora/2"]
-    state.append_metrics(job, {"epoch": 1, "reward": 0.5})
-    state.append_metrics(job, {"epoch": 0, "reward": 0.1})
-    state.append_metrics(job, {"epoch": 1, "reward": 0.6})  # redelivery overwrites
-    assert state.get_metrics(job) == [{"epoch": 0, "reward": 0.1}, {"epoch": 1, "reward": 0.6}]
-    assert state.incr_count(job, "trained_steps", 3) == 3
+def test_pairs_checkpoints_metrics(store: JobStore, job: str) -> None:
+    assert store.put_pair(job, "p0", {"win": "s0", "lose": "s1"})
+    assert not store.put_pair(job, "p0", {"win": "s1", "lose": "s0"})
+    assert store.list_pairs(job) == {"p0": {"win": "s0", "lose": "s1"}}
+    assert store.get_counts(job)["pairs"] == 1
+    assert store.put_checkpoint(job, 2, {"key": "lora/2"})
+    assert store.put_checkpoint(job, 1, {"key": "lora/1"})
+    assert not store.put_checkpoint(job, 1, {"key": "other"})
+    assert [c["key"] for c in store.list_checkpoints(job)] == ["lora/1", "lora/2"]
+    store.append_metrics(job, {"epoch": 1, "reward": 0.5})
+    store.append_metrics(job, {"epoch": 0, "reward": 0.1})
+    store.append_metrics(job, {"epoch": 1, "reward": 0.6})  # redelivery overwrites
+    assert store.get_metrics(job) == [{"epoch": 0, "reward": 0.1}, {"epoch": 1, "reward": 0.6}]
+    assert store.incr_count(job, "trained_steps", 3) == 3
     with pytest.raises(ConfigError):
-        state.incr_count(job, "bogus")
+        store.incr_count(job, "bogus")
     with pytest.raises(ConfigError):
-        state.append_metrics(job, {"reward": 1})
+        store.append_metrics(job, {"reward": 1})
 
 
-def test_mark_done_fires_once(state: JobState, job: str) -> None:
+def test_mark_done_fires_once(store: JobStore, job: str) -> None:
     calls = ["a", "b", "a", "b", "c", "a", "c", "b"]
-    fired = [state.mark_done(job, "prompt-0.scored", m, expected=3) for m in calls]
+    fired = [store.mark_done(job, "prompt-0.scored", m, expected=3) for m in calls]
     assert fired.count(True) == 1 and fired.index(True) == 4  # the call adding "c" completes it
-    assert not state.mark_done(job, "prompt-0.scored", "d", expected=3)
-    assert state.done_count(job, "prompt-0.scored") == 4
+    assert not store.mark_done(job, "prompt-0.scored", "d", expected=3)
+    assert store.done_count(job, "prompt-0.scored") == 4
 
 
-def test_mark_done_concurrent(state: JobState, job: str) -> None:
+def test_mark_done_concurrent(store: JobStore, job: str) -> None:
     expected, fired = 20, []
     barrier = threading.Barrier(8)
 
     def worker(i: int) -> None:
         barrier.wait()
         for m in range(expected):  # every thread delivers every member: 8x redelivery
-            if state.mark_done(job, "epoch-0", f"m{(m + i) % expected}", expected):
+            if store.mark_done(job, "epoch-0", f"m{(m + i) % expected}", expected):
                 fired.append(m)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
@@ -206,49 +184,107 @@ def test_mark_done_concurrent(state: JobState, job: str) -> None:
     assert len(fired) == 1
 
 
-def test_advance_policy_cas(state: JobState, job: str) -> None:
-    assert state.policy_version(job) == 0
-    assert state.advance_policy(job, expected=0, new=1)
-    assert not state.advance_policy(job, expected=0, new=1)  # redelivered step
-    assert state.policy_version(job) == 1
-    assert state.advance_policy(job, expected=1, new=2)
+def test_advance_policy_cas(store: JobStore, job: str) -> None:
+    assert store.policy_version(job) == 0
+    assert store.advance_policy(job, expected=0, new=1)
+    assert not store.advance_policy(job, expected=0, new=1)  # redelivered step
+    assert store.policy_version(job) == 1
+    assert store.advance_policy(job, expected=1, new=2)
     with pytest.raises(JobNotFound):
-        state.advance_policy("nojob", 0, 1)
+        store.advance_policy("nojob", 0, 1)
 
 
-def test_tokens_stored_hashed(state: JobState) -> None:
-    token = state.create_token("acme")
-    assert state.tenant_for_token(token) == "acme"
-    assert state.tenant_for_token(token + "x") is None
-    assert state.tenant_for_token("") is None
-    dump = [state.r.dump(k) or b"" for k in state.r.scan_iter(match="*")]
-    keys = list(state.r.scan_iter(match="*"))
-    assert not any(token in k for k in keys)
-    assert not any(token.encode() in d for d in dump)
-    assert f"dfusion:token:{hash_token(token)}" in keys
-    assert state.revoke_token(token) and state.tenant_for_token(token) is None
+BAD_IDS = ["", "a b", "../x", "{x}", "x" * 200]
 
 
-def test_bad_ids_rejected(state: JobState) -> None:
-    for bad in ["", "a b", "../x", "{x}", "x" * 200]:
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_bad_ids_rejected(store: JobStore, job: str, bad: str) -> None:
+    calls = [
+        lambda: store.create_job(bad, "acme", {}),
+        lambda: store.create_job(uuid.uuid4().hex, bad, {}),
+        lambda: store.get_job(bad),
+        lambda: store.list_jobs(bad),
+        lambda: store.put_sample(job, bad, {}),
+        lambda: store.put_pair(job, bad, {}),
+        lambda: store.mark_done(job, bad, "m", 1),
+        lambda: store.done_count(job, bad),
+        lambda: store.get_counts(bad),
+    ]
+    for call in calls:
         with pytest.raises(ConfigError):
-            state.create_job(bad, "acme", {})
+            call()
+    assert store.list_jobs("acme") == [store.get_job(job)]
 
 
-def test_requires_decoded_client(redis_url: str) -> None:
-    with pytest.raises(ConfigError):
-        JobState(redis.Redis.from_url(redis_url))
+def test_bad_arguments_name_the_field(store: JobStore, job: str) -> None:
+    for call, field in [
+        (lambda: store.incr_count(job, "bogus"), "name"),
+        (lambda: store.append_metrics(job, {"reward": 1}), "metrics"),
+        (lambda: store.append_metrics(job, {"epoch": -1}), "metrics"),
+        (lambda: store.put_checkpoint(job, -1, {}), "version"),
+        (lambda: store.mark_done(job, "scope", "m", 0), "expected"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert info.value.field == field
 
 
-def test_redis_down_is_state_unavailable() -> None:
-    st = JobState.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    with pytest.raises(StateUnavailable):
-        st.get_job("x")
+def test_unknown_job(store: JobStore) -> None:
+    """Header reads and record inserts raise JobNotFound (a StateError); per-job reads are empty."""
+    for call in [
+        lambda: store.get_job("nojob"),
+        lambda: store.set_status("nojob", S.RUNNING),
+        lambda: store.policy_version("nojob"),
+        lambda: store.advance_policy("nojob", 0, 1),
+        lambda: store.delete_job("nojob"),
+        lambda: store.put_sample("nojob", "s0", {}),
+        lambda: store.put_pair("nojob", "p0", {}),
+        lambda: store.put_checkpoint("nojob", 1, {}),
+    ]:
+        with pytest.raises(JobNotFound) as info:
+            call()
+        assert isinstance(info.value, StateError)
+    with pytest.raises(StateError):
+        store.update_sample("nojob", "s0", {"score": 1.0})
+    assert store.get_sample("nojob", "s0") is None
+    assert store.list_samples("nojob") == {} and store.list_pairs("nojob") == {}
+    assert store.list_checkpoints("nojob") == [] and store.get_metrics("nojob") == []
+    assert store.get_counts("nojob") == {"samples": 0, "scored": 0, "pairs": 0, "trained_steps": 0}
+    assert store.done_count("nojob", "x") == 0 and not store.is_cancelled("nojob")
 
 
-def test_delete_job_removes_all_keys(state: JobState, job: str) -> None:
-    state.put_sample(job, "s0", {})
-    state.mark_done(job, "x", "a", 1)
-    state.delete_job(job)
-    assert not list(state.r.scan_iter(match=f"*{job}*"))
-    assert state.list_jobs("acme") == [] and state.active_jobs("acme") == 0
+def test_delete_job(store: JobStore, job: str) -> None:
+    store.put_sample(job, "s0", {})
+    store.append_metrics(job, {"epoch": 0})
+    store.mark_done(job, "x", "a", 1)
+    store.delete_job(job)
+    with pytest.raises(JobNotFound):
+        store.get_job(job)
+    assert store.list_jobs("acme") == [] and store.active_jobs("acme") == 0 and "acme" not in store.list_tenants()
+    assert store.list_samples(job) == {} and store.get_metrics(job) == [] and store.done_count(job, "x") == 0
+    store.create_job(job, "acme", {})  # the id is free again, its fan-in too
+    assert store.get_counts(job)["samples"] == 0 and store.mark_done(job, "x", "a", 1)
+
+
+def test_list_jobs_newest_first_and_jobs_by_status(store: JobStore) -> None:
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    for job_id in ids:
+        store.create_job(job_id, "t1", {})
+    store.create_job("other-job", "t2", {})
+    store.set_status(ids[0], S.RUNNING)
+    store.set_status(ids[1], S.CANCELLED)
+    assert [j.job_id for j in store.list_jobs("t1")] == ids[::-1]
+    assert {"t1", "t2"} <= set(store.list_tenants())
+    tally = jobs_by_status(store)
+    assert tally["running"] >= 1 and tally["cancelled"] >= 1 and tally["queued"] >= 2
+    assert sum(tally.values()) == sum(len(store.list_jobs(t)) for t in store.list_tenants())
+
+
+def test_records_come_back_as_stored_json(store: JobStore, job: str) -> None:
+    """Both backends return what JSON round-trips (tuples as lists), never the caller's object."""
+    record = {"shape": (1, 2), "nested": {"a": [1.5]}}
+    store.put_sample(job, "s0", record)
+    record["nested"]["a"].append(2.0)
+    assert store.get_sample(job, "s0") == {"shape": [1, 2], "nested": {"a": [1.5]}}
+    with pytest.raises(ValueError):
+        store.put_sample(job, "s1", {"score": float("nan")})

@@ -63,7 +63,7 @@ def test_job_page_shows_progress_pairs_histograms_and_curves(stack, tiny_job):
 
 
 def test_other_tenants_see_neither_the_job_nor_its_dataset(stack, tiny_job):
-    other = stack.state().create_token("mallory")
+    other = stack.tokens().create("mallory")
     with _browser(stack) as c:
         c.cookies.set("dfusion_token", other)
         assert c.get(f"/jobs/{tiny_job.id}").status_code == 404

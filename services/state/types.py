@@ -1,16 +1,22 @@
-"""Types of the job-state layer: errors, the status enum with its transitions, the job record.
+"""What both job-state backends share: errors, the status enum with its transitions, the job
+record, and the argument checks each backend applies before it touches anything.
 
-Separate from `state.py` so the API can import them for schemas without a Redis client.
+Free of Redis so the API can import them for schemas, and the in-memory backend without a client.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from dfusion_core.errors import DFusionError
+from dfusion_core.errors import ConfigError, DFusionError
+
+#: The per-job counters (`incr_count`, `get_counts`); records bump theirs when first inserted.
+COUNTER_NAMES = ("samples", "scored", "pairs", "trained_steps")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
 class StateError(DFusionError):
@@ -70,7 +76,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A job's header as stored in Redis; counters and records are fetched separately."""
+    """A job's header (a hash of strings in either backend); counters and records are fetched separately."""
 
     job_id: str
     tenant: str
@@ -89,3 +95,42 @@ class JobRecord:
             created_at=float(h["created_at"]), updated_at=float(h["updated_at"]),
             policy_version=int(h.get("policy_version", 0)),
         )
+
+
+# --- argument checks (both backends, so a bad id fails the same way everywhere) -----------------
+def check_id(field: str, value: str) -> str:
+    """A job, tenant, record or scope id: 1-128 chars of [A-Za-z0-9_.:-], alphanumeric first."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ConfigError(field, f"must be 1-128 chars of [A-Za-z0-9_.:-] starting alphanumeric, got {value!r}")
+    return value
+
+
+def check_counter(name: str) -> str:
+    if name not in COUNTER_NAMES:
+        raise ConfigError("name", f"counter must be one of {COUNTER_NAMES}, got {name!r}")
+    return name
+
+
+def metrics_epoch(metrics: dict[str, Any]) -> int:
+    """The epoch that keys one epoch's metrics."""
+    epoch = metrics.get("epoch")
+    if not isinstance(epoch, int) or epoch < 0:
+        raise ConfigError("metrics", f"needs an integer 'epoch' >= 0, got {epoch!r}")
+    return epoch
+
+
+def check_version(version: int) -> int:
+    if not isinstance(version, int) or version < 0:
+        raise ConfigError("version", f"must be an int >= 0, got {version!r}")
+    return version
+
+
+def check_expected(expected: int) -> int:
+    if expected < 1:
+        raise ConfigError("expected", f"must be >= 1, got {expected}")
+    return expected
+
+
+def dumps(obj: Any) -> str:
+    """How records are stored: canonical JSON, no NaN (the backends read back what Redis would)."""
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False)

@@ -1,0 +1,32 @@
+"""The Redis key layout: the only place job-state keys are built (all under `dfusion:`).
+
+Per-job keys share the hash tag `{job_id}` so a job's multi-key scripts stay in one cluster slot.
+"""
+
+from __future__ import annotations
+
+from services.state.types import check_id
+
+PREFIX = "dfusion"
+#: SCAN pattern matching every tenant's job index (`tenant_of` reads the tenant back).
+TENANT_JOBS = f"{PREFIX}:tenant:*:jobs"
+
+
+def job(job_id: str, *parts: str) -> str:
+    """`dfusion:job:{<id>}` (the header hash) or one of its parts (`counts`, `samples`, ...)."""
+    return ":".join((PREFIX, "job", "{" + check_id("job_id", job_id) + "}", *parts))
+
+
+def tenant(name: str, part: str) -> str:
+    """The tenant's `jobs` index (a sorted set by creation time), `active` set or `tokens` set."""
+    return f"{PREFIX}:tenant:{check_id('tenant', name)}:{part}"
+
+
+def tenant_of(jobs_key: str) -> str:
+    """The tenant of a key matched by TENANT_JOBS."""
+    return jobs_key[len(f"{PREFIX}:tenant:") : -len(":jobs")]
+
+
+def token(digest: str) -> str:
+    """Token digest -> tenant."""
+    return f"{PREFIX}:token:{digest}"

@@ -1,0 +1,232 @@
+"""The JobStore in this process's memory, for the embedded one-command runner (no Redis).
+
+Laid out like the Redis backend's keys (a header per job, per-job tables created on first write),
+so it answers as Redis does: the same id checks and errors, `max_active`, empty reads of unknown
+jobs, and records stored as the same canonical JSON (what goes in comes back as Redis would
+return it). A lock makes each operation atomic, as a Lua script or transaction is in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from services.state.types import (
+    COUNTER_NAMES,
+    TRANSITIONS,
+    InvalidTransition,
+    JobExists,
+    JobNotFound,
+    JobRecord,
+    JobStatus,
+    StateError,
+    TooManyJobs,
+    check_counter,
+    check_expected,
+    check_id,
+    check_version,
+    dumps,
+    metrics_epoch,
+)
+
+
+class MemoryJobStore:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._heads: dict[str, dict[str, str]] = {}  # job id -> header hash (JobRecord.from_hash)
+        self._tenant_jobs: dict[str, set[str]] = {}  # tenant -> job ids
+        self._active: dict[str, set[str]] = {}  # tenant -> job ids not yet terminal
+        self._tables: dict[tuple[str, str], dict[str, Any]] = {}  # (job id, table) -> field -> value
+        self._done: dict[tuple[str, str], set[str]] = {}  # (job id, scope) -> members
+        self._fired: set[tuple[str, str]] = set()
+
+    def _head(self, job_id: str) -> dict[str, str]:
+        try:
+            return self._heads[check_id("job_id", job_id)]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    def _table(self, job_id: str, name: str) -> dict[str, Any]:
+        """A per-job table, created on first use (as a Redis hash is by its first write)."""
+        return self._tables.setdefault((check_id("job_id", job_id), name), {})
+
+    def _peek(self, job_id: str, name: str) -> dict[str, Any]:
+        return dict(self._tables.get((check_id("job_id", job_id), name), {}))
+
+    # --- jobs ---
+    def create_job(self, job_id: str, tenant: str, spec: dict[str, Any], max_active: int | None = None) -> JobRecord:
+        check_id("job_id", job_id)
+        check_id("tenant", tenant)
+        with self._lock:
+            if job_id in self._heads:
+                raise JobExists(f"job {job_id} already exists")
+            active = self._active.setdefault(tenant, set())
+            if max_active is not None and len(active) >= max_active:
+                raise TooManyJobs(f"tenant {tenant} already has {max_active} active jobs; wait for one to finish")
+            now = repr(time.time())
+            self._heads[job_id] = {"job_id": job_id, "tenant": tenant, "status": JobStatus.QUEUED.value,
+                                   "spec": dumps(spec), "error": "", "created_at": now, "updated_at": now,
+                                   "policy_version": "0"}
+            self._tenant_jobs.setdefault(tenant, set()).add(job_id)
+            active.add(job_id)
+            return self.get_job(job_id)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            return JobRecord.from_hash(self._head(job_id))
+
+    def list_jobs(self, tenant: str) -> list[JobRecord]:
+        """The tenant's jobs, newest first (ties: the larger id first, as Redis's ZREVRANGE)."""
+        check_id("tenant", tenant)
+        with self._lock:
+            jobs = [JobRecord.from_hash(self._heads[j]) for j in self._tenant_jobs.get(tenant, ())]
+        return sorted(jobs, key=lambda j: (j.created_at, j.job_id), reverse=True)
+
+    def list_tenants(self) -> list[str]:
+        with self._lock:
+            return sorted(t for t, jobs in self._tenant_jobs.items() if jobs)
+
+    def active_jobs(self, tenant: str) -> int:
+        with self._lock:
+            return len(self._active.get(check_id("tenant", tenant), ()))
+
+    def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> JobRecord:
+        status = JobStatus(status)
+        with self._lock:
+            head = self._head(job_id)
+            current = JobStatus(head["status"])
+            if current != status:
+                if status not in TRANSITIONS[current]:
+                    raise InvalidTransition(job_id, current, status)
+                head.update(status=status.value, error=error or "", updated_at=repr(time.time()))
+                if status.terminal:
+                    self._active[head["tenant"]].discard(job_id)
+            return self.get_job(job_id)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        with self._lock:
+            head = self._heads.get(check_id("job_id", job_id))
+            return head is not None and head["status"] == JobStatus.CANCELLED.value
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            tenant = self._head(job_id)["tenant"]
+            del self._heads[job_id]
+            self._tenant_jobs[tenant].discard(job_id)
+            self._active[tenant].discard(job_id)
+            for store in (self._tables, self._done):
+                for key in [k for k in store if k[0] == job_id]:
+                    del store[key]
+            self._fired = {k for k in self._fired if k[0] != job_id}
+
+    # --- counters and metrics ---
+    def incr_count(self, job_id: str, name: str, n: int = 1) -> int:
+        check_counter(name)
+        with self._lock:
+            counts = self._table(job_id, "counts")
+            counts[name] = counts.get(name, 0) + n
+            return int(counts[name])
+
+    def get_counts(self, job_id: str) -> dict[str, int]:
+        with self._lock:
+            counts = self._peek(job_id, "counts")
+        return {name: int(counts.get(name, 0)) for name in COUNTER_NAMES}
+
+    def append_metrics(self, job_id: str, metrics: dict[str, Any]) -> None:
+        epoch = metrics_epoch(metrics)
+        with self._lock:
+            self._table(job_id, "metrics")[str(epoch)] = dumps(metrics)
+
+    def get_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            raw = self._peek(job_id, "metrics")
+        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    # --- policy version ---
+    def policy_version(self, job_id: str) -> int:
+        return self.get_job(job_id).policy_version
+
+    def advance_policy(self, job_id: str, expected: int, new: int) -> bool:
+        with self._lock:
+            head = self._head(job_id)
+            if int(head["policy_version"]) != int(expected):
+                return False
+            head["policy_version"] = str(int(new))
+            return True
+
+    # --- insert-once records ---
+    def _insert(self, job_id: str, kind: str, rid: str, record: dict[str, Any], counter: str) -> bool:
+        with self._lock:
+            self._head(job_id)
+            table = self._table(job_id, kind)
+            if rid in table:
+                return False
+            table[rid] = dumps(record)
+            if counter:
+                self.incr_count(job_id, counter)
+            return True
+
+    def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
+        with self._lock:
+            raw = self._peek(job_id, kind).get(rid)
+            if raw is None:
+                raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
+            record = json.loads(raw)
+            was_first = record.get(first) is None and updates.get(first) is not None
+            self._table(job_id, kind)[rid] = dumps({**record, **updates})
+            if was_first and counter:
+                self.incr_count(job_id, counter)
+            return was_first
+
+    def _records(self, job_id: str, kind: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            raw = self._peek(job_id, kind)
+        return {k: json.loads(raw[k]) for k in sorted(raw)}
+
+    def put_sample(self, job_id: str, sample_id: str, record: dict[str, Any]) -> bool:
+        return self._insert(job_id, "samples", check_id("sample_id", sample_id), record, "samples")
+
+    def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            raw = self._peek(job_id, "samples").get(sample_id)
+        return json.loads(raw) if raw is not None else None
+
+    def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
+        return self._merge(job_id, "samples", sample_id, updates, first="score", counter="scored")
+
+    def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]:
+        return self._records(job_id, "samples")
+
+    def put_pair(self, job_id: str, pair_id: str, record: dict[str, Any]) -> bool:
+        return self._insert(job_id, "pairs", check_id("pair_id", pair_id), record, "pairs")
+
+    def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
+        return self._merge(job_id, "pairs", pair_id, updates, first="target_score", counter="")
+
+    def list_pairs(self, job_id: str) -> dict[str, dict[str, Any]]:
+        return self._records(job_id, "pairs")
+
+    def put_checkpoint(self, job_id: str, version: int, record: dict[str, Any]) -> bool:
+        return self._insert(job_id, "checkpoints", str(check_version(version)), {**record, "version": version}, "")
+
+    def list_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        raw = self._records(job_id, "checkpoints")
+        return [raw[k] for k in sorted(raw, key=int)]
+
+    # --- fan-in ---
+    def mark_done(self, job_id: str, scope: str, member: str, expected: int) -> bool:
+        key = (check_id("job_id", job_id), check_id("scope", scope))
+        check_expected(expected)
+        with self._lock:
+            members = self._done.setdefault(key, set())
+            members.add(member)
+            if len(members) >= expected and key not in self._fired:
+                self._fired.add(key)
+                return True
+            return False
+
+    def done_count(self, job_id: str, scope: str) -> int:
+        with self._lock:
+            return len(self._done.get((check_id("job_id", job_id), check_id("scope", scope)), ()))

@@ -1,0 +1,96 @@
+"""The job-state contract the workers and the API program against.
+
+Two backends keep it: `redis.RedisJobStore` (the service) and `memory.MemoryJobStore` (the embedded
+one-command runner). One test suite runs against both (tests/services/test_svc_state.py).
+
+Rules both keep:
+- Ids (job, tenant, record, scope) are checked with `types.check_id`: a bad one is a ConfigError.
+- Reading the header of an unknown job (`get_job`, `policy_version`, `advance_policy`,
+  `set_status`, `delete_job`) or inserting a record into one raises JobNotFound, a StateError.
+  Per-job reads of an unknown job (counts, records, metrics, fan-in sizes) are empty; counter,
+  metrics and fan-in writes do not look the job up (Redis would pay a round trip for it).
+- Records are insert-once and bump their counter in the same atomic step; updates merge.
+- Status moves only along `types.TRANSITIONS`; repeating the current status is a no-op.
+- `mark_done` is True exactly once per scope, for the call that completes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from services.state.types import JobRecord, JobStatus
+
+
+class JobStore(Protocol):
+    # --- jobs ---
+    def create_job(
+        self, job_id: str, tenant: str, spec: dict[str, Any], max_active: int | None = None
+    ) -> JobRecord:
+        """A queued job; TooManyJobs when `max_active` is given and the tenant is at it."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRecord: ...
+
+    def list_jobs(self, tenant: str) -> list[JobRecord]:
+        """The tenant's jobs, newest first."""
+        ...
+
+    def list_tenants(self) -> list[str]:
+        """Every tenant with at least one job, sorted."""
+        ...
+
+    def active_jobs(self, tenant: str) -> int:
+        """The tenant's jobs not yet in a terminal status."""
+        ...
+
+    def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> JobRecord: ...
+
+    def is_cancelled(self, job_id: str) -> bool: ...
+
+    def delete_job(self, job_id: str) -> None: ...
+
+    # --- counters and metrics ---
+    def incr_count(self, job_id: str, name: str, n: int = 1) -> int: ...
+
+    def get_counts(self, job_id: str) -> dict[str, int]: ...
+
+    def append_metrics(self, job_id: str, metrics: dict[str, Any]) -> None:
+        """One epoch's metrics, keyed by `metrics["epoch"]`: a redelivery overwrites."""
+        ...
+
+    def get_metrics(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    # --- policy version ---
+    def policy_version(self, job_id: str) -> int: ...
+
+    def advance_policy(self, job_id: str, expected: int, new: int) -> bool:
+        """Compare-and-set; False when the version is no longer `expected`."""
+        ...
+
+    # --- insert-once records ---
+    def put_sample(self, job_id: str, sample_id: str, record: dict[str, Any]) -> bool: ...
+
+    def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None: ...
+
+    def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
+        """True (and `scored` += 1) when this call set the sample's first score."""
+        ...
+
+    def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]: ...
+
+    def put_pair(self, job_id: str, pair_id: str, record: dict[str, Any]) -> bool: ...
+
+    def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
+        """True when this call set the pair's first `target_score`; no counter moves."""
+        ...
+
+    def list_pairs(self, job_id: str) -> dict[str, dict[str, Any]]: ...
+
+    def put_checkpoint(self, job_id: str, version: int, record: dict[str, Any]) -> bool: ...
+
+    def list_checkpoints(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    # --- fan-in ---
+    def mark_done(self, job_id: str, scope: str, member: str, expected: int) -> bool: ...
+
+    def done_count(self, job_id: str, scope: str) -> int: ...

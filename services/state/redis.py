@@ -1,0 +1,296 @@
+"""Job state in Redis: the service's JobStore (see services.state.protocol for the contract).
+
+Workers are redelivered (acks_late), so every write here is idempotent or checked: records are
+insert-once with their counters bumped in the same atomic step, fan-in fires exactly once, status
+moves only along allowed transitions, and the policy version advances by compare-and-set. Keys
+come from services.state.keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from dfusion_core.errors import ConfigError
+from services.state import keys
+from services.state.scripts import CAS_POLICY, CREATE, MARK_DONE, PUT_ONCE, TRANSITION
+from services.state.types import (
+    COUNTER_NAMES,
+    TRANSITIONS,
+    InvalidTransition,
+    JobExists,
+    JobNotFound,
+    JobRecord,
+    JobStatus,
+    StateError,
+    StateUnavailable,
+    TooManyJobs,
+    check_counter,
+    check_expected,
+    check_id,
+    check_version,
+    dumps,
+    metrics_epoch,
+)
+
+__all__ = ["RedisJobStore", "mapped", "open_state"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mapped(fn: F) -> F:
+    """Redis connection failures surface as StateUnavailable (Celery's autoretry target)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            raise StateUnavailable(f"{fn.__name__}: cannot reach Redis: {e}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RedisJobStore:
+    """JobStore on Redis; one instance per process wraps one Redis connection pool."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        if not client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigError("client", "RedisJobStore needs a Redis client built with decode_responses=True")
+        # redis-py types replies as bytes | str; decode_responses=True (checked above) makes them str.
+        self.r: Any = client
+        self._create = client.register_script(CREATE)
+        self._transition = client.register_script(TRANSITION)
+        self._put_once = client.register_script(PUT_ONCE)
+        self._cas_policy = client.register_script(CAS_POLICY)
+        self._mark_done = client.register_script(MARK_DONE)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisJobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, health_check_interval=30))
+
+    # --- jobs ---
+    @mapped
+    def create_job(
+        self, job_id: str, tenant: str, spec: dict[str, Any], max_active: int | None = None
+    ) -> JobRecord:
+        """Create a queued job; with `max_active`, refuse (TooManyJobs) when the tenant is at the limit."""
+        now = repr(time.time())
+        args: list[str | int] = [job_id, tenant, dumps(spec), now, -1 if max_active is None else max_active]
+        rc = self._create(keys=[keys.job(job_id), keys.tenant(tenant, "jobs"), keys.tenant(tenant, "active")],
+                          args=args)
+        if rc == -1:
+            raise JobExists(f"job {job_id} already exists")
+        if rc == -2:
+            raise TooManyJobs(f"tenant {tenant} already has {max_active} active jobs; wait for one to finish")
+        return self.get_job(job_id)
+
+    @mapped
+    def get_job(self, job_id: str) -> JobRecord:
+        h = self.r.hgetall(keys.job(job_id))
+        if not h:
+            raise JobNotFound(job_id)
+        return JobRecord.from_hash(h)
+
+    @mapped
+    def list_jobs(self, tenant: str) -> list[JobRecord]:
+        """The tenant's jobs, newest first."""
+        ids = self.r.zrevrange(keys.tenant(tenant, "jobs"), 0, -1)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        return [JobRecord.from_hash(h) for h in pipe.execute() if h]
+
+    @mapped
+    def active_jobs(self, tenant: str) -> int:
+        """Number of the tenant's jobs not yet in a terminal status."""
+        return int(self.r.scard(keys.tenant(tenant, "active")))
+
+    @mapped
+    def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> JobRecord:
+        """Move the job to `status` atomically; InvalidTransition if not allowed from where it is.
+
+        Setting the status it already has is a no-op (a redelivered task may repeat it).
+        """
+        status = JobStatus(status)
+        allowed = [s.value for s, targets in TRANSITIONS.items() if status in targets]
+        job = self.get_job(job_id)
+        rc, cur = self._transition(
+            keys=[keys.job(job_id), keys.tenant(job.tenant, "active")],
+            args=[status.value, repr(time.time()), error or "", int(status.terminal), job_id, *allowed],
+        )
+        if rc == -1:
+            raise JobNotFound(job_id)
+        if rc == -2:
+            raise InvalidTransition(job_id, JobStatus(cur), status)
+        return self.get_job(job_id)
+
+    @mapped
+    def is_cancelled(self, job_id: str) -> bool:
+        return self.r.hget(keys.job(job_id), "status") == JobStatus.CANCELLED.value
+
+    @mapped
+    def delete_job(self, job_id: str) -> None:
+        """Remove every key of the job (tests, retention)."""
+        job = self.get_job(job_id)
+        found = list(self.r.scan_iter(match=keys.job(job_id) + "*", count=500))
+        pipe = self.r.pipeline()
+        if found:
+            pipe.delete(*found)
+        pipe.zrem(keys.tenant(job.tenant, "jobs"), job_id)
+        pipe.srem(keys.tenant(job.tenant, "active"), job_id)
+        pipe.execute()
+
+    @mapped
+    def list_tenants(self) -> list[str]:
+        """Every tenant with at least one job (a SCAN of the tenant indexes; fine at scrape rates)."""
+        return sorted({keys.tenant_of(key) for key in self.r.scan_iter(match=keys.TENANT_JOBS, count=500)})
+
+    # --- counters and metrics ---
+    @mapped
+    def incr_count(self, job_id: str, name: str, n: int = 1) -> int:
+        return int(self.r.hincrby(keys.job(job_id, "counts"), check_counter(name), n))
+
+    @mapped
+    def get_counts(self, job_id: str) -> dict[str, int]:
+        raw = self.r.hgetall(keys.job(job_id, "counts"))
+        return {name: int(raw.get(name, 0)) for name in COUNTER_NAMES}
+
+    @mapped
+    def append_metrics(self, job_id: str, metrics: dict[str, Any]) -> None:
+        """Record one epoch's metrics; `metrics["epoch"]` (int) keys it, so a redelivery overwrites."""
+        self.r.hset(keys.job(job_id, "metrics"), str(metrics_epoch(metrics)), dumps(metrics))
+
+    @mapped
+    def get_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """Per-epoch metrics in epoch order."""
+        raw = self.r.hgetall(keys.job(job_id, "metrics"))
+        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    # --- policy version ---
+    @mapped
+    def policy_version(self, job_id: str) -> int:
+        v = self.r.hget(keys.job(job_id), "policy_version")
+        if v is None:
+            raise JobNotFound(job_id)
+        return int(v)
+
+    @mapped
+    def advance_policy(self, job_id: str, expected: int, new: int) -> bool:
+        """Set the policy version to `new` only if it is still `expected`; False means someone did."""
+        rc = self._cas_policy(keys=[keys.job(job_id)], args=[int(expected), int(new)])
+        if rc == -1:
+            raise JobNotFound(job_id)
+        return rc == 1
+
+    # --- insert-once records ---
+    @mapped
+    def put_sample(self, job_id: str, sample_id: str, record: dict[str, Any]) -> bool:
+        """Store a sample once; True (and `samples` += 1) only on the first insert."""
+        return self._insert(job_id, "samples", check_id("sample_id", sample_id), record, "samples")
+
+    @mapped
+    def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None:
+        raw = self.r.hget(keys.job(job_id, "samples"), sample_id)
+        return json.loads(raw) if raw is not None else None
+
+    @mapped
+    def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
+        """Merge `updates` into a stored sample; True (and `scored` += 1) when this call set its first score."""
+        return self._merge(job_id, "samples", sample_id, updates, first="score", counter="scored")
+
+    @mapped
+    def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
+        """Merge `updates` (e.g. `target_score`, `trained`) into a stored pair; True when this call
+        set its first `target_score`. No counter moves: pairs are counted when inserted."""
+        return self._merge(job_id, "pairs", pair_id, updates, first="target_score", counter="")
+
+    def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
+        """Merge `updates` into record `rid`; True when `updates` set field `first` for the first time
+        (then `counter` += 1 in the same transaction). WATCH/MULTI rather than Lua so floats
+        round-trip exactly through Python's json."""
+        key, counts = keys.job(job_id, kind), keys.job(job_id, "counts")
+        was_first = False
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            nonlocal was_first
+            raw = pipe.hget(key, rid)
+            if raw is None:
+                raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
+            record = json.loads(raw)
+            was_first = record.get(first) is None and updates.get(first) is not None
+            pipe.multi()
+            pipe.hset(key, rid, dumps({**record, **updates}))
+            if was_first and counter:
+                pipe.hincrby(counts, counter, 1)
+
+        self.r.transaction(txn, key)
+        return was_first
+
+    @mapped
+    def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """sample_id -> record, ordered by id."""
+        return self._records(job_id, "samples")
+
+    @mapped
+    def put_pair(self, job_id: str, pair_id: str, record: dict[str, Any]) -> bool:
+        """Store a preference pair once; True (and `pairs` += 1) only on the first insert."""
+        return self._insert(job_id, "pairs", check_id("pair_id", pair_id), record, "pairs")
+
+    @mapped
+    def list_pairs(self, job_id: str) -> dict[str, dict[str, Any]]:
+        return self._records(job_id, "pairs")
+
+    @mapped
+    def put_checkpoint(self, job_id: str, version: int, record: dict[str, Any]) -> bool:
+        """Record the checkpoint for a policy version once (e.g. its LoRA object key)."""
+        return self._insert(job_id, "checkpoints", str(check_version(version)), {**record, "version": version}, "")
+
+    @mapped
+    def list_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """Checkpoint records in version order."""
+        raw = self.r.hgetall(keys.job(job_id, "checkpoints"))
+        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    def _insert(self, job_id: str, kind: str, rid: str, record: dict[str, Any], counter: str) -> bool:
+        rc = int(self._put_once(keys=[keys.job(job_id), keys.job(job_id, kind), keys.job(job_id, "counts")],
+                                args=[rid, dumps(record), counter]))
+        if rc == -1:
+            raise JobNotFound(job_id)
+        return rc == 1
+
+    def _records(self, job_id: str, kind: str) -> dict[str, dict[str, Any]]:
+        raw = self.r.hgetall(keys.job(job_id, kind))
+        return {k: json.loads(raw[k]) for k in sorted(raw)}
+
+    # --- fan-in ---
+    @mapped
+    def mark_done(self, job_id: str, scope: str, member: str, expected: int) -> bool:
+        """Add `member` to the `scope` set; True exactly once, for the call that completes it.
+
+        The next stage is enqueued by whoever gets True, so duplicates and redeliveries of any
+        member (before or after completion) never enqueue it twice.
+        """
+        scope_key = keys.job(job_id, "done", check_id("scope", scope))
+        fired = int(self._mark_done(keys=[scope_key, f"{scope_key}:fired"], args=[member, check_expected(expected)]))
+        return fired == 1
+
+    @mapped
+    def done_count(self, job_id: str, scope: str) -> int:
+        return int(self.r.scard(keys.job(job_id, "done", check_id("scope", scope))))
+
+
+@functools.lru_cache(maxsize=8)
+def _state_for(url: str, pid: int) -> RedisJobStore:
+    return RedisJobStore.from_url(url)
+
+
+def open_state(redis_url: str) -> RedisJobStore:
+    """The process's RedisJobStore for this Redis URL (one connection pool per process, fork-safe)."""
+    return _state_for(redis_url, os.getpid())
