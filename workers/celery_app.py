@@ -22,7 +22,7 @@ import workers.telemetry  # noqa: F401  (Celery signals: job/task ids on log rec
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN, get_app, send
 from services.settings import get_settings
 from services.state.redis import open_state
-from services.state.types import JobStatus, StateUnavailable
+from services.state.types import StateUnavailable
 from services.storage import StorageUnavailable, open_store
 from workers import stages
 from workers.runtime import Runtime, pick_device
@@ -62,12 +62,8 @@ def _reset_after_fork(**_: Any) -> None:
 
 
 def fail_job(job_id: str, reason: str) -> None:
-    state = context().state
-    try:
-        if not state.get_job(job_id).status.terminal:
-            state.set_status(job_id, JobStatus.FAILED, reason[:2000])
-    except Exception:  # noqa: BLE001 - never mask the original failure
-        log.exception("could not mark job %s failed", job_id)
+    """The stages' failure policy (stages.fail_job) on this process's state."""
+    stages.fail_job(context().state, job_id, reason)
 
 
 def _run(task: Task, stage: Callable[..., None], job_id: str, **kwargs: Any) -> None:
@@ -91,7 +87,7 @@ def _run(task: Task, stage: Callable[..., None], job_id: str, **kwargs: Any) -> 
             raise Reject(exc, requeue=True) from exc
     except Exception as exc:
         log.exception("%s failed permanently", task.name, extra=extra)
-        fail_job(job_id, f"{task.name.removeprefix('dfusion.')}: {type(exc).__name__}: {exc}")
+        fail_job(job_id, stages.failure_reason(task.name, exc))
         return
     log.info("%s %s done", task.name, kwargs, extra=extra)
 

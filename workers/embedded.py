@@ -21,7 +21,6 @@ from services.jobspec import JobSpec
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN
 from services.records import PairRecord, SampleRecord, load_all
 from services.state.memory import MemoryJobStore
-from services.state.types import JobStatus
 from workers import keys, stages
 from workers.report import write_report
 from workers.runtime import Runtime, pick_device
@@ -94,9 +93,9 @@ def run_embedded(
             STAGES[name](ctx, **kwargs)
             if progress is not None:
                 progress(state.get_counts(job_id), totals)
-    except Exception as exc:  # the workers' policy: a failed stage fails the job with a readable reason
+    except Exception as exc:  # the workers' policy: any failed stage fails the job with a readable reason
         log.error("%s failed", name, exc_info=not isinstance(exc, DFusionError))
-        state.set_status(job_id, JobStatus.FAILED, f"{name.removeprefix('dfusion.')}: {type(exc).__name__}: {exc}")
+        stages.fail_job(state, job_id, stages.failure_reason(name, exc))
     job = state.get_job(job_id)
     metrics = state.get_metrics(job_id)
     samples = load_all(SampleRecord, state.list_samples(job_id))

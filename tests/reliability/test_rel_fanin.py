@@ -15,6 +15,7 @@ from services.state.memory import MemoryJobStore
 from services.state.types import JobStatus
 from tests.integration.stack_helpers import small_job
 from workers import stages
+from workers.stages.scoring import pairs_scored
 
 
 class Broker:
@@ -64,15 +65,15 @@ def test_rel_train_enqueue_lost_is_redone_only_by_a_member():
     spec = JobSpec.model_validate(body)  # 2 prompts x 4 pairs in 2 chunks each: 4 members
     members = [(p, c) for p in range(2) for c in range(2)]
     for p, c in members[:3]:  # not complete yet: nothing
-        stages._pairs_scored(_ctx(state, Broker()), job, spec, 0, p, c)
+        pairs_scored(_ctx(state, Broker()), job, spec, 0, p, c)
     with pytest.raises(ConnectionError):
-        stages._pairs_scored(_ctx(state, Broker(fail_after=0)), job, spec, 0, *members[3])  # fires, enqueue lost
+        pairs_scored(_ctx(state, Broker(fail_after=0)), job, spec, 0, *members[3])  # fires, enqueue lost
 
     retried = Broker()
-    stages._pairs_scored(_ctx(state, retried), job, spec, 0, *members[3])
+    pairs_scored(_ctx(state, retried), job, spec, 0, *members[3])
     assert retried.sent == [(TRAIN, {"job_id": job, "epoch": 0})]
 
     for p, c in members:
         late = Broker()
-        stages._pairs_scored(_ctx(state, late), job, spec, 0, p, c)
+        pairs_scored(_ctx(state, late), job, spec, 0, p, c)
         assert late.sent == []

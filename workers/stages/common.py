@@ -1,0 +1,118 @@
+"""What every stage shares: the Context, the job's spec, fan-in, object I/O, and the failure
+policy both runners apply (the Celery tasks and the embedded runner)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from dfusion_core.errors import TrajectoryError
+from dfusion_core.storage import BlobStore
+from dfusion_core.trajectories import Trajectory
+from services.jobspec import JobSpec
+from services.state import JobStatus, JobStore
+from services.storage import io_timer
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[..., None]  # dispatch(task_name, **kwargs)
+
+# Fan-in scopes: what completes them, and what their completer enqueues.
+EPOCH_START = "epoch-start-{epoch}"  # the epoch's one start -> every sample batch
+SCORED = "scored-{unit}"  # every sample batch of a prompt scored -> its fuse chunks
+PAIRS_SCORED = "pairs-scored-e{epoch}"  # every chunk of every prompt has target-scored pairs -> train(e)
+TRAINED = "trained-{unit}"  # train(e)'s commit: its optimizer steps are counted once
+#: The longest failure reason stored on a job.
+MAX_REASON = 2000
+
+
+@dataclass
+class Context:
+    state: JobStore  # RedisJobStore in the Celery workers, MemoryJobStore in the embedded runner
+    store: BlobStore
+    dispatch: Dispatch
+    runtime: Runtime
+
+
+def job_spec(ctx: Context, job_id: str) -> JobSpec | None:
+    """The job's spec, or None when the job should do no more work (cancelled, failed, done)."""
+    job = ctx.state.get_job(job_id)
+    if job.status.terminal:
+        log.info("job %s is %s: skipping", job_id, job.status.value)
+        return None
+    return JobSpec.model_validate(job.spec)
+
+
+# --- fan-in ------------------------------------------------------------------------------------
+def fan_in(ctx: Context, job_id: str, scope: str, member: str, expected: int) -> bool:
+    """Whether this call must enqueue what follows `scope` (then call `sent` once it has).
+
+    True for the call that completes the scope, and again for a re-run of a member of a complete
+    scope whose enqueue was never confirmed: the completer may have died (or lost the broker)
+    between firing and enqueueing, and nothing else would ever enqueue the next stage. Stages are
+    idempotent, so the rare duplicate (a member re-run while the completer is still enqueueing)
+    only costs time; confirmed scopes are not re-enqueued, so redeliveries never cascade.
+    """
+    if ctx.state.mark_done(job_id, scope, member, expected):
+        return True
+    return ctx.state.done_count(job_id, scope) >= expected and ctx.state.done_count(job_id, f"{scope}-sent") == 0
+
+
+def sent(ctx: Context, job_id: str, scope: str) -> None:
+    ctx.state.mark_done(job_id, f"{scope}-sent", "ok", 1)
+
+
+# --- units of work -----------------------------------------------------------------------------
+def batches(spec: JobSpec) -> int:
+    """Sample (and score) tasks per prompt."""
+    return -(-spec.samples_per_prompt // spec.sampling.batch_size)
+
+
+def chunks(spec: JobSpec) -> int:
+    """Fuse (and score_targets) tasks per prompt."""
+    return -(-spec.expected_counts().pairs_per_prompt // spec.sampling.batch_size)
+
+
+def chunk_range(spec: JobSpec, chunk: int) -> range:
+    """Pair indices (within a prompt) of fuse / score_targets chunk `chunk`."""
+    size = spec.sampling.batch_size
+    return range(chunk * size, min((chunk + 1) * size, spec.expected_counts().pairs_per_prompt))
+
+
+# --- objects -----------------------------------------------------------------------------------
+def put_all(ctx: Context, objects: list[tuple[str, bytes, str]]) -> None:
+    """Store a task's objects concurrently: each put is a round trip, and a task has a dozen."""
+    with io_timer(), ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda o: ctx.store.put(*o), objects))
+
+
+def get_all(ctx: Context, keys_: list[str]) -> list[bytes]:
+    with io_timer(), ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(ctx.store.get, keys_))
+
+
+def load_trajectory(key: str, data: bytes) -> Trajectory:
+    """A stored trajectory; a corrupt one fails the job with an error naming its object."""
+    try:
+        return Trajectory.from_bytes(data)
+    except TrajectoryError as exc:
+        raise TrajectoryError(f"object {key}: {exc}") from exc
+
+
+# --- failure policy ----------------------------------------------------------------------------
+def failure_reason(stage: str, exc: BaseException) -> str:
+    """`score: ValueError: ...`: the stage (task name without `dfusion.`), the error's type and text."""
+    return f"{stage.removeprefix('dfusion.')}: {type(exc).__name__}: {exc}"
+
+
+def fail_job(state: JobStore, job_id: str, reason: str) -> None:
+    """Mark the job failed with `reason` unless it has already ended. Never raises: the failure
+    being reported is what matters, not a second one while recording it."""
+    try:
+        if not state.get_job(job_id).status.terminal:
+            state.set_status(job_id, JobStatus.FAILED, reason[:MAX_REASON])
+    except Exception:  # noqa: BLE001 - never mask the original failure
+        log.exception("could not mark job %s failed", job_id)

@@ -1,0 +1,88 @@
+"""The fuse stage: select a prompt's pairs and store one chunk of them, as D-Fusion targets (scored
+next by score_targets) or as plain pairs, whose winner is an already scored sample."""
+
+from __future__ import annotations
+
+from dfusion_core import pipeline
+from dfusion_core.items import map_items
+from dfusion_core.pairs import PairPlan, select_fusion_pairs, select_plain_pairs
+from services.jobspec import JobSpec
+from services.queue import SCORE_TARGETS
+from services.records import PairRecord, SampleRecord
+from workers import keys
+from workers.images import mask_image, png_bytes
+from workers.stages.common import Context, chunk_range, get_all, job_spec, load_trajectory, put_all
+from workers.stages.scoring import pairs_scored
+
+
+def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int) -> list[SampleRecord]:
+    raw = [ctx.state.get_sample(job_id, keys.sample_id(epoch, prompt, i)) for i in range(spec.samples_per_prompt)]
+    records = [None if r is None else SampleRecord.load(r) for r in raw]
+    missing = [i for i, r in enumerate(records) if r is None or r.score is None]
+    if missing:
+        raise RuntimeError(f"samples {missing} of prompt {prompt} are not scored yet")
+    return records  # type: ignore[return-value]
+
+
+def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
+    """Select the prompt's pairs and store this chunk's: D-Fusion targets (then scored by
+    score_targets), or plain pairs, whose winner is a scored sample already."""
+    spec = job_spec(ctx, job_id)
+    if spec is None:
+        return
+    records = _prompt_samples(ctx, job_id, spec, epoch, prompt)
+    plain = spec.training.pairs == "plain"
+    scores = [r.score for r in records if r.score is not None]  # all of them: _prompt_samples checked
+    plans = (select_plain_pairs if plain else select_fusion_pairs)(scores)
+    plans = [plans[k] for k in chunk_range(spec, chunk)]
+    if plain:
+        for plan in plans:
+            win = records[plan.reference]
+            _put_pair(ctx, job_id, plan, records, target_key=win.trajectory_key, target_image_key=win.image_key,
+                      mask_key=None, target_score=win.score)
+        pairs_scored(ctx, job_id, spec, epoch, prompt, chunk)
+        return
+    _fuse_chunk(ctx, job_id, spec, prompt, plans, records)
+    ctx.dispatch(SCORE_TARGETS, job_id=job_id, epoch=epoch, prompt=prompt, chunk=chunk)
+
+
+def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, plans: list[PairPlan],
+                records: list[SampleRecord]) -> None:
+    """Fuse the pairs under the policy version that sampled them; store targets, masks, records."""
+    epoch = records[0].epoch
+    needed = sorted({x for p in plans for x in (p.reference, p.base)})
+    blobs = get_all(ctx, [records[i].trajectory_key for i in needed])
+    load = {i: load_trajectory(records[i].trajectory_key, b) for i, b in zip(needed, blobs, strict=True)}
+    ps = spec.prompts[prompt]
+    with ctx.runtime.lock:
+        model = ctx.runtime.policy(spec.model, ctx.store, job_id, epoch)
+        items = map_items(model.tokenizer, ps.text, ps.items, ps.mask_thresholds)
+        fused = pipeline.fuse_pairs(model, [load[p.reference] for p in plans], [load[p.base] for p in plans],
+                                    [items] * len(plans), spec.fusion)
+    objects = []
+    for plan, fp in zip(plans, fused, strict=True):
+        pid = keys.pair_id(epoch, prompt, plan.index)
+        assert fp.target.image is not None
+        mask = mask_image(fp.masks, fp.mask_resolution, tuple(fp.target.image.shape[:2]))
+        objects += [(keys.target_key(job_id, pid), fp.target.to_bytes(), "application/octet-stream"),
+                    (keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
+                    (keys.mask_key(job_id, pid), png_bytes(mask), "image/png")]
+    put_all(ctx, objects)
+    for plan in plans:
+        pid = keys.pair_id(epoch, prompt, plan.index)
+        _put_pair(ctx, job_id, plan, records, target_key=keys.target_key(job_id, pid),
+                  target_image_key=keys.target_image_key(job_id, pid), mask_key=keys.mask_key(job_id, pid))
+
+
+def _put_pair(ctx: Context, job_id: str, plan: PairPlan, records: list[SampleRecord], *, target_key: str,
+              target_image_key: str, mask_key: str | None, target_score: float | None = None) -> None:
+    ref, base = records[plan.reference], records[plan.base]
+    assert ref.score is not None and base.score is not None
+    pid = keys.pair_id(base.epoch, base.prompt_index, plan.index)
+    ctx.state.put_pair(job_id, pid, PairRecord(
+        id=pid, epoch=base.epoch, prompt_index=base.prompt_index, index=plan.index, prompt=base.prompt,
+        policy_version=base.policy_version, reference=ref.id, base=base.id, reference_score=ref.score,
+        base_score=base.score, reference_image_key=ref.image_key, base_image_key=base.image_key,
+        base_trajectory_key=base.trajectory_key, target_key=target_key, target_image_key=target_image_key,
+        mask_key=mask_key, target_score=target_score,
+    ).dump())

@@ -1,0 +1,115 @@
+"""The train stage: the epoch's one training unit over the pairs that carry a preference, resumed
+from train(e-1)'s saved trainer; it publishes policy version e+1 and starts epoch e+1."""
+
+from __future__ import annotations
+
+import logging
+
+from dfusion_core.pairs import carries_preference
+from services.jobspec import JobSpec
+from services.records import PairRecord, SampleRecord, load_all
+from services.state import JobStatus
+from workers import keys, publish
+from workers.keys import derive_seed
+from workers.stages.common import TRAINED, Context, get_all, job_spec, load_trajectory
+from workers.stages.sampling import start_epoch
+
+log = logging.getLogger(__name__)
+
+
+def train(ctx: Context, job_id: str, epoch: int) -> None:
+    """The epoch's one training unit, then epoch e+1 (or the job's end).
+
+    A delivery of a committed unit only redoes what follows the commit (its outputs are all
+    stored); an uncommitted one recomputes from train(e-1)'s state and overwrites the same keys.
+    """
+    spec = job_spec(ctx, job_id)
+    if spec is None:
+        return
+    scope = TRAINED.format(unit=keys.train_unit(epoch))
+    if ctx.state.done_count(job_id, scope) == 0:
+        steps = _train_unit(ctx, job_id, spec, epoch)
+        if ctx.state.mark_done(job_id, scope, "commit", 1):
+            ctx.state.incr_count(job_id, "trained_steps", steps)
+    ctx.state.advance_policy(job_id, epoch, epoch + 1)
+    if epoch + 1 < spec.epochs:
+        start_epoch(ctx, job_id, epoch + 1)
+    elif not ctx.state.get_job(job_id).status.terminal:
+        ctx.state.set_status(job_id, JobStatus.SUCCEEDED)
+
+
+def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
+    """Train the epoch's pairs that carry a preference (all prompts, shuffled together) on the
+    state train(e-1) saved; save the trainer, publish version e+1. Returns the optimizer steps."""
+    import json
+    from dataclasses import asdict
+
+    from dfusion_core.checkpoint import save_checkpoint
+
+    pairs = _epoch_pairs(ctx, job_id, spec, epoch)
+    kept = [p for p in pairs
+            if p.target_score is not None and carries_preference(p.target_score, p.base_score, spec.training.pair_filter)]
+    if not kept:
+        log.warning("job %s epoch %d: pair filter %r kept none of %d pairs; version %d keeps the weights",
+                    job_id, epoch, spec.training.pair_filter, len(pairs), epoch + 1, extra={"job_id": job_id})
+    prefix = keys.trainer_state_prefix(job_id, epoch)
+    with ctx.runtime.lock:
+        trainer = _trainer(ctx, spec, job_id, epoch)
+        ctx.runtime.mark_modified(spec.model, ("train", job_id, epoch))
+        train_pairs = _train_pairs(ctx, kept)
+        before = trainer.pair_metrics(train_pairs) if train_pairs else {}  # on pairs the weights have not seen
+        steps = [asdict(m) for m in trainer.train_epoch(train_pairs)] if train_pairs else []
+        save_checkpoint(ctx.store, prefix, trainer)
+        ctx.store.put(f"{prefix}/metrics.json", json.dumps(steps).encode(), "application/json")
+        samples = [s for s in load_all(SampleRecord, ctx.state.list_samples(job_id)) if s.epoch == epoch]
+        metrics = publish.epoch_metrics(epoch, steps, pairs, kept, before, samples)
+        publish.publish(ctx, job_id, spec, epoch, trainer.model, metrics)
+    kept_ids = {p.id for p in kept}
+    for p in pairs:
+        ctx.state.update_pair(job_id, p.id, {"trained": p.id in kept_ids})
+    return len(steps)
+
+
+def _epoch_pairs(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> list[PairRecord]:
+    """Every pair of the epoch, in (prompt, index) order; each must carry its target's score."""
+    raw = ctx.state.list_pairs(job_id)
+    n = spec.expected_counts().pairs_per_prompt
+    ids = [keys.pair_id(epoch, p, k) for p in range(len(spec.prompts)) for k in range(n)]
+    pairs = [PairRecord.load(raw[pid]) for pid in ids if pid in raw]
+    unscored = sorted(set(ids) - {p.id for p in pairs if p.target_score is not None})
+    if unscored:
+        raise RuntimeError(f"{len(unscored)} pairs of epoch {epoch} have no target score yet, e.g. {unscored[0]}")
+    return pairs
+
+
+def _trainer(ctx: Context, spec: JobSpec, job_id: str, epoch: int):
+    """A fresh trainer for epoch 0; for epoch e > 0 the one train(e-1) saved (weights and AdamW state)."""
+    from dfusion_core.checkpoint import latest_version, load_checkpoint
+    from dfusion_core.lora import ADAPTER, has_lora
+    from dfusion_core.training import Trainer
+
+    model = ctx.runtime.model(spec.model)
+    if has_lora(model.unet):
+        model.unet.delete_adapters(ADAPTER)
+    if epoch == 0:
+        return Trainer(model, spec.training, seed=derive_seed(spec.seed, "train"),
+                       lora_seed=derive_seed(spec.seed, "lora"))
+    prefix = keys.trainer_state_prefix(job_id, epoch - 1)
+    version = latest_version(ctx.store, prefix)
+    if version is None:
+        raise RuntimeError(f"training state of epoch {epoch - 1} is missing under {prefix}")
+    return load_checkpoint(ctx.store, prefix, version, model, config=spec.training)
+
+
+def _train_pairs(ctx: Context, records: list[PairRecord]) -> list:
+    """TrainPairs: winner = the target trajectory, loser = the base's; rewards are their own scores."""
+    from dfusion_core.training import TrainPair
+
+    names = [key for rec in records for key in (rec.target_key, rec.base_trajectory_key)]
+    trajs = [load_trajectory(key, data) for key, data in zip(names, get_all(ctx, names), strict=True)]
+    out = []
+    for k, rec in enumerate(records):
+        assert rec.target_score is not None  # _epoch_pairs checked
+        out.append(TrainPair(winner=trajs[2 * k], loser=trajs[2 * k + 1], winner_reward=rec.target_score,
+                             loser_reward=rec.base_score))
+    return out
