@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cli.jobargs import add_job_flags, job_body, read_prompts
 from dfusion_core.errors import ConfigError
 
 DEMO_PROMPTS = ["a cat eating a sandwich", "a red and woolen dog"]
@@ -20,36 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny",
-                   help="'tiny' (random), 'toy' (the shipped toy-world model) or a local diffusers folder")
-    p.add_argument("--samples-per-prompt", type=int, default=8, help="multiple of 4 (default: 8)")
-    p.add_argument("--epochs", type=int, default=1, help="sample -> fuse -> train rounds (default: 1)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20)")
-    p.add_argument("--pairs", choices=["fusion", "plain"], default="fusion", help="pair construction (ablation)")
-    p.add_argument("--algorithm", default=None, help="trajectory_dpo | diffusion_dpo | ddpo | dpok")
-    p.add_argument("--seed", type=int, default=0)
+    add_job_flags(p, model_help="'tiny' (random), 'toy' (the shipped toy-world model) or a local diffusers folder",
+                  steps_help="DDIM steps (default: 20)")
     p.add_argument("--device", default=None, help="cuda:N or cpu (default: the GPU if any)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def read_prompts(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ConfigError("prompts", f"{path} does not exist")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError("prompts", f"{path}:{n}: not JSON: {exc.msg}") from None
-        if not isinstance(row, dict) or "text" not in row:
-            raise ConfigError("prompts", f"{path}:{n}: needs an object with 'text'")
-        out.append({k: row[k] for k in ("text", "items", "mask_thresholds") if k in row})
-    if not out:
-        raise ConfigError("prompts", f"{path} has no prompts")
-    return out
 
 
 def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[object, dict[str, str]]:
@@ -62,14 +38,8 @@ def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[object, d
         if not folder.is_dir():
             raise ConfigError("model", f"{model} is neither 'tiny' nor a local diffusers folder")
         models, model = {"local": str(folder.resolve())}, "local"
-    body: dict = {"prompts": prompts, "model": model, "samples_per_prompt": args.samples_per_prompt,
-                  "epochs": args.epochs, "seed": args.seed, "training": {"pairs": args.pairs}}
-    if args.algorithm:
-        body["training"]["algorithm"] = args.algorithm
-    if args.steps:
-        body["sampling"] = {"num_steps": args.steps}
     try:
-        return JobSpec.model_validate(body), models
+        return JobSpec.model_validate(job_body(prompts, args, model=model)), models
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(".".join(map(str, err["loc"])) or "job", err["msg"]) from None

@@ -12,18 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from cli.client import Client, add_api_arguments
-from cli.run import read_prompts
+from cli.jobargs import add_job_flags, job_body, read_prompts
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompts", type=Path, help="JSONL: one {\"text\", \"items\", \"mask_thresholds\"} object per line")
-    p.add_argument("--model", default="tiny", help="a model name the workers know (default: tiny)")
-    p.add_argument("--samples-per-prompt", type=int, default=8, help="multiple of 4 (default: 8)")
-    p.add_argument("--epochs", type=int, default=1, help="sample -> fuse -> train rounds (default: 1)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the server's, 20)")
-    p.add_argument("--pairs", choices=["fusion", "plain"], default="fusion", help="pair construction (ablation)")
-    p.add_argument("--algorithm", default=None, help="trajectory_dpo | diffusion_dpo | ddpo | dpok")
-    p.add_argument("--seed", type=int, default=0)
+    add_job_flags(p, model_help="a model name the workers know (default: tiny)",
+                  steps_help="DDIM steps (default: the server's, 20)")
     p.add_argument("--eval-prompt", action="append", default=[], dest="eval_prompts", metavar="TEXT",
                    help="a held-out prompt (repeatable; default: the shipped test split)")
     p.add_argument("--eval-seeds", type=int, default=None, help="samples per held-out prompt (default: 2)")
@@ -31,13 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_api_arguments(p)
 
 
-def job_body(prompts: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"prompts": prompts, "model": args.model, "samples_per_prompt": args.samples_per_prompt,
-                            "epochs": args.epochs, "seed": args.seed, "training": {"pairs": args.pairs}}
-    if args.algorithm:
-        body["training"]["algorithm"] = args.algorithm
-    if args.steps:
-        body["sampling"] = {"num_steps": args.steps}
+def submit_body(prompts: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    """The shared job body plus the held-out evaluation flags only `submit` has."""
+    body = job_body(prompts, args)
     if args.eval_prompts:
         body["eval_prompts"] = args.eval_prompts
     if args.eval_seeds is not None:
@@ -46,7 +37,7 @@ def job_body(prompts: list[dict], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    body = job_body(read_prompts(args.prompts), args)
+    body = submit_body(read_prompts(args.prompts), args)
     with Client.from_args(args) as client:
         created = client.post_json("/v1/jobs", body, "job")
     print(f"submitted job {created['id']} ({created['status']}); follow it with: dfusion watch {created['id']}",

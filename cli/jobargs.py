@@ -1,0 +1,57 @@
+"""What `dfusion run` (and `demo`) and `dfusion submit` share: the prompts file, the job flags,
+and the job body built from them (the JobSpec fields the flags set; the rest keep its defaults).
+
+Torch-free: `dfusion submit` imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from dfusion_core.errors import ConfigError
+
+
+def read_prompts(path: Path) -> list[dict]:
+    """The prompts of a JSONL file: one {text, items, mask_thresholds} object per line."""
+    if not path.is_file():
+        raise ConfigError("prompts", f"{path} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("prompts", f"{path}:{n}: not JSON: {exc.msg}") from None
+        if not isinstance(row, dict) or "text" not in row:
+            raise ConfigError("prompts", f"{path}:{n}: needs an object with 'text'")
+        out.append({k: row[k] for k in ("text", "items", "mask_thresholds") if k in row})
+    if not out:
+        raise ConfigError("prompts", f"{path} has no prompts")
+    return out
+
+
+def add_job_flags(p: argparse.ArgumentParser, *, model_help: str, steps_help: str) -> None:
+    """--model, --samples-per-prompt, --epochs, --steps, --pairs, --algorithm, --seed."""
+    p.add_argument("--model", default="tiny", help=model_help)
+    p.add_argument("--samples-per-prompt", type=int, default=8, help="multiple of 4 (default: 8)")
+    p.add_argument("--epochs", type=int, default=1, help="sample -> fuse -> train rounds (default: 1)")
+    p.add_argument("--steps", type=int, default=None, help=steps_help)
+    p.add_argument("--pairs", choices=["fusion", "plain"], default="fusion", help="pair construction (ablation)")
+    p.add_argument("--algorithm", default=None, help="trajectory_dpo | diffusion_dpo | ddpo | dpok")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None = None) -> dict[str, Any]:
+    """The job body the flags of `add_job_flags` describe; `model` overrides `--model`."""
+    body: dict[str, Any] = {"prompts": prompts, "model": model or args.model,
+                            "samples_per_prompt": args.samples_per_prompt, "epochs": args.epochs,
+                            "seed": args.seed, "training": {"pairs": args.pairs}}
+    if args.algorithm:
+        body["training"]["algorithm"] = args.algorithm
+    if args.steps:
+        body["sampling"] = {"num_steps": args.steps}
+    return body
