@@ -1,9 +1,10 @@
 """Local development stack behind `dfusion stack up|down|status`: the compose file's shape, as processes.
 
-`stack_up` decides what to run (Redis, SeaweedFS, the API, one Celery worker per queue; servers
-already reachable are left alone), writes that plan as data (a list of `ProcessSpec`) and starts a
-detached `Supervisor` (`python -m services.stack supervise ROOT`). The supervisor spawns the plan,
-restarts processes that die (compose's restart policy), and keeps `ROOT/stack.json` current.
+`stack_up` decides what to run (`services.stack_plan`: Redis, SeaweedFS, the API, one Celery
+worker per queue; servers already reachable are left alone), writes that plan as data (a list of
+`ProcessSpec`) and starts a detached `Supervisor` (`python -m services.stack supervise ROOT`). The
+supervisor spawns the plan, restarts processes that die (compose's restart policy), and keeps
+`ROOT/stack.json` current.
 `stack_down` stops only the processes recorded there. Tests pass dummy specs (`sleep 1000`).
 `stack_health` probes each service by its protocol (`services.stack_health`); `wait_healthy`
 is what `dfusion stack up` returns after, as `docker compose up --wait` does.
@@ -15,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -23,26 +23,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from services.procs import (
-    ProcessSpec,
-    SeaweedPorts,
-    find_binary,
-    pid_alive,
-    redis_command,
-    seaweed_command,
-    seaweed_env,
-    spawn,
-    tcp_open,
-    terminate,
-)
+from services.procs import ProcessSpec, pid_alive, spawn, terminate
 from services.settings import Settings
 from services.stack_health import ServiceHealth, probe_stack, wait_healthy
+from services.stack_plan import QUEUES, default_specs
 
 logger = logging.getLogger(__name__)
 
-QUEUES = ("sample", "score", "fuse", "train")
 PLAN_FILE, STATE_FILE, SUPERVISOR = "plan.json", "stack.json", "supervisor"
 RESTART_BACKOFF_S = 1.0
 
@@ -100,75 +88,6 @@ def _is_ours(pid: int | None, command: list[str]) -> bool:
         return True
     names = {Path(cmd[0].split(" ")[0]).name, Path(sys.executable).name}
     return Path(command[0]).name in names
-
-
-# --- planning ------------------------------------------------------------------------------------
-
-
-def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec], dict[str, Any]]:
-    """The stack's processes for these settings, plus the connection facts (written to the state file).
-
-    Servers that already answer are not started again; the returned facts say where they are.
-    """
-    root_dir = Path(root_dir)
-    py = sys.executable
-    specs: list[ProcessSpec] = []
-    facts: dict[str, Any] = {}
-    url = urlsplit(settings.redis_url)
-    redis_host, redis_port = url.hostname or "127.0.0.1", url.port or 6379
-    facts["redis_url"] = settings.redis_url
-    if not tcp_open(redis_host, redis_port):
-        server = find_binary("redis-server") or "redis-server"
-        (root_dir / "redis").mkdir(parents=True, exist_ok=True)
-        # Reachable from other hosts only with a password (protected mode refuses them otherwise).
-        password = url.password
-        if password is None and not _loopback(redis_host):
-            password = secrets.token_urlsafe(24)
-            facts["redis_url"] = url._replace(netloc=f":{password}@{url.netloc}").geturl()
-        specs.append(ProcessSpec("redis", redis_command(server, redis_port, root_dir / "redis", redis_host, password),
-                                 port=redis_port, restart=True))
-
-    access = settings.s3_access_key or "dfusion-" + secrets.token_hex(4)
-    secret = settings.s3_secret_key or secrets.token_urlsafe(24)
-    endpoint = settings.s3_endpoint
-    if endpoint and tcp_open(*_host_port(endpoint)):
-        facts.update(s3_endpoint=endpoint, s3_access_key=settings.s3_access_key,
-                     s3_secret_key=settings.s3_secret_key)
-    else:
-        ports, s3_host = SeaweedPorts.pick(), "127.0.0.1"
-        if endpoint:
-            s3_host, s3_port = _host_port(endpoint)
-            ports = SeaweedPorts(s3_port, ports.master, ports.volume, ports.filer)
-        weed = find_binary("weed") or "weed"
-        (root_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
-        specs.append(ProcessSpec("seaweedfs", seaweed_command(weed, root_dir / "seaweedfs", ports, s3_host),
-                                 env=seaweed_env(access, secret), port=ports.s3, restart=True))
-        facts.update(s3_endpoint=f"{s3_host}:{ports.s3}", s3_access_key=access, s3_secret_key=secret)
-    facts["s3_bucket"] = settings.s3_bucket
-
-    env = {
-        "REDIS_URL": facts["redis_url"], "S3_ENDPOINT": facts["s3_endpoint"], "S3_BUCKET": settings.s3_bucket,
-        "S3_ACCESS_KEY": facts["s3_access_key"] or "", "S3_SECRET_KEY": facts["s3_secret_key"] or "",
-        "DFUSION_API_HOST": settings.api_host, "DFUSION_API_PORT": str(settings.api_port),
-    }
-    if not tcp_open(settings.api_host, settings.api_port):
-        cmd = [py, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]
-        specs.append(ProcessSpec("api", cmd, env=env, port=settings.api_port, restart=True))
-    facts["api_url"] = f"http://{settings.api_host}:{settings.api_port}"
-    for q in QUEUES:
-        cmd = [py, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", q, "-n", f"{q}@%h",
-               "-c", "1", "--prefetch-multiplier", "1", "-l", "info"]
-        specs.append(ProcessSpec(f"worker-{q}", cmd, env=env, queues=[q], restart=True))
-    return specs, facts
-
-
-def _loopback(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
-def _host_port(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host or "127.0.0.1", int(port)
 
 
 # --- the supervisor ------------------------------------------------------------------------------
