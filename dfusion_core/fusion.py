@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from dfusion_core import attention
 from dfusion_core.attention import FusionController
+from dfusion_core.blocks import resolve_blocks
 from dfusion_core.config import FusionConfig
 from dfusion_core.errors import ConfigError
 from dfusion_core.sampling import NoiseStream, ddim_step_with_logprob
@@ -61,7 +62,7 @@ def fuse(
     h, w = base_noise.init.shape[-2:]
     ctl = FusionController(
         n=n,
-        blocks=attention.resolve_blocks(unet, config.blocks),
+        blocks=resolve_blocks(unet, config.blocks),
         steps=frozenset(config.fused_steps(num_steps)),
         mask_resolution=config.mask_resolution or max(1, int(h) // 4),
         latent_hw=(int(h), int(w)),

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
-from dfusion_core import attention, pipeline
+from dfusion_core import attention, blocks, pipeline
 from dfusion_core.attention import FusionAttnProcessor, FusionController
 from dfusion_core.config import FusionConfig
 from dfusion_core.errors import ConfigError
@@ -145,9 +145,9 @@ def test_bad_fusion_settings(tiny, fast_sampling):
 
 
 def test_blocks_are_counted_down_mid_up(tiny):
-    assert attention.attention_blocks(tiny.unet) == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.1",
+    assert blocks.attention_blocks(tiny.unet) == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.1",
                                                      "up_blocks.2"]
-    assert attention.default_fused_blocks(tiny.unet) == (2, 4)
+    assert blocks.default_fused_blocks(tiny.unet) == (2, 4)
 
 
 @pytest.mark.parametrize(
