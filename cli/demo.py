@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     code = execute(spec.model_copy(update=update), models, args)
     metrics = json.loads((args.out / "metrics.json").read_text())["epochs"] if code == 0 else []
     if metrics:
-        before, after = metrics[0].get("heldout_score_base"), metrics[-1].get("heldout_score")
+        before, after = metrics[-1].get("heldout_score_base"), metrics[-1].get("heldout_score")
         print(f"held-out score (same prompts and noise): {before:.4f} untrained, {after:.4f} after "
               f"{len(metrics)} epoch(s) ({after - before:+.4f})", file=sys.stderr)
     print(f"open {args.out / 'report.html'} to see the pairs", file=sys.stderr)

@@ -54,15 +54,20 @@ def epoch_metrics(
 
 
 def publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model: Any, metrics: dict[str, Any]) -> None:
-    """Policy version epoch+1: its LoRA object and checkpoint record, its held-out score, the metrics."""
+    """Policy version epoch+1: its LoRA object and checkpoint record, its held-out score beside the
+    untrained model's on the same prompts and noise (`heldout_score_base`, measured at the first
+    epoch and repeated in every epoch's metrics), the metrics."""
     from dfusion_core.lora import adapters_disabled, lora_bytes
 
     version = epoch + 1
     key = keys.checkpoint_key(job_id, version)
     ctx.store.put(key, lora_bytes(model.unet))
     ctx.state.put_checkpoint(job_id, version, CheckpointRecord(version=version, key=key, epoch=epoch).dump())
-    metrics = {**metrics, "heldout_score": heldout(ctx, spec, model)}
-    if epoch == 0:
+    metrics = {**metrics, "heldout_score": heldout(ctx, spec, model), "heldout_score_base": None}
+    if epoch > 0:  # the untrained model's score is measured once; every epoch carries it for comparison
+        metrics["heldout_score_base"] = next((m["heldout_score_base"] for m in ctx.state.get_metrics(job_id)
+                                             if m.get("heldout_score_base") is not None), None)
+    if metrics["heldout_score_base"] is None:
         with adapters_disabled(model.unet):
             metrics["heldout_score_base"] = heldout(ctx, spec, model)
     ctx.state.append_metrics(job_id, metrics)

@@ -25,6 +25,11 @@ def test_job_succeeds_with_every_object_stored(stack, tiny_job):
     assert {s["policy_version"] for s in samples if s["epoch"] == 1} == {1}
     assert {s["policy_version"] for s in samples if s["epoch"] == 0} == {0}
     assert [c["version"] for c in checkpoints] == [1, 2]
+    metrics = stack.state().get_metrics(job_id)
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    # the untrained model is scored once and every epoch carries it, so the last epoch compares to it
+    assert metrics[0]["heldout_score_base"] is not None
+    assert metrics[1]["heldout_score_base"] == metrics[0]["heldout_score_base"]
 
     store, state = stack.store(), stack.state()
     keys = set(store.list(f"jobs/{job_id}/"))
