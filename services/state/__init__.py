@@ -19,6 +19,7 @@ from services.state.types import (
     JobNotFound,
     JobRecord,
     JobStatus,
+    Lease,
     StateError,
     StateUnavailable,
     TooManyJobs,
@@ -26,5 +27,5 @@ from services.state.types import (
 
 __all__ = [
     "COUNTER_NAMES", "TRANSITIONS", "InvalidTransition", "JobExists", "JobNotFound", "JobRecord", "JobStatus",
-    "JobStore", "StateError", "StateUnavailable", "TooManyJobs",
+    "JobStore", "Lease", "StateError", "StateUnavailable", "TooManyJobs",
 ]

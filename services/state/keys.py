@@ -17,6 +17,11 @@ def job(job_id: str, *parts: str) -> str:
     return ":".join((PREFIX, "job", "{" + check_id("job_id", job_id) + "}", *parts))
 
 
+
+def lease(job_id: str, unit: str) -> str:
+    """`dfusion:job:{<id>}:lease:<unit>`: the unit's holder, with a TTL (unit names are check_id'd)."""
+    return job(job_id, "lease", unit)
+
 def tenant(name: str, part: str) -> str:
     """The tenant's `jobs` index (a sorted set by creation time), `active` set or `tokens` set."""
     return f"{PREFIX}:tenant:{check_id('tenant', name)}:{part}"

@@ -21,11 +21,13 @@ from services.state.types import (
     JobNotFound,
     JobRecord,
     JobStatus,
+    Lease,
     StateError,
     TooManyJobs,
     check_counter,
     check_expected,
     check_id,
+    check_ttl,
     check_version,
     dumps,
     metrics_epoch,
@@ -41,6 +43,8 @@ class MemoryJobStore:
         self._tables: dict[tuple[str, str], dict[str, Any]] = {}  # (job id, table) -> field -> value
         self._done: dict[tuple[str, str], set[str]] = {}  # (job id, scope) -> members
         self._fired: set[tuple[str, str]] = set()
+        self._units: set[tuple[str, str]] = set()  # (job id, unit) committed
+        self._leases: dict[tuple[str, str], tuple[Lease, float]] = {}  # (job id, unit) -> (holder, expiry)
 
     def _head(self, job_id: str) -> dict[str, str]:
         try:
@@ -116,10 +120,11 @@ class MemoryJobStore:
             del self._heads[job_id]
             self._tenant_jobs[tenant].discard(job_id)
             self._active[tenant].discard(job_id)
-            for store in (self._tables, self._done):
+            for store in (self._tables, self._done, self._leases):
                 for key in [k for k in store if k[0] == job_id]:
                     del store[key]
             self._fired = {k for k in self._fired if k[0] != job_id}
+            self._units = {k for k in self._units if k[0] != job_id}
 
     # --- counters and metrics ---
     def incr_count(self, job_id: str, name: str, n: int = 1) -> int:
@@ -230,3 +235,51 @@ class MemoryJobStore:
     def done_count(self, job_id: str, scope: str) -> int:
         with self._lock:
             return len(self._done.get((check_id("job_id", job_id), check_id("scope", scope)), ()))
+
+    # --- units of work: commits and leases (expiry on the monotonic clock, as Redis's PX) ---
+    def commit_unit(self, job_id: str, unit: str) -> bool:
+        key = (check_id("job_id", job_id), check_id("unit", unit))
+        with self._lock:
+            first = key not in self._units
+            self._units.add(key)
+            return first
+
+    def unit_committed(self, job_id: str, unit: str) -> bool:
+        with self._lock:
+            return (check_id("job_id", job_id), check_id("unit", unit)) in self._units
+
+    def _live(self, key: tuple[str, str]) -> Lease | None:
+        held = self._leases.get(key)
+        if held is None or held[1] <= time.monotonic():
+            self._leases.pop(key, None)
+            return None
+        return held[0]
+
+    def acquire_lease(self, job_id: str, lease: Lease, ttl_s: float) -> Lease | None:
+        key, ttl_ms = (check_id("job_id", job_id), check_id("unit", lease.unit)), check_ttl(ttl_s)
+        with self._lock:
+            cur = self._live(key)
+            if cur is not None and cur != lease:
+                return cur
+            self._leases[key] = (lease, time.monotonic() + ttl_ms / 1000)
+            return None
+
+    def renew_lease(self, job_id: str, lease: Lease, ttl_s: float) -> bool:
+        key, ttl_ms = (check_id("job_id", job_id), check_id("unit", lease.unit)), check_ttl(ttl_s)
+        with self._lock:
+            if self._live(key) != lease:
+                return False
+            self._leases[key] = (lease, time.monotonic() + ttl_ms / 1000)
+            return True
+
+    def release_lease(self, job_id: str, lease: Lease) -> None:
+        key = (check_id("job_id", job_id), check_id("unit", lease.unit))
+        with self._lock:
+            if self._live(key) == lease:
+                del self._leases[key]
+
+    def leases(self, job_id: str) -> list[Lease]:
+        check_id("job_id", job_id)
+        with self._lock:
+            live = [self._live(k) for k in sorted(self._leases) if k[0] == job_id]
+            return [lease for lease in live if lease is not None]

@@ -12,13 +12,15 @@ Rules both keep:
 - Records are insert-once and bump their counter in the same atomic step; updates merge.
 - Status moves only along `types.TRANSITIONS`; repeating the current status is a no-op.
 - `mark_done` is True exactly once per scope, for the call that completes it.
+- A unit of work (`workers.leases.unit_of`) is committed once; while it runs, one lease names its
+  holder and lives `ttl_s` past its last renewal.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from services.state.types import JobRecord, JobStatus
+from services.state.types import JobRecord, JobStatus, Lease
 
 
 class JobStore(Protocol):
@@ -94,3 +96,26 @@ class JobStore(Protocol):
     def mark_done(self, job_id: str, scope: str, member: str, expected: int) -> bool: ...
 
     def done_count(self, job_id: str, scope: str) -> int: ...
+
+    # --- units of work: commits and leases ---
+    def commit_unit(self, job_id: str, unit: str) -> bool:
+        """Record that `unit` finished (outputs stored, next stage enqueued); True the first time."""
+        ...
+
+    def unit_committed(self, job_id: str, unit: str) -> bool: ...
+
+    def acquire_lease(self, job_id: str, lease: Lease, ttl_s: float) -> Lease | None:
+        """Take `lease.unit` for `ttl_s` seconds; None when taken (or already ours), else the live holder."""
+        ...
+
+    def renew_lease(self, job_id: str, lease: Lease, ttl_s: float) -> bool:
+        """Extend our lease by `ttl_s`; False when it expired or another holder has the unit now."""
+        ...
+
+    def release_lease(self, job_id: str, lease: Lease) -> None:
+        """Drop our lease (a no-op when it is no longer ours)."""
+        ...
+
+    def leases(self, job_id: str) -> list[Lease]:
+        """The job's live leases (its running units), by unit."""
+        ...

@@ -19,7 +19,16 @@ import redis
 
 from dfusion_core.errors import ConfigError
 from services.state import keys
-from services.state.scripts import CAS_POLICY, CREATE, MARK_DONE, PUT_ONCE, TRANSITION
+from services.state.scripts import (
+    ACQUIRE_LEASE,
+    CAS_POLICY,
+    CREATE,
+    MARK_DONE,
+    PUT_ONCE,
+    RELEASE_LEASE,
+    RENEW_LEASE,
+    TRANSITION,
+)
 from services.state.types import (
     COUNTER_NAMES,
     TRANSITIONS,
@@ -28,12 +37,14 @@ from services.state.types import (
     JobNotFound,
     JobRecord,
     JobStatus,
+    Lease,
     StateError,
     StateUnavailable,
     TooManyJobs,
     check_counter,
     check_expected,
     check_id,
+    check_ttl,
     check_version,
     dumps,
     metrics_epoch,
@@ -70,6 +81,9 @@ class RedisJobStore:
         self._put_once = client.register_script(PUT_ONCE)
         self._cas_policy = client.register_script(CAS_POLICY)
         self._mark_done = client.register_script(MARK_DONE)
+        self._acquire = client.register_script(ACQUIRE_LEASE)
+        self._renew = client.register_script(RENEW_LEASE)
+        self._release = client.register_script(RELEASE_LEASE)
 
     @classmethod
     def from_url(cls, url: str) -> RedisJobStore:
@@ -285,6 +299,37 @@ class RedisJobStore:
     def done_count(self, job_id: str, scope: str) -> int:
         return int(self.r.scard(keys.job(job_id, "done", check_id("scope", scope))))
 
+
+    # --- units of work: commits and leases ---
+    @mapped
+    def commit_unit(self, job_id: str, unit: str) -> bool:
+        return int(self.r.sadd(keys.job(job_id, "units"), check_id("unit", unit))) == 1
+
+    @mapped
+    def unit_committed(self, job_id: str, unit: str) -> bool:
+        return bool(self.r.sismember(keys.job(job_id, "units"), check_id("unit", unit)))
+
+    @mapped
+    def acquire_lease(self, job_id: str, lease: Lease, ttl_s: float) -> Lease | None:
+        """SET with a TTL unless another holder's lease is alive (then that holder)."""
+        held = self._acquire(keys=[keys.lease(job_id, check_id("unit", lease.unit)), keys.job(job_id, "leases")],
+                             args=[lease.dump(), check_ttl(ttl_s), lease.unit])
+        return None if held is None else Lease.load(lease.unit, held)
+
+    @mapped
+    def renew_lease(self, job_id: str, lease: Lease, ttl_s: float) -> bool:
+        return int(self._renew(keys=[keys.lease(job_id, lease.unit)], args=[lease.dump(), check_ttl(ttl_s)])) == 1
+
+    @mapped
+    def release_lease(self, job_id: str, lease: Lease) -> None:
+        self._release(keys=[keys.lease(job_id, lease.unit), keys.job(job_id, "leases")], args=[lease.dump(), lease.unit])
+
+    @mapped
+    def leases(self, job_id: str) -> list[Lease]:
+        """Units ever leased and not released, read back; an expired lease (a dead holder) reads as none."""
+        units = sorted(self.r.smembers(keys.job(job_id, "leases")))
+        raw = self.r.mget([keys.lease(job_id, u) for u in units]) if units else []
+        return [Lease.load(u, v) for u, v in zip(units, raw, strict=True) if v is not None]
 
 @functools.lru_cache(maxsize=8)
 def _state_for(url: str, pid: int) -> RedisJobStore:

@@ -54,3 +54,30 @@ if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) and redis.call('SETNX', KEY
 end
 return 0
 """
+
+# KEYS: lease, lease_units. ARGV: holder, ttl_ms, unit. nil when taken (or ours), else the holder
+ACQUIRE_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+return false
+"""
+
+# KEYS: lease. ARGV: holder, ttl_ms. 1 renewed, 0 not ours (expired or taken over)
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease, lease_units. ARGV: holder, unit
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+return 1
+"""

@@ -97,6 +97,33 @@ class JobRecord:
         )
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who computes a unit of a job right now. The holding worker renews it every few seconds; when
+    the worker dies it expires, and the unit's next delivery takes over."""
+
+    unit: str  # the unit of work: `train-e0`, `sample-e0-p1-b2` (workers.leases.unit_of)
+    worker: str  # the Celery node and process that runs it
+    task_id: str
+    since: float  # unix seconds when it was taken
+    token: str  # unique per execution: a second delivery of the same task id is another holder
+
+    def dump(self) -> str:
+        return dumps({"worker": self.worker, "task_id": self.task_id, "since": self.since, "token": self.token})
+
+    @classmethod
+    def load(cls, unit: str, raw: str) -> Lease:
+        d = json.loads(raw)
+        return cls(unit=unit, worker=d["worker"], task_id=d["task_id"], since=float(d["since"]), token=d["token"])
+
+
+def check_ttl(ttl_s: float) -> int:
+    """A lease's time to live in milliseconds (Redis PX)."""
+    if not ttl_s > 0:
+        raise ConfigError("ttl_s", f"must be > 0 seconds, got {ttl_s!r}")
+    return max(1, round(ttl_s * 1000))
+
+
 # --- argument checks (both backends, so a bad id fails the same way everywhere) -----------------
 def check_id(field: str, value: str) -> str:
     """A job, tenant, record or scope id: 1-128 chars of [A-Za-z0-9_.:-], alphanumeric first."""

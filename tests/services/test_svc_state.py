@@ -4,6 +4,7 @@ records, fan-in, CAS, id checks, unknown jobs. Redis-only behaviour is in test_s
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -15,6 +16,7 @@ from services.state import (
     JobNotFound,
     JobStatus,
     JobStore,
+    Lease,
     StateError,
     TooManyJobs,
 )
@@ -288,3 +290,42 @@ def test_records_come_back_as_stored_json(store: JobStore, job: str) -> None:
     assert store.get_sample(job, "s0") == {"shape": [1, 2], "nested": {"a": [1.5]}}
     with pytest.raises(ValueError):
         store.put_sample(job, "s1", {"score": float("nan")})
+
+
+# --- units of work: commits and leases ---------------------------------------------------------
+def _lease(unit: str = "train-e0", token: str = "t1") -> Lease:
+    return Lease(unit=unit, worker="train@host:1", task_id="task-1", since=1.5, token=token)
+
+
+def test_unit_commits_once(store: JobStore, job: str) -> None:
+    assert not store.unit_committed(job, "sample-e0-p0-b0")
+    assert store.commit_unit(job, "sample-e0-p0-b0") is True
+    assert store.commit_unit(job, "sample-e0-p0-b0") is False
+    assert store.unit_committed(job, "sample-e0-p0-b0") and not store.unit_committed(job, "sample-e0-p0-b1")
+    with pytest.raises(ConfigError):
+        store.commit_unit(job, "bad unit")
+
+
+def test_lease_excludes_a_second_holder_until_released(store: JobStore, job: str) -> None:
+    mine, theirs = _lease(token="a"), _lease(token="b")
+    assert store.acquire_lease(job, mine, 5) is None
+    assert store.acquire_lease(job, mine, 5) is None  # ours already: taken again
+    assert store.acquire_lease(job, theirs, 5) == mine
+    assert store.leases(job) == [mine]
+    assert store.renew_lease(job, mine, 5) and not store.renew_lease(job, theirs, 5)
+    store.release_lease(job, theirs)  # not theirs to release
+    assert store.leases(job) == [mine]
+    store.release_lease(job, mine)
+    assert store.leases(job) == []
+    assert store.acquire_lease(job, theirs, 5) is None
+
+
+def test_lease_expires_without_renewal(store: JobStore, job: str) -> None:
+    dead, next_ = _lease(token="dead"), _lease(token="next")
+    assert store.acquire_lease(job, dead, 0.15) is None
+    assert store.acquire_lease(job, _lease("fuse-e0-p0-c0", "other"), 5) is None
+    time.sleep(0.3)
+    assert [lease.unit for lease in store.leases(job)] == ["fuse-e0-p0-c0"]
+    assert not store.renew_lease(job, dead, 5)
+    assert store.acquire_lease(job, next_, 5) is None
+    assert store.leases(job)[1] == next_
