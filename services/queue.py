@@ -2,8 +2,9 @@
 
 Torch-free, so the API can enqueue by task name; `workers.celery_app` registers the task
 bodies on this same app. Settings follow DESIGN §2 for long GPU tasks: late acks with
-reject-on-worker-lost (a killed worker's task is redelivered), prefetch 1, a visibility
-timeout above the longest task and short enough that a dead worker's task returns quickly.
+reject-on-worker-lost (a killed worker's task is redelivered), prefetch 1, and on the Redis
+broker a visibility timeout of hours (a running task's lease says it is alive; see
+`transport_options`). The broker is Redis or RabbitMQ (`Settings.broker_url`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ ROUTES = {
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("dfusion", broker=settings.redis_url, backend=None)
+    app = Celery("dfusion", broker=settings.broker(), backend=None)
     app.conf.update(
         task_routes={name: {"queue": q} for name, q in ROUTES.items()},
         task_default_queue="score",
@@ -55,24 +56,32 @@ def make_app(settings: Settings) -> Celery:
         # retry cannot be published (Reject, requeue=False), which would strand the job.
         task_publish_retry_policy={"max_retries": 15, "interval_start": 0.5, "interval_step": 0.5,
                                    "interval_max": 2.0},
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_s,
-            # Every consumer sweeps Redis for unacked messages older than the visibility timeout
-            # (a dead worker's tasks). kombu's defaults sweep once per 10 s x 10 calls = 100 s and
-            # hold the sweep mutex up to 300 s if the sweeper dies; that, not the timeout, would
-            # bound redelivery. Sweep every few seconds instead.
-            "unacked_restore_interval": restore_interval_s(settings.visibility_timeout_s),
-            "unacked_restore_throttle": 1,
-            "unacked_mutex_expire": 30,  # a sweep takes milliseconds
-            "socket_timeout": 10,
-            "socket_connect_timeout": 5,
-            "retry_on_timeout": True,
-        },
+        broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
     return app
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis transport: a visibility timeout above the longest task (hours: a running task's lease,
+    not this timeout, says it is alive, and `workers.redelivery` brings back a dead worker's task
+    once its lease expires). RabbitMQ has no visibility timeout: it returns a dead consumer's
+    unacknowledged messages at once (its consumer_timeout must exceed the longest task)."""
+    if not settings.broker().startswith(("redis://", "rediss://", "unix://")):
+        return {"confirm_publish": True}  # amqp: a publish returns once the broker has the message
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # kombu's own sweep (every consumer) restores unacked messages older than the timeout;
+        # its defaults (10 s x 10 calls, a 300 s mutex) would bound redelivery with a short one.
+        "unacked_restore_interval": restore_interval_s(settings.visibility_timeout_s),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 30,  # a sweep takes milliseconds
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "retry_on_timeout": True,
+    }
 
 
 def restore_interval_s(visibility_timeout_s: int) -> int:

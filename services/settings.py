@@ -14,10 +14,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Model name that every worker can build without weights (tiny random model from configs).
-BUILTIN_MODEL = "tiny"
-#: Every model a worker can build with no configuration (tiny: random; toy: the shipped toy world).
-BUILTIN_MODELS = (BUILTIN_MODEL, "toy")
+from dfusion_core.registry import MODELS
 
 
 def _alias(name: str) -> AliasChoices:
@@ -50,14 +47,32 @@ class Settings(BaseSettings):
     max_samples_per_job: int = Field(default=4096, ge=1)
     max_body_bytes: int = Field(default=1 << 20, ge=1, description="largest request body the API accepts, bytes")
     presign_expiry_s: int = Field(default=300, ge=1, le=7 * 24 * 3600, description="presigned URL lifetime, seconds")
-    visibility_timeout_s: int = Field(default=60, ge=1, description="broker redelivery timeout; above the longest task")
+    broker_url: str | None = Field(
+        default=None, validation_alias=_alias("BROKER_URL"),
+        description="Celery broker (redis://... or amqp://...); None = redis_url. Redis stays the coordinator",
+    )
+    visibility_timeout_s: int = Field(
+        default=6 * 3600, ge=1,
+        description="Redis broker: seconds before an unacked message is redelivered; above the longest task "
+                    "(leases, not this, bring a dead worker's task back)",
+    )
+    lease_ttl_s: float = Field(
+        default=6.0, gt=0, le=300, description="seconds a running unit's lease outlives its last renewal (every ttl/3)"
+    )
+    test_stage_sleep: dict[str, float] = Field(
+        default_factory=dict, description="tests only: stage -> seconds each of its tasks sleeps inside its lease"
+    )
     task_max_retries: int = Field(default=5, ge=0)
     device: str | None = Field(default=None, description="torch device of a worker (cuda:N, cpu); None = the GPU if any")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per worker process; None = torch's default")
 
+    def broker(self) -> str:
+        """The Celery broker URL: `broker_url`, else Redis."""
+        return self.broker_url or self.redis_url
+
     def model_names(self) -> list[str]:
-        """Names a job may ask for: the built-in tiny model plus the configured ones."""
-        return sorted({*BUILTIN_MODELS, *self.models})
+        """Names a job may ask for: the built-in models (`dfusion_core.registry`) plus the configured ones."""
+        return sorted({*MODELS, *self.models})
 
 
 @lru_cache(maxsize=1)
