@@ -10,11 +10,12 @@ broker a visibility timeout of hours (a running task's lease says it is alive; s
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
-
-from celery import Celery
+from typing import TYPE_CHECKING, Any
 
 from services.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # Celery loads with the app, so the task names import without it (workers.flow)
+    from celery import Celery
 
 QUEUES = ("sample", "score", "fuse", "train")
 
@@ -38,6 +39,8 @@ ROUTES = {
 
 
 def make_app(settings: Settings) -> Celery:
+    from celery import Celery
+
     app = Celery("dfusion", broker=settings.broker(), backend=None)
     app.conf.update(
         task_routes={name: {"queue": q} for name, q in ROUTES.items()},

@@ -14,8 +14,7 @@ from services.queue import TRAIN
 from services.state.memory import MemoryJobStore
 from services.state.types import JobStatus
 from tests.integration.stack_helpers import small_job
-from workers import stages
-from workers.stages.scoring import pairs_scored
+from workers import flow, stages
 
 
 class Broker:
@@ -44,16 +43,17 @@ def _ctx(state: MemoryJobStore, broker: Broker) -> stages.Context:
 def test_rel_epoch_start_enqueue_lost_midway_is_redone_by_redelivery():
     state = MemoryJobStore()
     job = _job(state, samples=8, batch=2)  # four sample tasks
+    jf = flow.JobFlow.of(JobSpec.model_validate(state.get_job(job).spec))
     down = Broker(fail_after=2)  # two enqueued, then the broker goes away
     with pytest.raises(ConnectionError):
-        stages.start_epoch(_ctx(state, down), job, 0)
+        stages.advance(_ctx(state, down), job, jf, flow.JobStarted())
 
     again = Broker()
-    stages.start_epoch(_ctx(state, again), job, 0)  # the redelivered task
+    stages.advance(_ctx(state, again), job, jf, flow.JobStarted())  # the redelivered task
     assert [kw["batch"] for _, kw in again.sent] == [0, 1, 2, 3]
 
     later = Broker()
-    stages.start_epoch(_ctx(state, later), job, 0)  # enqueue confirmed: nothing more
+    stages.advance(_ctx(state, later), job, jf, flow.JobStarted())  # enqueue confirmed: nothing more
     assert later.sent == []
 
 
@@ -62,18 +62,18 @@ def test_rel_train_enqueue_lost_is_redone_only_by_a_member():
     state = MemoryJobStore()
     body = small_job(samples=8, batch=2, prompts=[{"text": "a cat"}, {"text": "a dog"}], training={"pairs": "plain"})
     job = _job(state, **body)
-    spec = JobSpec.model_validate(body)  # 2 prompts x 4 pairs in 2 chunks each: 4 members
-    members = [(p, c) for p in range(2) for c in range(2)]
-    for p, c in members[:3]:  # not complete yet: nothing
-        pairs_scored(_ctx(state, Broker()), job, spec, 0, p, c)
+    jf = flow.JobFlow.of(JobSpec.model_validate(body))  # 2 prompts x 4 pairs in 2 chunks each: 4 members
+    members = [flow.Fused(0, p, c) for p in range(2) for c in range(2)]  # plain pairs: fused = scored
+    for event in members[:3]:  # not complete yet: nothing
+        stages.advance(_ctx(state, Broker()), job, jf, event)
     with pytest.raises(ConnectionError):
-        pairs_scored(_ctx(state, Broker(fail_after=0)), job, spec, 0, *members[3])  # fires, enqueue lost
+        stages.advance(_ctx(state, Broker(fail_after=0)), job, jf, members[3])  # fires, enqueue lost
 
     retried = Broker()
-    pairs_scored(_ctx(state, retried), job, spec, 0, *members[3])
+    stages.advance(_ctx(state, retried), job, jf, members[3])
     assert retried.sent == [(TRAIN, {"job_id": job, "epoch": 0})]
 
-    for p, c in members:
+    for event in members:
         late = Broker()
-        pairs_scored(_ctx(state, late), job, spec, 0, p, c)
+        stages.advance(_ctx(state, late), job, jf, event)
         assert late.sent == []

@@ -1,5 +1,6 @@
-"""What every stage shares: the Context, the job's spec, fan-in, object I/O, and the failure
-policy both runners apply (the Celery tasks and the embedded runner)."""
+"""What every stage shares: the Context, the job's spec, `advance` (the job's flow applied:
+fan-in, then enqueue), object I/O, and the failure policy both runners apply (the Celery tasks
+and the embedded runner)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,13 @@ from dfusion_core.trajectories import Trajectory
 from services.jobspec import JobSpec
 from services.state import JobStatus, JobStore
 from services.storage import io_timer
+from workers.flow import Event, JobFlow, sent_scope
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[..., None]  # dispatch(task_name, **kwargs)
 
-# Fan-in scopes: what completes them, and what their completer enqueues.
-EPOCH_START = "epoch-start-{epoch}"  # the epoch's one start -> every sample batch
-SCORED = "scored-{unit}"  # every sample batch of a prompt scored -> its fuse chunks
-PAIRS_SCORED = "pairs-scored-e{epoch}"  # every chunk of every prompt has target-scored pairs -> train(e)
-TRAINED = "trained-{unit}"  # train(e)'s commit: its optimizer steps are counted once
 #: The longest failure reason stored on a job.
 MAX_REASON = 2000
 
@@ -46,7 +43,18 @@ def job_spec(ctx: Context, job_id: str) -> JobSpec | None:
     return JobSpec.model_validate(job.spec)
 
 
-# --- fan-in ------------------------------------------------------------------------------------
+# --- the flow ----------------------------------------------------------------------------------
+def advance(ctx: Context, job_id: str, flow: JobFlow, event: Event) -> None:
+    """Enqueue what `event` makes ready (`JobFlow.next_tasks`), once its fan-in has completed."""
+    gate = flow.gate(event)
+    if gate is not None and not fan_in(ctx, job_id, gate.scope, gate.member, gate.expected):
+        return
+    for task in flow.next_tasks(event):
+        ctx.dispatch(task.name, job_id=job_id, **task.kwargs())
+    if gate is not None:
+        sent(ctx, job_id, gate.scope)
+
+
 def fan_in(ctx: Context, job_id: str, scope: str, member: str, expected: int) -> bool:
     """Whether this call must enqueue what follows `scope` (then call `sent` once it has).
 
@@ -58,28 +66,11 @@ def fan_in(ctx: Context, job_id: str, scope: str, member: str, expected: int) ->
     """
     if ctx.state.mark_done(job_id, scope, member, expected):
         return True
-    return ctx.state.done_count(job_id, scope) >= expected and ctx.state.done_count(job_id, f"{scope}-sent") == 0
+    return ctx.state.done_count(job_id, scope) >= expected and ctx.state.done_count(job_id, sent_scope(scope)) == 0
 
 
 def sent(ctx: Context, job_id: str, scope: str) -> None:
-    ctx.state.mark_done(job_id, f"{scope}-sent", "ok", 1)
-
-
-# --- units of work -----------------------------------------------------------------------------
-def batches(spec: JobSpec) -> int:
-    """Sample (and score) tasks per prompt."""
-    return -(-spec.samples_per_prompt // spec.sampling.batch_size)
-
-
-def chunks(spec: JobSpec) -> int:
-    """Fuse (and score_targets) tasks per prompt."""
-    return -(-spec.expected_counts().pairs_per_prompt // spec.sampling.batch_size)
-
-
-def chunk_range(spec: JobSpec, chunk: int) -> range:
-    """Pair indices (within a prompt) of fuse / score_targets chunk `chunk`."""
-    size = spec.sampling.batch_size
-    return range(chunk * size, min((chunk + 1) * size, spec.expected_counts().pairs_per_prompt))
+    ctx.state.mark_done(job_id, sent_scope(scope), "ok", 1)
 
 
 # --- objects -----------------------------------------------------------------------------------

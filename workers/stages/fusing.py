@@ -7,12 +7,10 @@ from dfusion_core import pipeline
 from dfusion_core.items import map_items
 from dfusion_core.pairs import PairPlan, select_fusion_pairs, select_plain_pairs
 from services.jobspec import JobSpec
-from services.queue import SCORE_TARGETS
 from services.records import PairRecord, SampleRecord
-from workers import keys
+from workers import flow, keys
 from workers.images import mask_image, png_bytes
-from workers.stages.common import Context, chunk_range, get_all, job_spec, load_trajectory, put_all
-from workers.stages.scoring import pairs_scored
+from workers.stages.common import Context, advance, get_all, job_spec, load_trajectory, put_all
 
 
 def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int) -> list[SampleRecord]:
@@ -30,20 +28,19 @@ def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None
     spec = job_spec(ctx, job_id)
     if spec is None:
         return
+    jf = flow.JobFlow.of(spec)
     records = _prompt_samples(ctx, job_id, spec, epoch, prompt)
-    plain = spec.training.pairs == "plain"
     scores = [r.score for r in records if r.score is not None]  # all of them: _prompt_samples checked
-    plans = (select_plain_pairs if plain else select_fusion_pairs)(scores)
-    plans = [plans[k] for k in chunk_range(spec, chunk)]
-    if plain:
+    plans = (select_plain_pairs if jf.plain else select_fusion_pairs)(scores)
+    plans = [plans[k] for k in jf.chunk_range(chunk)]
+    if jf.plain:
         for plan in plans:
             win = records[plan.reference]
             _put_pair(ctx, job_id, plan, records, target_key=win.trajectory_key, target_image_key=win.image_key,
                       mask_key=None, target_score=win.score)
-        pairs_scored(ctx, job_id, spec, epoch, prompt, chunk)
-        return
-    _fuse_chunk(ctx, job_id, spec, prompt, plans, records)
-    ctx.dispatch(SCORE_TARGETS, job_id=job_id, epoch=epoch, prompt=prompt, chunk=chunk)
+    else:
+        _fuse_chunk(ctx, job_id, spec, prompt, plans, records)
+    advance(ctx, job_id, jf, flow.Fused(epoch, prompt, chunk))
 
 
 def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, plans: list[PairPlan],

@@ -1,43 +1,32 @@
-"""Job start, epoch start and the sample stage: one batch of a prompt's samples under the
-policy version of the epoch."""
+"""Job start and the sample stage: one batch of a prompt's samples under the policy version of
+the epoch."""
 
 from __future__ import annotations
 
 from dfusion_core import pipeline
-from services.queue import SAMPLE, SCORE
 from services.records import SampleRecord
 from services.state import JobStatus
-from workers import keys
+from workers import flow, keys
 from workers.images import png_bytes
 from workers.keys import derive_seed
-from workers.stages.common import EPOCH_START, Context, batches, fan_in, job_spec, put_all, sent
+from workers.stages.common import Context, advance, job_spec, put_all
 
 
 def start_job(ctx: Context, job_id: str) -> None:
     job = ctx.state.get_job(job_id)
     if job.status == JobStatus.QUEUED:
         ctx.state.set_status(job_id, JobStatus.RUNNING)
-    if job_spec(ctx, job_id) is not None:
-        start_epoch(ctx, job_id, 0)
-
-
-def start_epoch(ctx: Context, job_id: str, epoch: int) -> None:
     spec = job_spec(ctx, job_id)
-    scope = EPOCH_START.format(epoch=epoch)
-    if spec is None or not fan_in(ctx, job_id, scope, "go", 1):
-        return
-    for p in range(len(spec.prompts)):
-        for b in range(batches(spec)):
-            ctx.dispatch(SAMPLE, job_id=job_id, epoch=epoch, prompt=p, batch=b)
-    sent(ctx, job_id, scope)
+    if spec is not None:
+        advance(ctx, job_id, flow.JobFlow.of(spec), flow.JobStarted())
 
 
 def sample(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> None:
     spec = job_spec(ctx, job_id)
     if spec is None:
         return
-    size = spec.sampling.batch_size
-    indices = range(batch * size, min((batch + 1) * size, spec.samples_per_prompt))
+    jf = flow.JobFlow.of(spec)
+    indices = jf.sample_range(batch)
     text = spec.prompts[prompt].text
     seeds = [derive_seed(spec.seed, "sample", epoch, prompt, i) for i in indices]
     with ctx.runtime.lock:
@@ -56,4 +45,4 @@ def sample(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> No
             id=sid, epoch=epoch, prompt_index=prompt, index=i, seed=seed, policy_version=epoch, prompt=text,
             trajectory_key=keys.trajectory_key(job_id, sid), image_key=keys.image_key(job_id, sid),
         ).dump())
-    ctx.dispatch(SCORE, job_id=job_id, epoch=epoch, prompt=prompt, batch=batch)
+    advance(ctx, job_id, jf, flow.Sampled(epoch, prompt, batch))

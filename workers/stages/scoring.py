@@ -1,24 +1,12 @@
 """The score stage (a batch of samples) and score_targets (a chunk of fused targets, on their own
-images), with the fan-ins they complete."""
+images)."""
 
 from __future__ import annotations
 
 from services.jobspec import JobSpec
-from services.queue import FUSE, TRAIN
-from workers import keys
+from workers import flow, keys
 from workers.images import png_tensor
-from workers.stages.common import (
-    PAIRS_SCORED,
-    SCORED,
-    Context,
-    batches,
-    chunk_range,
-    chunks,
-    fan_in,
-    get_all,
-    job_spec,
-    sent,
-)
+from workers.stages.common import Context, advance, get_all, job_spec
 
 
 def _score_images(ctx: Context, spec: JobSpec, image_keys: list[str], text: str) -> list[float]:
@@ -35,17 +23,12 @@ def score(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> Non
     spec = job_spec(ctx, job_id)
     if spec is None:
         return
-    size = spec.sampling.batch_size
-    sids = [keys.sample_id(epoch, prompt, i)
-            for i in range(batch * size, min((batch + 1) * size, spec.samples_per_prompt))]
+    jf = flow.JobFlow.of(spec)
+    sids = [keys.sample_id(epoch, prompt, i) for i in jf.sample_range(batch)]
     scores = _score_images(ctx, spec, [keys.image_key(job_id, sid) for sid in sids], spec.prompts[prompt].text)
     for sid, s in zip(sids, scores, strict=True):
         ctx.state.update_sample(job_id, sid, {"score": s})
-    scope = SCORED.format(unit=keys.prompt_unit(epoch, prompt))
-    if fan_in(ctx, job_id, scope, f"b{batch}", batches(spec)):
-        for c in range(chunks(spec)):
-            ctx.dispatch(FUSE, job_id=job_id, epoch=epoch, prompt=prompt, chunk=c)
-        sent(ctx, job_id, scope)
+    advance(ctx, job_id, jf, flow.Scored(epoch, prompt, batch))
 
 
 def score_targets(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
@@ -53,16 +36,9 @@ def score_targets(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int
     spec = job_spec(ctx, job_id)
     if spec is None:
         return
-    pids = [keys.pair_id(epoch, prompt, k) for k in chunk_range(spec, chunk)]
+    jf = flow.JobFlow.of(spec)
+    pids = [keys.pair_id(epoch, prompt, k) for k in jf.chunk_range(chunk)]
     scores = _score_images(ctx, spec, [keys.target_image_key(job_id, pid) for pid in pids], spec.prompts[prompt].text)
     for pid, s in zip(pids, scores, strict=True):
         ctx.state.update_pair(job_id, pid, {"target_score": s})
-    pairs_scored(ctx, job_id, spec, epoch, prompt, chunk)
-
-
-def pairs_scored(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int, chunk: int) -> None:
-    """A chunk's pairs carry their target scores; the last chunk of the epoch enqueues train(e)."""
-    scope = PAIRS_SCORED.format(epoch=epoch)
-    if fan_in(ctx, job_id, scope, f"p{prompt}-c{chunk}", len(spec.prompts) * chunks(spec)):
-        ctx.dispatch(TRAIN, job_id=job_id, epoch=epoch)
-        sent(ctx, job_id, scope)
+    advance(ctx, job_id, jf, flow.TargetsScored(epoch, prompt, chunk))

@@ -9,10 +9,9 @@ from dfusion_core.pairs import carries_preference
 from services.jobspec import JobSpec
 from services.records import PairRecord, SampleRecord, load_all
 from services.state import JobStatus
-from workers import keys, publish
+from workers import flow, keys, publish
 from workers.keys import derive_seed
-from workers.stages.common import TRAINED, Context, get_all, job_spec, load_trajectory
-from workers.stages.sampling import start_epoch
+from workers.stages.common import Context, advance, get_all, job_spec, load_trajectory
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +25,18 @@ def train(ctx: Context, job_id: str, epoch: int) -> None:
     spec = job_spec(ctx, job_id)
     if spec is None:
         return
-    scope = TRAINED.format(unit=keys.train_unit(epoch))
-    if ctx.state.done_count(job_id, scope) == 0:
+    jf, commit = flow.JobFlow.of(spec), flow.train_commit(epoch)
+    if ctx.state.done_count(job_id, commit.scope) == 0:
         steps = _train_unit(ctx, job_id, spec, epoch)
-        if ctx.state.mark_done(job_id, scope, "commit", 1):
+        if ctx.state.mark_done(job_id, commit.scope, commit.member, commit.expected):
             ctx.state.incr_count(job_id, "trained_steps", steps)
     ctx.state.advance_policy(job_id, epoch, epoch + 1)
-    if epoch + 1 < spec.epochs:
-        start_epoch(ctx, job_id, epoch + 1)
-    elif not ctx.state.get_job(job_id).status.terminal:
+    if job_spec(ctx, job_id) is None:  # cancelled (or failed) while training
+        return
+    if jf.finishes_job(flow.Trained(epoch)):
         ctx.state.set_status(job_id, JobStatus.SUCCEEDED)
+    else:
+        advance(ctx, job_id, jf, flow.Trained(epoch))
 
 
 def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
