@@ -38,10 +38,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.stats import mean_ci  # noqa: E402
-from dfusion_core import toyworld as tw  # noqa: E402
 from dfusion_core.config import SamplingConfig  # noqa: E402
 from dfusion_core.evaluation import evaluate_scores  # noqa: E402
 from dfusion_core.lora import ADAPTER, WEIGHTS_NAME, has_lora, load_lora_bytes  # noqa: E402
+from dfusion_core.toy import model as toy_model  # noqa: E402
+from dfusion_core.toy import scorer as toy_scorer  # noqa: E402
+from dfusion_core.toy import world as tw  # noqa: E402
 from services.jobspec import JobSpec  # noqa: E402
 from workers.embedded import run_embedded  # noqa: E402
 
@@ -83,8 +85,8 @@ class Evaluator:
     """Scores a model's samples on a fixed (caption, seed) grid, the same noise for every arm."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.model = tw.load_toy()
-        self.scorer = tw.ToyScorer()
+        self.model = toy_model.load_toy()
+        self.scorer = toy_scorer.ToyScorer()
         self.sampling = SamplingConfig(num_steps=args.steps, guidance_scale=args.guidance, eta=1.0,
                                        batch_size=args.eval_batch)
 

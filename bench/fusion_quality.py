@@ -13,7 +13,7 @@ own image. Reports, over all pairs:
 - the mean absolute pixel distance target-base against reference-base (fusion should change the
   base where the items are, not replace it with the reference);
 - the IoU of the reference's union item mask, per denoising step, with the true union of the
-  caption's two objects in the reference image (`toyworld.object_masks`).
+  caption's two objects in the reference image (`toy.scorer.object_masks`).
 
 Gate for the toy world: gain >= +0.10 and distance ratio <= 0.5. Writes summary.json under --out;
 the last stdout line is the summary, and one line reads exactly
@@ -38,11 +38,13 @@ import torch  # noqa: E402
 
 from bench.stats import mean_ci  # noqa: E402
 from dfusion_core import pipeline  # noqa: E402
-from dfusion_core import toyworld as tw  # noqa: E402
 from dfusion_core.config import FusionConfig, SamplingConfig  # noqa: E402
 from dfusion_core.items import map_items  # noqa: E402
-from dfusion_core.models import load_model  # noqa: E402
 from dfusion_core.pairs import select_fusion_pairs  # noqa: E402
+from dfusion_core.registry import load_model  # noqa: E402
+from dfusion_core.toy import model as toy_model  # noqa: E402
+from dfusion_core.toy import scorer as toy_scorer  # noqa: E402
+from dfusion_core.toy import world as tw  # noqa: E402
 
 GAIN_GATE, DISTANCE_GATE = 0.10, 0.5
 
@@ -56,7 +58,7 @@ def fusion_config(args: argparse.Namespace) -> FusionConfig:
 def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfig, fusion: FusionConfig,
                   threshold: float) -> list[dict[str, Any]]:
     """Sample, score, pair and fuse one caption: one row per pair."""
-    scorer = tw.ToyScorer()
+    scorer = toy_scorer.ToyScorer()
     trajs = pipeline.sample(model, [caption] * len(seeds), sampling, seeds=seeds)
     images = torch.stack([t.image for t in trajs])
     scores = scorer.score(images, [caption] * len(seeds)).tolist()
@@ -70,12 +72,12 @@ def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfi
     for plan, f, ts in zip(plans, fused, target_scores, strict=True):
         ref, base, tgt = (x.numpy().astype(np.float32) / 255 for x in
                           (images[plan.reference], images[plan.base], f.target.image))
-        truth = tw.object_masks(images[plan.reference].numpy(), caption).any(0)
+        truth = toy_scorer.object_masks(images[plan.reference].numpy(), caption).any(0)
         rows.append({
             "caption": caption, "reference_score": scores[plan.reference], "base_score": scores[plan.base],
             "target_score": ts, "gain": ts - scores[plan.base],
             "dist_target_base": float(np.abs(tgt - base).mean()), "dist_reference_base": float(np.abs(ref - base).mean()),
-            "mask_iou": [tw.mask_iou(m, f.mask_resolution, truth) for m in f.masks],
+            "mask_iou": [toy_scorer.mask_iou(m, f.mask_resolution, truth) for m in f.masks],
             "mask_cover": [float(m.amax(-1).mean()) for m in f.masks],
         })
     return rows
@@ -112,7 +114,7 @@ def gain_line(summary: dict[str, Any]) -> str:
 def load(name: str):
     """'toy', a folder of toy weights (scripts/train_toy.py --out), or anything `load_model` takes."""
     if (Path(name) / "unet.safetensors").is_file():
-        return tw.load_toy(folder=name)
+        return toy_model.load_toy(folder=name)
     return load_model(name)
 
 

@@ -1,6 +1,6 @@
 """dfusion demo: a whole embedded job in a few minutes on 2 CPU cores.
 
-Default: the shipped toy-world model (coloured shapes, `dfusion_core/toyworld.py`) with its exact
+Default: the shipped toy-world model (coloured shapes, `dfusion_core/toy/`) with its exact
 scorer and its fusion and training presets, on four toy captions; it ends by printing the held-out
 score of the untrained and the trained model on the same noise. `--model tiny` runs the random tiny
 model on two of the paper's prompts instead (machinery only: its images are noise).
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.model == "toy":
-        from dfusion_core import toyworld
+        from dfusion_core.toy import world as toyworld
 
         # absolute thresholds are unused: the toy preset cuts each item's map relative to itself
         prompts = [{"text": t, "items": toyworld.parse_caption(t).items, "mask_thresholds": [0.5, 0.5]}

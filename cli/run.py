@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from cli.jobargs import add_job_flags, job_body, read_prompts
 from dfusion_core.errors import ConfigError
+from dfusion_core.registry import MODELS
 
 DEMO_PROMPTS = ["a cat eating a sandwich", "a red and woolen dog"]
 
@@ -33,10 +34,10 @@ def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[object, d
 
     models: dict[str, str] = {}
     model = args.model
-    if model not in ("tiny", "toy"):
+    if model not in MODELS:
         folder = Path(model)
         if not folder.is_dir():
-            raise ConfigError("model", f"{model} is neither 'tiny' nor a local diffusers folder")
+            raise ConfigError("model", f"{model} is neither one of {', '.join(MODELS)} nor a local diffusers folder")
         models, model = {"local": str(folder.resolve())}, "local"
     try:
         return JobSpec.model_validate(job_body(prompts, args, model=model)), models

@@ -1,8 +1,9 @@
-"""Model loading: a Stable Diffusion bundle from a local diffusers folder, or the `tiny` preset.
+"""Models: a Stable Diffusion bundle from a local diffusers folder, or the `tiny` preset.
 
 Nothing here downloads: real weights come from local paths, and the tiny preset is built
 from configs under a fixed seed (inside `torch.random.fork_rng`, so the caller's global
 RNG is untouched). Tokenisation is CLIP's real BPE, shipped in `assets/tokenizer`.
+Models are resolved by name (`tiny`, `toy`) or folder in `dfusion_core.registry.load_model`.
 """
 
 from __future__ import annotations
@@ -141,20 +142,14 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
         vae = AutoencoderKL(**TINY_VAE_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
     scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
-    return _assemble(unet, vae, text_encoder, load_tokenizer(), scheduler, TINY, device, dtype)
+    return assemble(unet, vae, text_encoder, load_tokenizer(), scheduler, TINY, device, dtype)
 
 
-def load_model(
-    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+def load_pretrained(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> DiffusionModel:
-    """`tiny`, or a local diffusers folder in SD 1.x / 2.x layout (unet/, vae/, text_encoder/, ...)."""
-    if str(name_or_path) == TINY:
-        return build_tiny(device, dtype)
-    if str(name_or_path) == "toy":  # the trained toy-world model shipped in assets/toy
-        from dfusion_core.toyworld import load_toy
-
-        return load_toy(device, dtype)
-    root = Path(name_or_path)
+    """A local diffusers folder in SD 1.x / 2.x layout (unet/, vae/, text_encoder/, ...)."""
+    root = Path(path)
     missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (root / sub).is_dir()]
     if missing:
         raise ConfigError("model", f"{root} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})")
@@ -164,11 +159,11 @@ def load_model(
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw)
     tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw)
     scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", **kw)
-    return _assemble(unet, vae, text_encoder, tokenizer, scheduler, str(root), device, dtype)
+    return assemble(unet, vae, text_encoder, tokenizer, scheduler, str(root), device, dtype)
 
 
 def save_model(model: DiffusionModel, path: str | Path) -> Path:
-    """Write the model as a diffusers folder that `load_model` and `StableDiffusionPipeline` read."""
+    """Write the model as a diffusers folder that `load_pretrained` and `StableDiffusionPipeline` read."""
     root = Path(path)
     model.unet.save_pretrained(root / "unet")
     model.vae.save_pretrained(root / "vae")
@@ -194,7 +189,8 @@ def to_diffusers_pipeline(model: DiffusionModel):  # -> StableDiffusionPipeline
     )
 
 
-def _assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype) -> DiffusionModel:
+def assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype) -> DiffusionModel:
+    """Frozen, eval-mode modules on `device` in `dtype`, with a DDIM scheduler, as one `DiffusionModel`."""
     device = torch.device(device)
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)

@@ -7,14 +7,14 @@ side, centre-crop, normalise) runs in torch, so no image processor or torchvisio
 - `ClipScorer`: transformers `CLIPModel` from a local folder (`ClipScorer.from_pretrained`).
 - `OpenClipScorer`: OpenCLIP (the paper's ViT-H-14, laion2B-s32B-b79K), imported lazily; install
   the `openclip` extra on GPU boxes. Name it as `openclip:<arch>:<weights path>`.
-- `tiny`: a random tiny CLIPModel from a config under a fixed seed, with the shipped tokenizer.
-New scorers plug in with `@register_scorer("name")` on a factory `(device, dtype) -> Scorer`.
+- `build_tiny_scorer`: a random tiny CLIPModel from a config under a fixed seed, with the shipped tokenizer.
+Scorers are resolved by name or path in `dfusion_core.registry.build_scorer`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -156,26 +156,6 @@ class OpenClipScorer:
         return (img * txt).sum(-1).cpu()
 
 
-# -- registry ---------------------------------------------------------------------------------
-ScorerFactory = Callable[[torch.device | str, torch.dtype], Scorer]
-_REGISTRY: dict[str, ScorerFactory] = {}
-
-
-def register_scorer(name: str) -> Callable[[ScorerFactory], ScorerFactory]:
-    """Decorator: make `build_scorer(name)` call the factory `(device, dtype) -> Scorer`."""
-    def deco(factory: ScorerFactory) -> ScorerFactory:
-        if name in _REGISTRY:
-            raise ConfigError("scorer", f"a scorer named {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-    return deco
-
-
-def available_scorers() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-@register_scorer("tiny")
 def build_tiny_scorer(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ClipScorer:
     """A random tiny CLIPModel (fixed seed, forked RNG) with the shipped CLIP tokenizer: for tests."""
     config = CLIPConfig(text_config=dict(TINY_TEXT_CONFIG), vision_config=dict(TINY_VISION_CONFIG),
@@ -184,23 +164,3 @@ def build_tiny_scorer(device: torch.device | str = "cpu", dtype: torch.dtype = t
         torch.manual_seed(TINY_SEED)
         model = CLIPModel(config)
     return ClipScorer(model, load_tokenizer(), device=device, dtype=dtype)
-
-
-def build_scorer(name_or_path: str | Path, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Scorer:
-    """A registered name (`tiny`, ...), `openclip:<arch>:<weights>`, or a local transformers CLIP folder."""
-    name = str(name_or_path)
-    if name in _REGISTRY:
-        return _REGISTRY[name](device, dtype)
-    if name.startswith("openclip:"):
-        parts = name.split(":", 2)
-        if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise ConfigError("scorer", f"write OpenCLIP scorers as 'openclip:<arch>:<weights>', got {name!r}")
-        return OpenClipScorer.from_pretrained(parts[1], parts[2], device, dtype)
-    if Path(name).is_dir():
-        return ClipScorer.from_pretrained(name, device, dtype)
-    raise ConfigError("scorer", f"unknown scorer {name!r}: use one of {available_scorers()}, "
-                      "'openclip:<arch>:<weights>' or a local CLIP folder")
-
-
-import dfusion_core.toyworld  # noqa: E402,F401 - registers the exact "toy" scorer

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
-from dfusion_core import toyworld as tw
 from dfusion_core.models import SD_SCHEDULER_CONFIG, load_tokenizer
+from dfusion_core.toy import model as toy_model
+from dfusion_core.toy import world as tw
 
 log = logging.getLogger("train_toy")
 
@@ -102,7 +103,7 @@ def _export(out: Path, unet, text, ema: dict, step: int, args: argparse.Namespac
             named[k].copy_(v)
     meta = {"step": step, "init": str(args.init) if args.init else None, "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
             "heldout": "captions with tw.is_heldout(text) were never trained on"}
-    tw.save_toy_weights(unet, text, out, meta)
+    toy_model.save_toy_weights(unet, text, out, meta)
     with torch.no_grad():
         for k, v in backup.items():
             named[k].copy_(v)
@@ -118,7 +119,7 @@ def train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    unet, text = tw.load_toy_modules(args.init, strict=False) if args.init else tw.build_toy_modules(seed=args.seed)
+    unet, text = toy_model.load_toy_modules(args.init, strict=False) if args.init else toy_model.build_toy_modules(seed=args.seed)
     unet.to(device).train()
     text.to(device).train()
     tokenizer = load_tokenizer()
@@ -149,7 +150,7 @@ def train(args: argparse.Namespace) -> int:
         idx = np.where(drop, len(captions), idx)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        x0 = F.pixel_unshuffle(pixels, tw.LATENT_FACTOR).to(device)
+        x0 = F.pixel_unshuffle(pixels, toy_model.LATENT_FACTOR).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen).to(device)
         a = alphas[t].view(-1, 1, 1, 1)

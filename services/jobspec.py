@@ -19,6 +19,11 @@ MAX_PROMPT_CHARS = 300
 MAX_PROMPTS = 256
 MAX_SAMPLES_PER_PROMPT = 256
 MAX_EPOCHS = 100
+#: The model and scorer of a job that names none: the random `tiny` pair (dfusion_core/registry.py).
+#: It takes any prompt and needs no weights, so a job checks the plumbing anywhere; its scores mean
+#: nothing. Alignment is measured with `toy` (toy-world captions only) or a real model (README).
+DEFAULT_MODEL = "tiny"
+DEFAULT_SCORER = "tiny"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -95,14 +100,14 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     prompts: list[PromptSpec] = Field(..., min_length=1, max_length=MAX_PROMPTS)
-    model: str = Field("tiny", description="'tiny' or a model name registered in the workers' settings")
+    model: str = Field(DEFAULT_MODEL, description="'tiny', 'toy' or a model name registered in the workers' settings")
     samples_per_prompt: int = Field(8, ge=4, le=MAX_SAMPLES_PER_PROMPT, description="positive multiple of 4")
     epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    scorer: str = Field("tiny", description="alignment scorer: 'tiny' or a registered name")
+    scorer: str = Field(DEFAULT_SCORER, description="alignment scorer: 'tiny', 'toy' or a registered name")
     eval_prompts: list[str] = Field(default_factory=list, max_length=64, description="held-out prompts; [] = shipped test split")
     eval_seeds: int = Field(2, ge=1, le=16, description="samples per held-out prompt")
 

@@ -33,8 +33,8 @@ def _loaded(modules: list[str]) -> set[str]:
 
 def test_the_walk_finds_every_module() -> None:
     for name in ("attention", "blocks", "checkpoint", "config", "evaluation", "fusion", "items", "lora", "losses",
-                 "models", "pairs", "pipeline", "sampling", "scoring", "storage", "toyworld", "training",
-                 "trajectories"):
+                 "models", "pairs", "pipeline", "registry", "sampling", "scoring", "storage", "toy.world",
+                 "toy.scorer", "toy.model", "training", "trajectories"):
         assert f"dfusion_core.{name}" in CORE
     for name in ("state", "state.protocol", "state.redis", "state.memory", "state.tokens", "state.types",
                  "state.keys", "telemetry", "stack_plan"):
@@ -51,8 +51,10 @@ def test_core_reads_no_environment() -> None:
         assert "os.environ" not in text and "getenv" not in text, path.name
 
 
-def test_config_is_torch_free() -> None:
-    assert "torch" not in _loaded(["dfusion_core.config", "dfusion_core.storage", "dfusion_core.errors"])
+def test_config_registry_and_toy_world_are_torch_free() -> None:
+    modules = ["dfusion_core.config", "dfusion_core.storage", "dfusion_core.errors", "dfusion_core.registry",
+               "dfusion_core.toy.world"]
+    assert "torch" not in _loaded(modules)
 
 
 def test_services_never_import_torch() -> None:

@@ -16,15 +16,12 @@ import torch
 
 from dfusion_core.errors import ConfigError
 from dfusion_core.lora import ADAPTER, has_lora, load_lora_bytes
-from dfusion_core.models import DiffusionModel, load_model
+from dfusion_core.models import DiffusionModel
+from dfusion_core.registry import MODELS, build_scorer, load_model
 from dfusion_core.storage import BlobStore
 from workers import keys
 
 log = logging.getLogger(__name__)
-
-#: Models every worker builds without configuration: random `tiny`, the shipped toy-world `toy`.
-BUILTIN_MODELS = ("tiny", "toy")
-
 
 def pick_device(device: str | None) -> torch.device:
     if device:
@@ -50,16 +47,14 @@ class Runtime:
     def model(self, name: str) -> DiffusionModel:
         with self.lock:
             if name not in self._models:
-                if name not in BUILTIN_MODELS and name not in self.models:
-                    raise ConfigError("model", f"unknown model {name!r}; built in: {', '.join(BUILTIN_MODELS)}; "
+                if name not in MODELS and name not in self.models:
+                    raise ConfigError("model", f"unknown model {name!r}; built in: {', '.join(MODELS)}; "
                                       f"registered: {', '.join(self.models) or 'none'}")
                 log.info("loading model %s on %s", name, self.device)
                 self._models[name] = load_model(self.models.get(name, name), self.device, self.dtype)
             return self._models[name]
 
     def scorer(self, name: str):
-        from dfusion_core.scoring import build_scorer
-
         with self.lock:
             if name not in self._scorers:
                 self._scorers[name] = build_scorer(name, device=self.device)

@@ -1,21 +1,12 @@
-"""A small world where alignment can be measured exactly: scenes of two coloured shapes.
+"""The toy world's data: scenes of two coloured shapes, their captions and the fixed splits.
 
-- Data: `render` draws a `Scene` (two objects, each a colour, a shape, a centre and a size) as
-  uint8 [S, S, 3] on black; `sample_scene` places the objects of a caption such as
-  "a red circle above a blue square" (an attribute binding per object and a spatial relation,
-  the analogues of the paper's templates). `CAPTIONS` holds every caption of the world (two
-  distinct colours, two distinct shapes, four relations); `heldout_captions()` is a fixed split
-  of combinations never shown in training, `train_captions()` the rest.
-- Scorer: `ToyScorer` reads colours, shapes and the relation back from pixels and returns the
-  fraction of the caption's five facts that hold (colour of A present, A's shape, colour of B
-  present, B's shape, the relation between them): 1.0 for a faithful render, in [0, 1] always.
-  Registered as the `toy` scorer.
-- Model: pixel-space diffusion (a `UNet2DConditionModel` on the 32x32x3 image folded space-to-depth
-  into 12x16x16, a small `CLIPTextModel` on the shipped CLIP BPE) behind `PixelVAE`, an exact
-  weightless "autoencoder" (pixel_unshuffle / pixel_shuffle), so the rest of dfusion, which decodes
-  latents through `model.vae`, needs no change. `build_toy`
-  gives untrained weights from the configs; `load_toy` reads the shipped, trained weights
-  (assets/toy/*.safetensors, stored in fp16), trained by scripts/train_toy.py.
+`render` draws a `Scene` (two objects, each a colour, a shape, a centre and a size) as uint8
+[S, S, 3] on black; `sample_scene` places the objects of a caption such as "a red circle above a
+blue square" (an attribute binding per object and a spatial relation, the analogues of the paper's
+templates). `CAPTIONS` holds every caption of the world (two distinct colours, two distinct shapes,
+four relations); `heldout_captions()` is a fixed split of combinations never shown in training,
+`train_captions()` the rest. `TOY_FUSION` and `TOY_TRAINING` are the job settings measured for the
+toy model. Pure numpy: importing this module loads no torch.
 
 All randomness comes from an explicit `numpy.random.Generator`; nothing is seeded globally.
 """
@@ -23,24 +14,13 @@ All randomness comes from an explicit `numpy.random.Generator`; nothing is seede
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from dfusion_core.errors import ConfigError
-from dfusion_core.models import SD_SCHEDULER_CONFIG, DiffusionModel, _assemble, load_tokenizer
-from dfusion_core.scoring import register_scorer
 
 TOY = "toy"
 IMAGE_SIZE = 32
@@ -76,7 +56,6 @@ _CAPTION = re.compile(
 )
 
 
-# -- data -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Obj:
     """One shape: its colour and shape words, centre (cx, cy) in pixels and half-extent."""
@@ -205,264 +184,3 @@ def make_batch(
 ) -> np.ndarray:
     """uint8 [B, size, size, 3]: one fresh scene per caption."""
     return np.stack([render(sample_scene(c, rng, size), size) for c in captions])
-
-
-# -- scorer ---------------------------------------------------------------------------------
-_PALETTE = np.array([(0, 0, 0), *COLOURS.values()], np.float32)  # index 0 = background
-_NAMES = ("background", *COLOURS)
-MIN_AREA = 12  # pixels a colour needs to count as an object (a 9x9 triangle has about 45)
-SQUARE_FILL, TRIANGLE_FILL = 0.93, 0.7  # fill ratio of the bounding box: square 1, disc 0.80-0.85, triangle 0.57-0.61
-RELATION_MARGIN = 2.0  # pixels between centroids for a relation to hold
-
-
-@dataclass(frozen=True)
-class Region:
-    """The largest 4-connected blob of one colour: area, centroid (x, y), bounding-box fill ratio."""
-
-    area: int
-    cx: float
-    cy: float
-    fill: float
-
-    @property
-    def shape(self) -> str:
-        if self.fill >= SQUARE_FILL:
-            return "square"
-        return "circle" if self.fill >= TRIANGLE_FILL else "triangle"
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of a boolean mask (iterative min-label propagation)."""
-    h, w = mask.shape
-    big = h * w + 1
-    labels = np.where(mask, np.arange(h * w).reshape(h, w), big)
-    while True:
-        prev = labels
-        padded = np.pad(labels, 1, constant_values=big)
-        neigh = np.minimum.reduce([padded[1:-1, 1:-1], padded[:-2, 1:-1], padded[2:, 1:-1],
-                                   padded[1:-1, :-2], padded[1:-1, 2:]])
-        labels = np.where(mask, neigh, big)
-        if np.array_equal(labels, prev):
-            break
-    ids, counts = np.unique(labels[mask], return_counts=True)
-    return labels == ids[np.argmax(counts)]
-
-
-def _nearest_palette(image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] -> int [H, W]: each pixel's nearest palette entry (0 = background)."""
-    return ((image.astype(np.float32)[:, :, None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
-
-
-def segment(image: np.ndarray) -> dict[str, Region]:
-    """uint8 [H, W, 3] -> the colours present (largest blob of >= MIN_AREA pixels each)."""
-    nearest = _nearest_palette(image)
-    out: dict[str, Region] = {}
-    for k in range(1, len(_NAMES)):
-        mask = nearest == k
-        if mask.sum() < MIN_AREA:
-            continue
-        blob = _largest_component(mask)
-        area = int(blob.sum())
-        if area < MIN_AREA:
-            continue
-        ys, xs = np.nonzero(blob)
-        box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
-        out[_NAMES[k]] = Region(area, float(xs.mean()), float(ys.mean()), area / float(box))
-    return out
-
-
-def object_masks(image: np.ndarray, caption: str | Caption) -> np.ndarray:
-    """Boolean [2, H, W]: where the caption's two objects are in an image, as the scorer sees them
-    (the largest blob of each object's colour; all False when the colour is absent). The ground
-    truth that item masks are measured against."""
-    c = parse_caption(caption) if isinstance(caption, str) else caption
-    nearest = _nearest_palette(image)
-    out = np.zeros((2, *image.shape[:2]), bool)
-    for k, colour in enumerate((c.colour_a, c.colour_b)):
-        mask = nearest == _NAMES.index(colour)
-        if mask.sum() >= MIN_AREA:
-            out[k] = _largest_component(mask)
-    return out
-
-
-def mask_iou(item_masks: torch.Tensor, resolution: int, truth: np.ndarray) -> float:
-    """IoU of a fusion mask with the truth: the union of item masks [R*R, items] on the RxR grid,
-    nearest-upsampled to the image, against boolean `truth` [S, S] (e.g. `object_masks(...).any(0)`)."""
-    union = item_masks.amax(-1).reshape(resolution, resolution).cpu().numpy() > 0
-    up = np.kron(union, np.ones((truth.shape[0] // resolution, truth.shape[1] // resolution), bool))
-    inter, either = (up & truth).sum(), (up | truth).sum()
-    return float(inter / either) if either else 1.0
-
-
-def relation_holds(relation: str, a: Region, b: Region, margin: float = RELATION_MARGIN) -> bool:
-    if relation == "above":
-        return a.cy < b.cy - margin
-    if relation == "below":
-        return a.cy > b.cy + margin
-    if relation == "left of":
-        return a.cx < b.cx - margin
-    if relation == "right of":
-        return a.cx > b.cx + margin
-    raise ConfigError("relation", f"unknown relation {relation!r}")
-
-
-def caption_facts(image: np.ndarray, caption: str | Caption) -> list[bool]:
-    """The caption's five facts read from the image: A's colour, A's shape, B's colour, B's shape, relation."""
-    c = parse_caption(caption) if isinstance(caption, str) else caption
-    regions = segment(image)
-    a, b = regions.get(c.colour_a), regions.get(c.colour_b)
-    return [
-        a is not None,
-        a is not None and a.shape == c.shape_a,
-        b is not None,
-        b is not None and b.shape == c.shape_b,
-        a is not None and b is not None and relation_holds(c.relation, a, b),
-    ]
-
-
-class ToyScorer:
-    """Exact alignment for the toy world: the fraction of the caption's five facts the pixels satisfy."""
-
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-            raise ConfigError("images", f"expected uint8 [B, H, W, 3], got {images.dtype} {tuple(images.shape)}")
-        if len(prompts) != images.shape[0]:
-            raise ConfigError("prompts", f"{len(prompts)} prompts for {images.shape[0]} images")
-        arr = images.cpu().numpy()
-        return torch.tensor([float(np.mean(caption_facts(img, p))) for img, p in zip(arr, prompts, strict=True)],
-                            dtype=torch.float32)
-
-
-@register_scorer(TOY)
-def build_toy_scorer(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ToyScorer:
-    """The exact toy-world scorer (pure numpy on the CPU; device and dtype are ignored)."""
-    return ToyScorer()
-
-
-# -- model ----------------------------------------------------------------------------------
-class PixelVAE(ModelMixin, ConfigMixin):
-    """An exact, weightless "autoencoder": space-to-depth by `factor` (pixel_unshuffle).
-
-    Latents [B, 3*f*f, S/f, S/f] are the image in [-1, 1], rearranged; decode is pixel_shuffle,
-    so the model is pixel-space diffusion at 1/f the spatial cost. Provides what dfusion reads
-    from `model.vae`: `config.scaling_factor`, `config.block_out_channels` (its length gives the
-    scale factor f = 2**(len-1)), `decode(z).sample`, and `encode(x)` for data.
-    """
-
-    @register_to_config
-    def __init__(self, factor: int = 2, scaling_factor: float = 1.0, block_out_channels: tuple[int, ...] = (12, 12)):
-        super().__init__()
-        if 2 ** (len(block_out_channels) - 1) != factor:
-            raise ConfigError("vae", f"block_out_channels {block_out_channels} do not give the factor {factor}")
-        # one frozen scalar so .to(device/dtype) and next(parameters()) behave as for any module
-        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
-
-    @dataclass
-    class Output:
-        sample: torch.Tensor
-
-    def encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, S, S] in [-1, 1] -> latents [B, 3*f*f, S/f, S/f]."""
-        return torch.nn.functional.pixel_unshuffle(x, self.config.factor)
-
-    def decode(self, z: torch.Tensor, return_dict: bool = True) -> Any:
-        x = torch.nn.functional.pixel_shuffle(z, self.config.factor)
-        return PixelVAE.Output(x) if return_dict else (x,)
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.decode(self.encode_pixels(x))
-
-
-LATENT_FACTOR = 2
-LATENT_CHANNELS = 3 * LATENT_FACTOR**2
-
-TOY_UNET_CONFIG: dict = {
-    "sample_size": IMAGE_SIZE // LATENT_FACTOR,
-    "in_channels": LATENT_CHANNELS,
-    "out_channels": LATENT_CHANNELS,
-    "layers_per_block": 1,
-    "block_out_channels": [48, 96, 96],
-    # attention at every level, 16x16 included: that is where layout and objects live, so the
-    # cross-attention maps can find the items and self-attention fusion can move them
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 64,
-    "attention_head_dim": 4,
-    "norm_num_groups": 16,
-}
-
-TOY_TEXT_CONFIG: dict = {
-    "vocab_size": 49408,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 77,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
-}
-
-
-def toy_dir() -> Path:
-    return Path(str(resources.files("dfusion_core") / "assets" / "toy"))
-
-
-def build_toy_modules(seed: int = 0) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Untrained UNet and text encoder from the configs under `seed` (forked RNG)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TOY_UNET_CONFIG)
-        text = CLIPTextModel(CLIPTextConfig(**TOY_TEXT_CONFIG))
-    return unet, text
-
-
-def assemble_toy(
-    unet: UNet2DConditionModel, text: CLIPTextModel, device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32, name: str = TOY,
-) -> DiffusionModel:
-    vae: Any = PixelVAE(factor=LATENT_FACTOR, block_out_channels=(LATENT_CHANNELS,) * (LATENT_FACTOR.bit_length()))
-    return _assemble(unet, vae, text, load_tokenizer(), DDIMScheduler(**SD_SCHEDULER_CONFIG), name, device, dtype)
-
-
-def build_toy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> DiffusionModel:
-    """The toy architecture with untrained weights (the 'no training at all' baseline)."""
-    unet, text = build_toy_modules(seed)
-    return assemble_toy(unet, text, device, dtype, name=f"{TOY}-untrained")
-
-
-def save_toy_weights(unet: torch.nn.Module, text: torch.nn.Module, folder: str | Path, meta: dict | None = None) -> None:
-    """unet.safetensors + text_encoder.safetensors (fp16) + meta.json in `folder`."""
-    from safetensors.torch import save_file
-
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    for name, module in (("unet", unet), ("text_encoder", text)):
-        state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(root / f"{name}.safetensors"))
-    (root / "meta.json").write_text(json.dumps(meta or {}, indent=2))
-
-
-def load_toy_modules(
-    folder: str | Path | None = None, strict: bool = True
-) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Toy weights from `folder` (default: the shipped ones). `strict=False` lets weights of a smaller
-    architecture seed a grown one (its extra layers keep their fresh init), as scripts/train_toy.py --init does."""
-    from safetensors.torch import load_file
-
-    root = Path(folder) if folder is not None else toy_dir()
-    if not (root / "unet.safetensors").is_file():
-        raise ConfigError("model", f"no toy weights in {root} (train them with scripts/train_toy.py)")
-    unet, text = build_toy_modules()
-    for name, module in (("unet", unet), ("text_encoder", text)):
-        state = {k: v.float() for k, v in load_file(str(root / f"{name}.safetensors")).items()}
-        module.load_state_dict(state, strict=strict)
-    return unet, text
-
-
-def load_toy(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, folder: str | Path | None = None
-) -> DiffusionModel:
-    """The trained toy model (default: the weights shipped in assets/toy)."""
-    unet, text = load_toy_modules(folder)
-    return assemble_toy(unet, text, device, dtype)

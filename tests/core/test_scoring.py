@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dfusion_core import scoring
+from dfusion_core import registry
 from dfusion_core.errors import ConfigError
-from dfusion_core.scoring import (
-    ClipScorer,
-    Scorer,
-    available_scorers,
-    build_scorer,
-    preprocess,
-    register_scorer,
-)
+from dfusion_core.registry import available_scorers, build_scorer, register_scorer
+from dfusion_core.scoring import ClipScorer, Scorer, preprocess
 
 
 def _images(n: int = 3, h: int = 64, w: int = 48) -> torch.Tensor:
@@ -63,7 +57,7 @@ def test_preprocess_resizes_crops_and_normalises():
 @pytest.fixture
 def _clean_registry():
     yield
-    scoring._REGISTRY.pop("constant-test", None)
+    registry.SCORERS.pop("constant-test", None)
 
 
 def test_registry_and_errors(_clean_registry):

@@ -1,4 +1,4 @@
-"""The toy world's data and exact scorer (dfusion_core/toyworld.py)."""
+"""The toy world's data and exact scorer (dfusion_core/toy/world.py, dfusion_core/toy/scorer.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfusion_core import toyworld as tw
 from dfusion_core.errors import ConfigError
-from dfusion_core.scoring import available_scorers, build_scorer
+from dfusion_core.registry import available_scorers, build_scorer
+from dfusion_core.toy import model as toy_model
+from dfusion_core.toy import scorer as toy_scorer
+from dfusion_core.toy import world as tw
 
 FLIP = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
@@ -52,7 +54,7 @@ def test_generation_is_deterministic_and_follows_the_caption():
 
 def test_scorer_is_exact_on_ground_truth_and_penalises_wrong_captions():
     scorer = build_scorer("toy")
-    assert "toy" in available_scorers() and isinstance(scorer, tw.ToyScorer)
+    assert "toy" in available_scorers() and isinstance(scorer, toy_scorer.ToyScorer)
     caps = [tw.CAPTIONS[i % len(tw.CAPTIONS)] for i in range(0, 600, 3)]
     images = torch.from_numpy(tw.make_batch(caps, np.random.default_rng(0)))
     assert torch.equal(scorer.score(images, caps), torch.ones(len(caps)))
@@ -64,7 +66,7 @@ def test_scorer_is_exact_on_ground_truth_and_penalises_wrong_captions():
 
 
 def test_scorer_checks_its_inputs():
-    scorer = tw.ToyScorer()
+    scorer = toy_scorer.ToyScorer()
     with pytest.raises(ConfigError):
         scorer.score(torch.zeros(1, 32, 32, 3), ["a red circle above a blue square"])
     with pytest.raises(ConfigError):
@@ -72,7 +74,7 @@ def test_scorer_checks_its_inputs():
 
 
 def test_pixel_vae_is_exact():
-    vae = tw.PixelVAE(factor=2, block_out_channels=(12, 12))
+    vae = toy_model.PixelVAE(factor=2, block_out_channels=(12, 12))
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     z = vae.encode_pixels(x)
     assert z.shape == (2, 12, 16, 16)

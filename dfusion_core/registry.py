@@ -1,0 +1,110 @@
+"""The models and scorers dfusion builds by name: one explicit table each.
+
+| name   | model                                        | scorer                                      |
+|--------|----------------------------------------------|---------------------------------------------|
+| `tiny` | random weights from configs (`models`)       | random tiny CLIP (`scoring`)                |
+| `toy`  | the shipped, trained toy model (`toy.model`) | the exact toy-world scorer (`toy.scorer`)   |
+
+Anything else is a path: a local diffusers folder for models; a local transformers CLIP folder or
+`openclip:<arch>:<weights>` for scorers. Each builder imports its module when called, so this
+module loads no torch and the API can list the names (`MODELS`, `SCORERS`) without it. Plug-in
+scorers are added with `register_scorer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfusion_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from dfusion_core.models import DiffusionModel
+    from dfusion_core.scoring import Scorer
+
+#: `(device, dtype) -> DiffusionModel` and `(device, dtype) -> Scorer`.
+ModelBuilder = Callable[[Any, Any], "DiffusionModel"]
+ScorerFactory = Callable[[Any, Any], "Scorer"]
+
+
+def _tiny_model(device: torch.device | str, dtype: torch.dtype) -> DiffusionModel:
+    from dfusion_core.models import build_tiny
+
+    return build_tiny(device, dtype)
+
+
+def _toy_model(device: torch.device | str, dtype: torch.dtype) -> DiffusionModel:
+    from dfusion_core.toy.model import load_toy
+
+    return load_toy(device, dtype)
+
+
+def _tiny_scorer(device: torch.device | str, dtype: torch.dtype) -> Scorer:
+    from dfusion_core.scoring import build_tiny_scorer
+
+    return build_tiny_scorer(device, dtype)
+
+
+def _toy_scorer(device: torch.device | str, dtype: torch.dtype) -> Scorer:
+    from dfusion_core.toy.scorer import build_toy_scorer
+
+    return build_toy_scorer(device, dtype)
+
+
+MODELS: dict[str, ModelBuilder] = {"tiny": _tiny_model, "toy": _toy_model}
+SCORERS: dict[str, ScorerFactory] = {"tiny": _tiny_scorer, "toy": _toy_scorer}
+
+
+def register_scorer(name: str) -> Callable[[ScorerFactory], ScorerFactory]:
+    """Decorator: make `build_scorer(name)` call the factory `(device, dtype) -> Scorer`."""
+    def deco(factory: ScorerFactory) -> ScorerFactory:
+        if name in SCORERS:
+            raise ConfigError("scorer", f"a scorer named {name!r} is already registered")
+        SCORERS[name] = factory
+        return factory
+    return deco
+
+
+def available_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def available_scorers() -> list[str]:
+    return sorted(SCORERS)
+
+
+def load_model(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> DiffusionModel:
+    """A name in `MODELS`, or a local diffusers folder in SD 1.x / 2.x layout. `dtype` None = float32."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    name = str(name_or_path)
+    if name in MODELS:
+        return MODELS[name](device, dtype)
+    from dfusion_core.models import load_pretrained
+
+    return load_pretrained(name, device, dtype)
+
+
+def build_scorer(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Scorer:
+    """A name in `SCORERS`, `openclip:<arch>:<weights>`, or a local transformers CLIP folder."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    name = str(name_or_path)
+    if name in SCORERS:
+        return SCORERS[name](device, dtype)
+    from dfusion_core.scoring import ClipScorer, OpenClipScorer
+
+    if name.startswith("openclip:"):
+        parts = name.split(":", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ConfigError("scorer", f"write OpenCLIP scorers as 'openclip:<arch>:<weights>', got {name!r}")
+        return OpenClipScorer.from_pretrained(parts[1], parts[2], device, dtype)
+    if Path(name).is_dir():
+        return ClipScorer.from_pretrained(name, device, dtype)
+    raise ConfigError("scorer", f"unknown scorer {name!r}: use one of {available_scorers()}, "
+                      "'openclip:<arch>:<weights>' or a local CLIP folder")

@@ -1,0 +1,155 @@
+"""The toy world's model: pixel-space diffusion behind an exact, weightless "autoencoder".
+
+A `UNet2DConditionModel` on the 32x32x3 image folded space-to-depth into 12x16x16 and a small
+`CLIPTextModel` on the shipped CLIP BPE, behind `PixelVAE` (pixel_unshuffle / pixel_shuffle), so
+the rest of dfusion, which decodes latents through `model.vae`, needs no change. `build_toy` gives
+untrained weights from the configs; `load_toy` reads the shipped, trained weights
+(assets/toy/*.safetensors, stored in fp16), trained by scripts/train_toy.py. Built by name as the
+`toy` model (dfusion_core/registry.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from dfusion_core.errors import ConfigError
+from dfusion_core.models import SD_SCHEDULER_CONFIG, DiffusionModel, assemble, load_tokenizer
+from dfusion_core.toy.world import IMAGE_SIZE, TOY
+
+
+class PixelVAE(ModelMixin, ConfigMixin):
+    """An exact, weightless "autoencoder": space-to-depth by `factor` (pixel_unshuffle).
+
+    Latents [B, 3*f*f, S/f, S/f] are the image in [-1, 1], rearranged; decode is pixel_shuffle,
+    so the model is pixel-space diffusion at 1/f the spatial cost. Provides what dfusion reads
+    from `model.vae`: `config.scaling_factor`, `config.block_out_channels` (its length gives the
+    scale factor f = 2**(len-1)), `decode(z).sample`, and `encode(x)` for data.
+    """
+
+    @register_to_config
+    def __init__(self, factor: int = 2, scaling_factor: float = 1.0, block_out_channels: tuple[int, ...] = (12, 12)):
+        super().__init__()
+        if 2 ** (len(block_out_channels) - 1) != factor:
+            raise ConfigError("vae", f"block_out_channels {block_out_channels} do not give the factor {factor}")
+        # one frozen scalar so .to(device/dtype) and next(parameters()) behave as for any module
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    @dataclass
+    class Output:
+        sample: torch.Tensor
+
+    def encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, S, S] in [-1, 1] -> latents [B, 3*f*f, S/f, S/f]."""
+        return torch.nn.functional.pixel_unshuffle(x, self.config.factor)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True) -> Any:
+        x = torch.nn.functional.pixel_shuffle(z, self.config.factor)
+        return PixelVAE.Output(x) if return_dict else (x,)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.decode(self.encode_pixels(x))
+
+
+LATENT_FACTOR = 2
+LATENT_CHANNELS = 3 * LATENT_FACTOR**2
+
+TOY_UNET_CONFIG: dict = {
+    "sample_size": IMAGE_SIZE // LATENT_FACTOR,
+    "in_channels": LATENT_CHANNELS,
+    "out_channels": LATENT_CHANNELS,
+    "layers_per_block": 1,
+    "block_out_channels": [48, 96, 96],
+    # attention at every level, 16x16 included: that is where layout and objects live, so the
+    # cross-attention maps can find the items and self-attention fusion can move them
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 64,
+    "attention_head_dim": 4,
+    "norm_num_groups": 16,
+}
+
+TOY_TEXT_CONFIG: dict = {
+    "vocab_size": 49408,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
+
+
+def toy_dir() -> Path:
+    return Path(str(resources.files("dfusion_core") / "assets" / "toy"))
+
+
+def build_toy_modules(seed: int = 0) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Untrained UNet and text encoder from the configs under `seed` (forked RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TOY_UNET_CONFIG)
+        text = CLIPTextModel(CLIPTextConfig(**TOY_TEXT_CONFIG))
+    return unet, text
+
+
+def assemble_toy(
+    unet: UNet2DConditionModel, text: CLIPTextModel, device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32, name: str = TOY,
+) -> DiffusionModel:
+    vae: Any = PixelVAE(factor=LATENT_FACTOR, block_out_channels=(LATENT_CHANNELS,) * (LATENT_FACTOR.bit_length()))
+    return assemble(unet, vae, text, load_tokenizer(), DDIMScheduler(**SD_SCHEDULER_CONFIG), name, device, dtype)
+
+
+def build_toy(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> DiffusionModel:
+    """The toy architecture with untrained weights (the 'no training at all' baseline)."""
+    unet, text = build_toy_modules(seed)
+    return assemble_toy(unet, text, device, dtype, name=f"{TOY}-untrained")
+
+
+def save_toy_weights(unet: torch.nn.Module, text: torch.nn.Module, folder: str | Path, meta: dict | None = None) -> None:
+    """unet.safetensors + text_encoder.safetensors (fp16) + meta.json in `folder`."""
+    from safetensors.torch import save_file
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, module in (("unet", unet), ("text_encoder", text)):
+        state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(root / f"{name}.safetensors"))
+    (root / "meta.json").write_text(json.dumps(meta or {}, indent=2))
+
+
+def load_toy_modules(
+    folder: str | Path | None = None, strict: bool = True
+) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Toy weights from `folder` (default: the shipped ones). `strict=False` lets weights of a smaller
+    architecture seed a grown one (its extra layers keep their fresh init), as scripts/train_toy.py --init does."""
+    from safetensors.torch import load_file
+
+    root = Path(folder) if folder is not None else toy_dir()
+    if not (root / "unet.safetensors").is_file():
+        raise ConfigError("model", f"no toy weights in {root} (train them with scripts/train_toy.py)")
+    unet, text = build_toy_modules()
+    for name, module in (("unet", unet), ("text_encoder", text)):
+        state = {k: v.float() for k, v in load_file(str(root / f"{name}.safetensors")).items()}
+        module.load_state_dict(state, strict=strict)
+    return unet, text
+
+
+def load_toy(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, folder: str | Path | None = None
+) -> DiffusionModel:
+    """The trained toy model (default: the weights shipped in assets/toy)."""
+    unet, text = load_toy_modules(folder)
+    return assemble_toy(unet, text, device, dtype)
