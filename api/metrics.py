@@ -47,6 +47,11 @@ class WorkerCollector:
             failures.add_metric([stage], st.failures)
         yield hist
         yield failures
+        duplicates = CounterMetricFamily("dfusion_duplicate_deliveries", "deliveries of a unit already committed "
+                                         "or running elsewhere (no work done)", labels=["stage"])
+        for stage, n in sorted(snap.duplicates.items()):
+            duplicates.add_metric([stage], n)
+        yield duplicates
         for counter, (name, help_text) in PRODUCED.items():
             yield CounterMetricFamily(name, help_text, value=snap.produced.get(counter, 0))
         for name, (counter, stage) in THROUGHPUT.items():

@@ -60,6 +60,7 @@ class Snapshot:
     stages: dict[str, StageStats] = field(default_factory=dict)
     produced: dict[str, int] = field(default_factory=dict)  # job counter name -> total over all jobs
     gpu_memory: dict[str, int] = field(default_factory=dict)  # worker -> peak bytes allocated
+    duplicates: dict[str, int] = field(default_factory=dict)  # stage -> deliveries that did no work
 
 
 class Telemetry:
@@ -88,6 +89,10 @@ class Telemetry:
         pipe.hincrby(self._k("task_buckets"), f"{stage}|+Inf", 1)
         pipe.execute()
 
+    def record_duplicate(self, stage: str) -> None:
+        """A delivery of a unit already committed or running elsewhere: it returned without work."""
+        self.r.hincrby(self._k("duplicates"), stage, 1)
+
     def record_produced(self, job_id: str, counts: dict[str, int]) -> None:
         """A job's current counters (samples, pairs, ...); only growth past the highest seen is added."""
         argv: list[Any] = [SEEN_TTL_S]
@@ -115,9 +120,10 @@ class Telemetry:
 
     def snapshot(self, now: float | None = None) -> Snapshot:
         pipe = self.r.pipeline(transaction=False)
-        for name in ("task_count", "task_seconds", "task_failures", "task_buckets", "produced", "gpu_memory"):
+        for name in ("task_count", "task_seconds", "task_failures", "task_buckets", "produced", "gpu_memory",
+                     "duplicates"):
             pipe.hgetall(self._k(name))
-        count, seconds, failures, buckets, produced, gpu = pipe.execute()
+        count, seconds, failures, buckets, produced, gpu, duplicates = pipe.execute()
         stages = {}
         for stage in count:
             own = {k.split("|", 1)[1]: int(v) for k, v in buckets.items() if k.split("|", 1)[0] == stage}
@@ -129,7 +135,8 @@ class Telemetry:
             peak, at = value.split()
             if now - float(at) <= GPU_STALE_S:
                 memory[worker] = int(peak)
-        return Snapshot(stages, {k: int(v) for k, v in produced.items()}, memory)
+        return Snapshot(stages, {k: int(v) for k, v in produced.items()}, memory,
+                        {k: int(v) for k, v in duplicates.items()})
 
 
 def jobs_by_status(store: JobStore) -> dict[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from services.settings import get_settings
 from services.state.redis import open_state
 from services.state.types import StateUnavailable
 from services.storage import StorageUnavailable, open_store
-from workers import stages
+from workers import leases, redelivery, stages
 from workers.runtime import Runtime, pick_device
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ def context() -> stages.Context:
 def _reset_after_fork(**_: Any) -> None:
     global _ctx
     _ctx = None
+    settings = get_settings()
+    if settings.broker() == settings.redis_url:  # RabbitMQ returns a dead consumer's messages itself
+        state = open_state(settings.redis_url)
+        redelivery.Sweeper(app, state.r, state, settings.lease_ttl_s).start()
 
 
 def fail_job(job_id: str, reason: str) -> None:
@@ -68,9 +73,8 @@ def fail_job(job_id: str, reason: str) -> None:
 
 def _run(task: Task, stage: Callable[..., None], job_id: str, **kwargs: Any) -> None:
     extra = {"job_id": job_id, "task_id": task.request.id}
-    log.info("%s %s start", task.name, kwargs, extra=extra)
     try:
-        stage(context(), job_id, **kwargs)
+        computed = _once(task, stage, job_id, kwargs, extra)
     except TRANSIENT as exc:
         settings = get_settings()
         if task.request.retries >= settings.task_max_retries:
@@ -89,7 +93,43 @@ def _run(task: Task, stage: Callable[..., None], job_id: str, **kwargs: Any) -> 
         log.exception("%s failed permanently", task.name, extra=extra)
         fail_job(job_id, stages.failure_reason(task.name, exc))
         return
-    log.info("%s %s done", task.name, kwargs, extra=extra)
+    if computed:
+        log.info("%s %s done", task.name, kwargs, extra=extra)
+
+
+def _once(task: Task, stage: Callable[..., None], job_id: str, kwargs: dict[str, Any], extra: dict[str, Any]) -> bool:
+    """Compute the task's unit unless it is committed or running elsewhere; False when it was not.
+
+    Done means done: a committed unit returns at once. A unit whose lease is alive is another
+    delivery's: this one re-queues itself with a countdown (so the unit still has a message if
+    that holder dies) and returns. Otherwise the stage runs under the lease, then commits.
+    """
+    ctx, settings = context(), get_settings()
+    unit = leases.unit_of(task.name, kwargs)
+    if ctx.state.unit_committed(job_id, unit):
+        return _duplicate(task, unit, "already committed", extra)
+    lease = leases.new_lease(unit, task.request.id, f"{task.request.hostname}:{os.getpid()}")
+    holder = ctx.state.acquire_lease(job_id, lease, settings.lease_ttl_s)
+    if holder is not None:
+        countdown = settings.lease_ttl_s / 2
+        task.apply_async(kwargs={"job_id": job_id, **kwargs}, countdown=countdown)
+        return _duplicate(task, unit, f"running on {holder.worker} (task {holder.task_id}); "
+                                      f"re-queued in {countdown:g} s", extra)
+    with leases.Heartbeat(ctx.state, job_id, lease, settings.lease_ttl_s):
+        if ctx.state.unit_committed(job_id, unit):  # its holder committed between the check and the lease
+            return _duplicate(task, unit, "already committed", extra)
+        log.info("%s %s start", task.name, kwargs, extra=extra)
+        if pause := settings.test_stage_sleep.get(workers.telemetry.stage_of(task.name)):
+            time.sleep(pause)  # tests only: a task longer than the visibility timeout
+        stage(ctx, job_id, **kwargs)
+        ctx.state.commit_unit(job_id, unit)
+    return True
+
+
+def _duplicate(task: Task, unit: str, reason: str, extra: dict[str, Any]) -> bool:
+    log.info("%s duplicate delivery of %s: %s", task.name, unit, reason, extra=extra)
+    workers.telemetry.duplicate(task.name)
+    return False
 
 
 @app.task(name=START_JOB, bind=True)

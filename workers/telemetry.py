@@ -151,6 +151,14 @@ def record(task_name: str, seconds: float, job_id: str | None, ok: bool = True) 
         log.debug("telemetry not recorded for %s: %s", task_name, exc)
 
 
+def duplicate(task_name: str) -> None:
+    """`dfusion_duplicate_deliveries_total{stage}` += 1; never raises."""
+    try:
+        telemetry().record_duplicate(stage_of(task_name))
+    except Exception as exc:  # noqa: BLE001 - telemetry must never fail a task
+        log.debug("duplicate delivery not recorded for %s: %s", task_name, exc)
+
+
 def job_counts(job_id: str) -> dict[str, int]:
     from services.settings import get_settings
     from services.state.redis import open_state

@@ -1,0 +1,83 @@
+"""Leases and redelivery without a stack: unit names, the heartbeat keeping a lease past its TTL,
+and which unacked broker messages the Redis sweep brings back (kombu's message layout, real Redis)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis
+
+from services.state.memory import MemoryJobStore
+from services.state.redis import RedisJobStore
+from workers.leases import Heartbeat, new_lease, unit_of
+from workers.redelivery import UNACKED, UNACKED_INDEX, Unacked, orphans
+
+
+def test_unit_names() -> None:
+    assert unit_of("dfusion.sample", {"job_id": "j", "batch": 2, "epoch": 0, "prompt": 1}) == "sample-e0-p1-b2"
+    assert unit_of("dfusion.score_targets", {"job_id": "j", "epoch": 1, "prompt": 0, "chunk": 3}) == \
+        "score_targets-e1-p0-c3"
+    assert unit_of("dfusion.train", {"job_id": "j", "epoch": 4}) == "train-e4"
+    assert unit_of("dfusion.start_job", {"job_id": "j"}) == "start_job"
+
+
+def test_heartbeat_keeps_the_lease_past_its_ttl_and_releases_it() -> None:
+    state = MemoryJobStore()
+    state.create_job("j1", "acme", {})
+    mine, other = new_lease("train-e0", "t1", "w1"), new_lease("train-e0", "t2", "w2")
+    assert state.acquire_lease("j1", mine, 0.3) is None
+    with Heartbeat(state, "j1", mine, 0.3) as beat:
+        time.sleep(0.8)  # well past the TTL: renewed every 0.1 s
+        assert state.acquire_lease("j1", other, 0.3) == mine
+        assert [lease.worker for lease in state.leases("j1")] == ["w1"]
+    assert not beat.lost
+    assert state.leases("j1") == []
+    assert state.acquire_lease("j1", other, 0.3) is None
+
+
+def _message(task: str, kwargs: dict, eta: datetime | None = None) -> str:
+    """An entry of kombu's `unacked` hash: [payload, exchange, routing_key], Celery protocol 2 body."""
+    body = base64.b64encode(json.dumps([[], kwargs, {}]).encode()).decode()
+    payload = {"body": body, "content-encoding": "utf-8", "content-type": "application/json",
+               "headers": {"task": task, "id": "tid", "eta": eta.isoformat() if eta else None},
+               "properties": {"body_encoding": "base64", "delivery_tag": "x"}}
+    return json.dumps([payload, "train", "train"])
+
+
+def test_unacked_message_parsed() -> None:
+    eta = datetime.fromtimestamp(1_700_000_000, UTC)
+    msg = Unacked.parse("tag", 5.0, _message("dfusion.train", {"job_id": "j1", "epoch": 2}, eta))
+    assert msg == Unacked("tag", 5.0, "j1", "train-e2", 1_700_000_000.0)
+    assert Unacked.parse("tag", 5.0, _message("celery.ping", {})) is None
+    assert Unacked.parse("tag", 5.0, "not json") is None
+
+
+@pytest.fixture
+def broker_db(redis_url: str) -> redis.Redis:
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/7", decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def test_sweep_picks_old_messages_without_a_live_lease(broker_db: redis.Redis) -> None:
+    state = RedisJobStore(broker_db)
+    state.create_job("j1", "acme", {})
+    now = time.time()
+    rows = {  # tag -> (delivered, task, kwargs, eta)
+        "dead": (now - 60, "dfusion.train", {"job_id": "j1", "epoch": 0}, None),
+        "alive": (now - 60, "dfusion.fuse", {"job_id": "j1", "epoch": 0, "prompt": 0, "chunk": 0}, None),
+        "fresh": (now - 2, "dfusion.sample", {"job_id": "j1", "epoch": 0, "prompt": 0, "batch": 0}, None),
+        "waiting": (now - 60, "dfusion.sample", {"job_id": "j1", "epoch": 0, "prompt": 0, "batch": 1},
+                    datetime.fromtimestamp(now + 30, UTC)),
+    }
+    for tag, (at, task, kwargs, eta) in rows.items():
+        broker_db.zadd(UNACKED_INDEX, {tag: at})
+        broker_db.hset(UNACKED, tag, _message(task, kwargs, eta))
+    assert state.acquire_lease("j1", new_lease("fuse-e0-p0-c0", "t", "w"), 30) is None
+    assert [m.tag for m in orphans(broker_db, state, grace=10, now=now)] == ["dead"]
+    assert {m.tag for m in orphans(broker_db, state, grace=10, now=now + 60)} == {"dead", "fresh", "waiting"}

@@ -1,0 +1,132 @@
+"""Redis broker only: a dead worker's task comes back once its lease expires, not after the
+visibility timeout.
+
+kombu's Redis transport keeps each delivered, unacknowledged message in the `unacked` hash (its
+delivery time in `unacked_index`) until the worker acks it; only after the visibility timeout
+does kombu put it back. That timeout is hours (a long task must not run twice), so it no longer
+tells a dead worker from a slow one: the unit's lease does. Every worker process runs a
+`Sweeper` thread; once per SWEEP_INTERVAL_S one of them (a Redis mutex) looks at messages
+delivered more than `grace` seconds ago and restores, through kombu, each whose unit has no live
+lease: its worker died (or never started it). Restoring a message whose unit is committed or
+running elsewhere is harmless: that delivery returns at once or re-queues itself
+(workers.celery_app). RabbitMQ needs none of this: it returns a dead consumer's messages at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.state import JobStore, StateError
+from workers.leases import unit_of
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 2.0
+LOCK_KEY = "dfusion:redelivery:lock"
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
+BATCH = 100
+
+
+def grace_s(lease_ttl_s: float) -> float:
+    """How long after delivery a message must have a lease: the worker takes it before any work."""
+    return max(10.0, 2 * lease_ttl_s)
+
+
+@dataclass(frozen=True)
+class Unacked:
+    """One delivered, unacknowledged task message, as far as redelivery needs it."""
+
+    tag: str
+    delivered_at: float  # unix seconds
+    job_id: str
+    unit: str
+    eta: float | None  # unix seconds; a countdown task waits unacked in its worker until then
+
+    @classmethod
+    def parse(cls, tag: str, delivered_at: float, raw: str) -> Unacked | None:
+        """None for anything but a dfusion task with a job_id (left to kombu's own sweep)."""
+        try:
+            payload = json.loads(raw)[0]
+            headers = payload["headers"]
+            body = payload["body"]
+            if payload["properties"].get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            kwargs = json.loads(body)[1]
+            eta = datetime.fromisoformat(headers["eta"]).timestamp() if headers.get("eta") else None
+            if not str(headers["task"]).startswith("dfusion.") or "job_id" not in kwargs:
+                return None
+            return cls(tag, delivered_at, str(kwargs["job_id"]), unit_of(headers["task"], kwargs), eta)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            log.debug("unacked message %s not parsed: %s", tag, e)
+            return None
+
+    def orphaned(self, now: float, grace: float, live_units: set[str]) -> bool:
+        """Delivered (and due) more than `grace` ago, and nobody holds its unit's lease."""
+        start = max(self.delivered_at, self.eta or 0.0)
+        return now - start > grace and self.unit not in live_units
+
+
+def orphans(r: Any, state: JobStore, grace: float, now: float | None = None) -> list[Unacked]:
+    """Unacked dfusion task messages whose worker no longer holds (or never took) their unit."""
+    now = time.time() if now is None else now
+    rows = r.zrangebyscore(UNACKED_INDEX, "-inf", now - grace, start=0, num=BATCH, withscores=True)
+    if not rows:
+        return []
+    raws = r.hmget(UNACKED, [tag for tag, _ in rows])
+    messages = [Unacked.parse(tag, at, raw) for (tag, at), raw in zip(rows, raws, strict=True) if raw is not None]
+    live: dict[str, set[str]] = {}
+    out = []
+    for msg in messages:
+        if msg is None:
+            continue
+        if msg.job_id not in live:
+            try:
+                live[msg.job_id] = {lease.unit for lease in state.leases(msg.job_id)}
+            except StateError:  # e.g. a malformed id: not ours to restore
+                continue
+        if msg.orphaned(now, grace, live[msg.job_id]):
+            out.append(msg)
+    return out
+
+
+class Sweeper:
+    """A daemon thread in each worker process; one sweep per interval across all of them."""
+
+    def __init__(self, app: Any, r: Any, state: JobStore, lease_ttl_s: float) -> None:
+        self.app, self.r, self.state, self.grace = app, r, state, grace_s(lease_ttl_s)
+        self._thread = threading.Thread(target=self._loop, name="dfusion-redelivery", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        conn = self.app.connection_for_write()
+        try:
+            while True:
+                time.sleep(SWEEP_INTERVAL_S)
+                try:
+                    if self.r.set(LOCK_KEY, os.getpid(), nx=True, px=int(SWEEP_INTERVAL_S * 900)):
+                        self.sweep(conn)
+                except Exception as e:  # noqa: BLE001 - Redis away: the next sweep tries again
+                    log.warning("redelivery sweep failed: %s", e)
+                    conn.close()
+                    conn = self.app.connection_for_write()
+        finally:
+            conn.close()
+
+    def sweep(self, conn: Any) -> list[Unacked]:
+        restored = orphans(self.r, self.state, self.grace)
+        for msg in restored:
+            log.warning("%s of job %s: delivered %.0f s ago and no live lease (its worker died); redelivering",
+                        msg.unit, msg.job_id, time.time() - msg.delivered_at, extra={"job_id": msg.job_id})
+            conn.default_channel.qos.restore_by_tag(msg.tag, leftmost=False)
+        return restored
