@@ -78,11 +78,23 @@ class JobSummary(BaseModel):
         )
 
 
+class RunningUnit(BaseModel):
+    """A unit of work a worker is computing now (from its lease, renewed every few seconds)."""
+
+    unit: str = Field(description="stage and indices, e.g. train-e0 or sample-e0-p1-b2")
+    worker: str = Field(description="the Celery node and process running it")
+    task_id: str
+    since: float = Field(description="unix seconds when it started")
+
+
 class JobPublic(JobSummary):
-    """GET /v1/jobs/{id}: the header plus live counters and per-epoch metrics."""
+    """GET /v1/jobs/{id}: the header plus live counters, per-epoch metrics and running units."""
 
     counts: Counts
     metrics: list[dict[str, Any]] = Field(default_factory=list, description="one dict per finished epoch")
+    running: list[RunningUnit] = Field(
+        default_factory=list, description="units with a live lease: a long task is listed; a stuck one's lease expires"
+    )
 
 
 class JobsPublic(BaseModel):

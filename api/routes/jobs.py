@@ -26,6 +26,7 @@ from api.schemas import (
     JobSummary,
     PairPublic,
     PairsPublic,
+    RunningUnit,
     SamplePublic,
     SamplesPublic,
 )
@@ -96,8 +97,11 @@ def list_jobs(tenant: TenantDep, state: StateDep) -> JobsPublic:
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job: JobDep, state: StateDep) -> JobPublic:
     summary = JobSummary.from_record(job)
+    running = [RunningUnit(unit=lease.unit, worker=lease.worker, task_id=lease.task_id, since=lease.since)
+               for lease in state.leases(job.job_id)]
     return JobPublic(
-        **summary.model_dump(), counts=Counts(**state.get_counts(job.job_id)), metrics=state.get_metrics(job.job_id)
+        **summary.model_dump(), counts=Counts(**state.get_counts(job.job_id)), metrics=state.get_metrics(job.job_id),
+        running=running,
     )
 
 

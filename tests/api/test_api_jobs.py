@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from api.deps import get_enqueue
 from api.errors import QueueUnavailable
-from services.state import JobStatus
+from services.state import JobStatus, Lease
 from services.state.redis import RedisJobStore
 from services.state.tokens import TokenStore
 from tests.api.api_helpers import queue_len, valid_body
@@ -40,6 +40,17 @@ def test_list_and_get(client: TestClient, acme: dict, state: RedisJobStore) -> N
     assert got["spec"]["model"] == "tiny" and got["spec"]["total_samples"] == 4
     assert got["spec"]["prompts"] == ["a cat next to a red ball"]
     assert got["created_at"] > 0
+    assert got["running"] == []
+
+
+def test_get_shows_running_units_from_their_leases(client: TestClient, acme: dict, state: RedisJobStore) -> None:
+    job_id = client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
+    lease = Lease(unit="train-e0", worker="train@gpu1:42", task_id="t-1", since=1700000000.0, token="abc")
+    assert state.acquire_lease(job_id, lease, 30) is None
+    assert client.get(f"/v1/jobs/{job_id}", headers=acme).json()["running"] == [
+        {"unit": "train-e0", "worker": "train@gpu1:42", "task_id": "t-1", "since": 1700000000.0}]
+    state.release_lease(job_id, lease)
+    assert client.get(f"/v1/jobs/{job_id}", headers=acme).json()["running"] == []
 
 
 def test_missing_or_unknown_token_is_401(client: TestClient, acme: dict) -> None:
