@@ -1,8 +1,8 @@
 """The trainer: LoRA on the UNet, AdamW over the LoRA weights only, one optimizer step per call.
 
 Randomness: every draw (timestep subsets, Diffusion-DPO's t and noise, epoch shuffles) comes
-from a CPU generator seeded from (trainer seed, step), so a step's update depends only on the
-weights, the optimizer state, the step counter and the pairs: resuming from a checkpoint
+from a CPU generator seeded from (trainer seed, optimizer step), so a step's update depends only on
+the weights, the optimizer state, the optimizer step and the pairs: resuming from a checkpoint
 reproduces an uninterrupted run exactly. Nothing touches the global RNG.
 
 Memory: trajectory losses backpropagate one denoising step at a time (as ddpo-pytorch does);
@@ -52,10 +52,10 @@ class TrainPair:
 
 @dataclass(frozen=True)
 class StepMetrics:
-    """What one optimizer step did: mean loss and margin over its pairs, the pre-clip grad norm."""
+    """What one optimizer step did: mean loss and margin over its pairs, the pre-clip grad norm.
+    `step` is the trainer's optimizer step after it (1 for a fresh trainer's first)."""
 
     step: int
-    policy_version: int
     loss: float
     margin: float
     grad_norm: float
@@ -82,7 +82,7 @@ def select_steps(num_steps: int, fraction: float, generator: torch.Generator, sk
 
 
 class Trainer:
-    """Model + LoRA + AdamW + step counter. `policy_version` advances by one per optimizer step."""
+    """Model + LoRA + AdamW + `optimizer_step`, the optimizer steps taken (resumed with a checkpoint)."""
 
     def __init__(
         self,
@@ -90,7 +90,6 @@ class Trainer:
         config: TrainingConfig,
         *,
         seed: int = 0,
-        policy_version: int = 0,
         lora_seed: int = 0,
     ) -> None:
         if config.mixed_precision == "fp16" and model.device.type != "cuda":
@@ -98,8 +97,7 @@ class Trainer:
         self.model = model
         self.config = config
         self.seed = int(seed)
-        self.step = 0
-        self.policy_version = int(policy_version)
+        self.optimizer_step = 0
         if not has_lora(model.unet):
             add_lora(model.unet, config.lora_rank, config.lora_alpha, seed=lora_seed)
         unet: Any = model.unet  # diffusers' lazy imports hide nn.Module from type checkers
@@ -130,7 +128,7 @@ class Trainer:
     def train_step(self, pairs: Sequence[TrainPair], *, step_seed: int | None = None) -> StepMetrics:
         """One AdamW step on the mean loss over `pairs`, in micro-batches of `batch_pairs`.
 
-        `step_seed` overrides the generator seed (default: derived from (seed, step)).
+        `step_seed` overrides the generator seed (default: derived from (seed, optimizer_step)).
         """
         if not pairs:
             raise ConfigError("pairs", "train_step needs at least one pair")
@@ -138,7 +136,7 @@ class Trainer:
             raise ConfigError("pairs", f"{len(pairs)} pairs exceed batch_pairs * grad_accum = "
                               f"{self.pairs_per_step}; split them over several steps (see train_epoch)")
         _check_pairs(pairs)
-        gen = step_generator(self.seed, self.step) if step_seed is None else \
+        gen = step_generator(self.seed, self.optimizer_step) if step_seed is None else \
             torch.Generator(device="cpu").manual_seed(step_seed)
         unet: Any = self.model.unet
         unet.train(False)  # no dropout: the update is a function of the data only
@@ -159,10 +157,9 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.policy_version += 1
+        self.optimizer_step += 1
         metrics = StepMetrics(
-            step=self.step, policy_version=self.policy_version, loss=sums.pop("loss"),
+            step=self.optimizer_step, loss=sums.pop("loss"),
             margin=sums.pop("margin"), grad_norm=grad_norm, num_pairs=n, extra=sums,
         )
         log.info("train step %d: loss %.5f margin %.5f grad_norm %.4f", metrics.step, metrics.loss,
@@ -288,7 +285,7 @@ class Trainer:
         inner = 0
         while (len(batches) < budget) if budget is not None else (inner < self.config.inner_epochs):
             inner += 1
-            order = torch.randperm(len(pairs), generator=step_generator(self.seed + 7919 * inner, self.step))
+            order = torch.randperm(len(pairs), generator=step_generator(self.seed + 7919 * inner, self.optimizer_step))
             shuffled = [pairs[i] for i in order.tolist()]
             batches += [shuffled[k : k + self.pairs_per_step] for k in range(0, len(shuffled), self.pairs_per_step)]
         return [self.train_step(batch) for batch in (batches[:budget] if budget is not None else batches)]

@@ -36,7 +36,7 @@ def test_trajectory_dpo_lowers_loss_and_raises_margin(plain_pairs):
     after = trajectory_dpo_eval(trainer, plain_pairs)
     assert after.loss.item() < before.loss.item() - 1e-3
     assert after.margin.item() > before.margin.item()
-    assert [m.step for m in metrics] == [1, 2, 3] and trainer.policy_version == 3
+    assert [m.step for m in metrics] == [1, 2, 3] and trainer.optimizer_step == 3
     assert all(m.grad_norm > 0 and torch.isfinite(torch.tensor(m.loss)) for m in metrics)
 
 
@@ -73,7 +73,7 @@ def test_train_epoch_with_old_log_probs(plain_pairs):
     trainer = Trainer(models.build_tiny(), TrainingConfig(algorithm="ddpo", learning_rate=1e-2, batch_pairs=1,
                                                          timestep_fraction=0.34))
     metrics = trainer.train_epoch(plain_pairs)
-    assert len(metrics) == 2 and trainer.step == 2
+    assert len(metrics) == 2 and trainer.optimizer_step == 2
     # the second step's samples were scored by the old policy: ratios move off 1
     assert metrics[1].extra["approx_kl"] > 0
 
@@ -115,7 +115,7 @@ def test_steps_per_epoch_is_an_exact_budget(plain_pairs):
                                                           timestep_fraction=0.34))
     metrics = trainer.train_epoch(plain_pairs)  # 2 pairs, 1 per step: passes repeat until 5 steps
     assert len(metrics) == 5 and [m.num_pairs for m in metrics] == [1] * 5
-    assert trainer.train_epoch([]) == [] and trainer.step == 5  # no pairs: no step, no error
+    assert trainer.train_epoch([]) == [] and trainer.optimizer_step == 5  # no pairs: no step, no error
 
 
 def test_skip_last_steps_leaves_the_final_steps_out():

@@ -45,7 +45,7 @@ def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
     import json
     from dataclasses import asdict
 
-    from dfusion_core.checkpoint import save_checkpoint
+    from dfusion_core.checkpoint import train_unit
 
     pairs = _epoch_pairs(ctx, job_id, spec, epoch)
     kept = [p for p in pairs
@@ -54,17 +54,18 @@ def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
         log.warning("job %s epoch %d: pair filter %r kept none of %d pairs; version %d keeps the weights",
                     job_id, epoch, spec.training.pair_filter, len(pairs), epoch + 1, extra={"job_id": job_id})
     prefix = keys.trainer_state_prefix(job_id, epoch)
+    train_pairs = _train_pairs(ctx, kept)
     with ctx.runtime.lock:
-        trainer = _trainer(ctx, spec, job_id, epoch)
+        model = ctx.runtime.model(spec.model)
         ctx.runtime.mark_modified(spec.model, ("train", job_id, epoch))
-        train_pairs = _train_pairs(ctx, kept)
-        before = trainer.pair_metrics(train_pairs) if train_pairs else {}  # on pairs the weights have not seen
-        steps = [asdict(m) for m in trainer.train_epoch(train_pairs)] if train_pairs else []
-        save_checkpoint(ctx.store, prefix, trainer)
+        unit = train_unit(model, spec.training, train_pairs, store=ctx.store, save_to=prefix,
+                          resume_from=keys.trainer_state_prefix(job_id, epoch - 1) if epoch > 0 else None,
+                          seed=derive_seed(spec.seed, "train"), lora_seed=derive_seed(spec.seed, "lora"))
+        steps = [asdict(m) for m in unit.steps]
         ctx.store.put(f"{prefix}/metrics.json", json.dumps(steps).encode(), "application/json")
         samples = [s for s in load_all(SampleRecord, ctx.state.list_samples(job_id)) if s.epoch == epoch]
-        metrics = publish.epoch_metrics(epoch, steps, pairs, kept, before, samples)
-        publish.publish(ctx, job_id, spec, epoch, trainer.model, metrics)
+        metrics = publish.epoch_metrics(epoch, steps, pairs, kept, unit.before, samples)
+        publish.publish(ctx, job_id, spec, epoch, unit.trainer.model, metrics)
     kept_ids = {p.id for p in kept}
     for p in pairs:
         ctx.state.update_pair(job_id, p.id, {"trained": p.id in kept_ids})
@@ -81,25 +82,6 @@ def _epoch_pairs(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> list[P
     if unscored:
         raise RuntimeError(f"{len(unscored)} pairs of epoch {epoch} have no target score yet, e.g. {unscored[0]}")
     return pairs
-
-
-def _trainer(ctx: Context, spec: JobSpec, job_id: str, epoch: int):
-    """A fresh trainer for epoch 0; for epoch e > 0 the one train(e-1) saved (weights and AdamW state)."""
-    from dfusion_core.checkpoint import latest_version, load_checkpoint
-    from dfusion_core.lora import ADAPTER, has_lora
-    from dfusion_core.training import Trainer
-
-    model = ctx.runtime.model(spec.model)
-    if has_lora(model.unet):
-        model.unet.delete_adapters(ADAPTER)
-    if epoch == 0:
-        return Trainer(model, spec.training, seed=derive_seed(spec.seed, "train"),
-                       lora_seed=derive_seed(spec.seed, "lora"))
-    prefix = keys.trainer_state_prefix(job_id, epoch - 1)
-    version = latest_version(ctx.store, prefix)
-    if version is None:
-        raise RuntimeError(f"training state of epoch {epoch - 1} is missing under {prefix}")
-    return load_checkpoint(ctx.store, prefix, version, model, config=spec.training)
 
 
 def _train_pairs(ctx: Context, records: list[PairRecord]) -> list:
