@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint golden clean
+.PHONY: install demo test test-all lint golden clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# also the RabbitMQ-broker reliability tests (skipped unless RabbitMQ listens on 127.0.0.1:5672)
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m '' tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -127,6 +127,7 @@ class S3Store:
         check_key(key)
         with _mapped("put", key):
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        logger.debug("put %s (%d bytes)", key, len(data))
 
     def get(self, key: str) -> bytes:
         check_key(key)

@@ -67,6 +67,9 @@ def install_logging(json_lines: bool | None = None) -> None:
         root.addHandler(logging.StreamHandler(sys.stderr))
     if json_lines is None:
         json_lines = os.environ.get("DFUSION_LOG_FORMAT", "").lower() == "json"
+    # DFUSION_DEBUG_LOGGERS=services.storage,...: those loggers at DEBUG (the tests count object writes)
+    for name in filter(None, os.environ.get("DFUSION_DEBUG_LOGGERS", "").split(",")):
+        logging.getLogger(name.strip()).setLevel(logging.DEBUG)
     for handler in root.handlers:
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
             handler.addFilter(ContextFilter())

@@ -32,7 +32,7 @@ from workers import keys
 # Settings the stack's processes read from the environment they inherit.
 STACK_ENV = {
     "DFUSION_TORCH_THREADS": "1",  # four workers share two cores
-    "DFUSION_VISIBILITY_TIMEOUT_S": "20",  # a dead worker's task comes back in seconds
+    "DFUSION_VISIBILITY_TIMEOUT_S": "21600",  # as deployed: leases, not the timeout, bring a dead worker's task back
     "DFUSION_TASK_MAX_RETRIES": "8",
     "DFUSION_AUTH_REQUIRED": "true",
     "DFUSION_MAX_BODY_BYTES": str(1 << 20),
