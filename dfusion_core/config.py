@@ -56,6 +56,10 @@ class FusionConfig(_Frozen):
             raise ValueError(f"blocks must be (lo, hi) with 0 <= lo <= hi, got {self.blocks}")
         return self
 
+    def mask_side(self, latent_side: int) -> int:
+        """The side of the mask grid for latents `latent_side` wide: `mask_resolution`, or latent side / 4."""
+        return self.mask_resolution or max(1, int(latent_side) // 4)
+
     def fused_steps(self, num_steps: int) -> range:
         """Step indices (0 = noisiest) at which fusion is on."""
         return range(self.skip_first_steps, max(self.skip_first_steps, num_steps - self.skip_last_steps))

@@ -64,7 +64,7 @@ def fuse(
         n=n,
         blocks=resolve_blocks(unet, config.blocks),
         steps=frozenset(config.fused_steps(num_steps)),
-        mask_resolution=config.mask_resolution or max(1, int(h) // 4),
+        mask_resolution=config.mask_side(int(h)),
         latent_hw=(int(h), int(w)),
         token_positions=token_positions,
         thresholds=thresholds,

@@ -126,12 +126,11 @@ def fuse_pairs(
     cond = model.encode_prompts([t.prompt for t in bases])
     ref_cond = model.encode_prompts([t.prompt for t in references])
     uncond = model.encode_prompts([""]).expand(n, -1, -1)
-    mask_resolution = config.mask_resolution or max(1, model.latent_size // 4)
     result = fuse(
         model.unet, scheduler, cond, uncond, ref_noise, base_noise,
         [[list(it.positions) for it in pair] for pair in items],
         [[it.threshold for it in pair] for pair in items],
-        config.model_copy(update={"mask_resolution": mask_resolution}),
+        config,
         guidance_scale=base0.guidance_scale, eta=base0.eta, ref_cond=ref_cond, sequential=sequential,
         classic_attention=classic_attention,
     )
@@ -145,7 +144,7 @@ def fuse_pairs(
                 kind="target", step_noise=b.step_noise, image=images[k],
             ),
             masks=result.masks[:, k],
-            mask_resolution=mask_resolution,
+            mask_resolution=config.mask_side(model.latent_size),
         )
         for k, b in enumerate(bases)
     ]
