@@ -5,7 +5,7 @@ API and the object proxy already accept; `/` lists the tenant's jobs; `/jobs/{id
 per stage (refreshed by a small inline script polling `/v1/jobs/{id}`), training curves, score
 histograms per epoch, every pair as base | reference + mask | target, and the sample gallery.
 `/jobs/{id}/pairs.parquet` is the pair dataset (services.export). Nothing is fetched from the
-network: the HTML pieces are workers.report's (torch-free), styles and script are inline.
+network: the HTML pieces are the `reports` package's (torch-free), styles and script are inline.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from api.deps import TOKEN_COOKIE, SettingsDep, StateDep, StoreDep, TokensDep, r
 from api.routes.jobs import object_url
 from api.schemas import JobSummary
 from dfusion_core.errors import ConfigError
+from reports import job as report
+from reports.html import escape as _e
+from reports.html import page
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
 from services.state.redis import RedisJobStore
 from services.state.types import JobNotFound, JobRecord
-from workers import report
-from workers.report import _e
 
 router = APIRouter(include_in_schema=False)
 
@@ -71,7 +72,7 @@ def install(app: FastAPI) -> None:
 def _html(title: str, body: str, status: int = 200, head: str = "") -> HTMLResponse:
     nav = '<nav><a href="/">jobs</a> · <form method="post" action="/logout" style="display:inline">' \
           '<button>log out</button></form></nav>'
-    return HTMLResponse(report.page(title, nav + body, head), status_code=status,
+    return HTMLResponse(page(title, nav + body, head), status_code=status,
                         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
@@ -90,7 +91,7 @@ def _login_page(next_path: str, error: str = "", status: int = 200) -> HTMLRespo
             "<label>API token <input type='password' name='token' id='token' size='48' autofocus required>"
             "</label> <button type='submit' id='login'>log in</button></form>"
             "<p class='muted'>Create one with <code>dfusion token create --tenant NAME</code>.</p>")
-    return HTMLResponse(report.page("dfusion: log in", body), status_code=status)
+    return HTMLResponse(page("dfusion: log in", body), status_code=status)
 
 
 @router.get("/login", response_class=HTMLResponse)

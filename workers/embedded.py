@@ -17,12 +17,12 @@ from typing import Any
 
 from dfusion_core.errors import DFusionError
 from dfusion_core.storage import LocalDirStore
+from reports.job import write_report
 from services.jobspec import JobSpec
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN
 from services.records import PairRecord, SampleRecord, load_all
 from services.state.memory import MemoryJobStore
 from workers import keys, stages
-from workers.report import write_report
 from workers.runtime import Runtime, pick_device
 
 log = logging.getLogger(__name__)
