@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 from celery.exceptions import Reject, Retry
 
+from services.state.memory import MemoryJobStore
 from services.state.types import StateUnavailable
 from services.storage import StorageUnavailable
 from workers import celery_app
@@ -21,7 +22,7 @@ class FakeTask:
     name = "dfusion.score"
 
     def __init__(self, retries: int = 0, publish_fails: bool = False) -> None:
-        self.request = SimpleNamespace(id="task-1", retries=retries)
+        self.request = SimpleNamespace(id="task-1", retries=retries, hostname="score@test")
         self.publish_fails = publish_fails
         self.countdowns: list[int] = []
 
@@ -41,7 +42,8 @@ def _raising(exc: Exception):
 @pytest.fixture
 def failures(monkeypatch):
     failed: list[tuple[str, str]] = []
-    monkeypatch.setattr(celery_app, "context", lambda: None)
+    state = MemoryJobStore()  # the wrapper's done-check and lease; the stages here only raise
+    monkeypatch.setattr(celery_app, "context", lambda: SimpleNamespace(state=state))
     monkeypatch.setattr(celery_app, "fail_job", lambda job_id, reason: failed.append((job_id, reason)))
     return failed
 
