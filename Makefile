@@ -28,7 +28,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy dfusion_core services api workers cli
+	$(BIN)/mypy dfusion_core services api workers cli reports devstack
 
 golden: $(STAMP)
 	$(BIN)/dfusion golden-check tests/golden/a

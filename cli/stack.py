@@ -28,9 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from devstack.health import ServiceHealth, StackNotReady
+    from devstack.stack import stack_down, stack_facts, stack_health, stack_status, stack_up, stack_wait
     from services.settings import get_settings
-    from services.stack import stack_down, stack_facts, stack_health, stack_status, stack_up, stack_wait
-    from services.stack_health import ServiceHealth, StackNotReady
 
     root = args.root.resolve()
     # the probes poll until services answer: their per-request and retry lines are noise here

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-QUEUES = ("sample", "score", "fuse", "train")
+from services.queue import QUEUES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from dfusion_core.errors import DFusionError
 
 if TYPE_CHECKING:
-    from services.stack import ProcessInfo
+    from devstack.stack import ProcessInfo
 
 PROBE_TIMEOUT_S = 2.0  # per probe: a healthy local service answers in milliseconds
 INSPECT_TIMEOUT_S = 1.0  # Celery collects worker replies for this long

@@ -1,6 +1,6 @@
 """What the local stack runs: its processes as data (`ProcessSpec`) and the connection facts.
 
-`default_specs` is the compose file's shape for these settings; `services.stack` starts and
+`default_specs` is the compose file's shape for these settings; `devstack.stack` starts and
 supervises the plan.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.procs import (
+from devstack.procs import (
     ProcessSpec,
     SeaweedPorts,
     find_binary,
@@ -21,9 +21,8 @@ from services.procs import (
     seaweed_env,
     tcp_open,
 )
+from services.queue import QUEUES, worker_command
 from services.settings import Settings
-
-QUEUES = ("sample", "score", "fuse", "train")
 
 
 def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec], dict[str, Any]]:
@@ -77,9 +76,7 @@ def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec]
         specs.append(ProcessSpec("api", cmd, env=env, port=settings.api_port, restart=True))
     facts["api_url"] = f"http://{settings.api_host}:{settings.api_port}"
     for q in QUEUES:
-        cmd = [py, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", q, "-n", f"{q}@%h",
-               "-c", "1", "--prefetch-multiplier", "1", "-l", "info"]
-        specs.append(ProcessSpec(f"worker-{q}", cmd, env=env, queues=[q], restart=True))
+        specs.append(ProcessSpec(f"worker-{q}", worker_command(py, [q], f"{q}@%h"), env=env, queues=[q], restart=True))
     return specs, facts
 
 

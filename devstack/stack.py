@@ -1,12 +1,12 @@
 """Local development stack behind `dfusion stack up|down|status`: the compose file's shape, as processes.
 
-`stack_up` decides what to run (`services.stack_plan`: Redis, SeaweedFS, the API, one Celery
+`stack_up` decides what to run (`devstack.plan`: Redis, SeaweedFS, the API, one Celery
 worker per queue; servers already reachable are left alone), writes that plan as data (a list of
-`ProcessSpec`) and starts a detached `Supervisor` (`python -m services.stack supervise ROOT`). The
+`ProcessSpec`) and starts a detached `Supervisor` (`python -m devstack.stack supervise ROOT`). The
 supervisor spawns the plan, restarts processes that die (compose's restart policy), and keeps
 `ROOT/stack.json` current.
 `stack_down` stops only the processes recorded there. Tests pass dummy specs (`sleep 1000`).
-`stack_health` probes each service by its protocol (`services.stack_health`); `wait_healthy`
+`stack_health` probes each service by its protocol (`devstack.health`); `wait_healthy`
 is what `dfusion stack up` returns after, as `docker compose up --wait` does.
 """
 
@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.procs import ProcessSpec, pid_alive, spawn, terminate
+from devstack.health import ServiceHealth, probe_stack, wait_healthy
+from devstack.plan import default_specs
+from devstack.procs import ProcessSpec, pid_alive, spawn, terminate
+from services.queue import QUEUES
 from services.settings import Settings
-from services.stack_health import ServiceHealth, probe_stack, wait_healthy
-from services.stack_plan import QUEUES, default_specs
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def stack_up(settings: Settings, root_dir: Path, specs: list[ProcessSpec] | None
     (root / STATE_FILE).unlink(missing_ok=True)
     (root / "logs").mkdir(exist_ok=True)
     with open(root / "logs" / "supervisor.log", "ab") as log:
-        sup = subprocess.Popen([sys.executable, "-m", "services.stack", "supervise", str(root)],
+        sup = subprocess.Popen([sys.executable, "-m", "devstack.stack", "supervise", str(root)],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + timeout_s
@@ -243,7 +244,7 @@ def stack_down(root_dir: Path, grace_s: float = 15.0) -> list[ProcessInfo]:
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "supervise":
-        print("usage: python -m services.stack supervise ROOT", file=sys.stderr)
+        print("usage: python -m devstack.stack supervise ROOT", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path(argv[1])

@@ -9,6 +9,7 @@ broker a visibility timeout of hours (a running task's lease says it is alive; s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from services.settings import Settings, get_settings
 if TYPE_CHECKING:  # Celery loads with the app, so the task names import without it (workers.flow)
     from celery import Celery
 
+#: The worker queues, one per stage kind: the one place they are listed.
 QUEUES = ("sample", "score", "fuse", "train")
 
 # Task names: the one place they are spelled (workers register bodies under them, stages enqueue them).
@@ -36,6 +38,19 @@ ROUTES = {
     FUSE: "fuse",
     TRAIN: "train",
 }
+
+
+def worker_argv(queues: Sequence[str], hostname: str, concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
+    """The `celery worker` arguments of every dfusion worker: its queues and node name, prefork with
+    `concurrency` children (one: a killed child's task is redelivered, the model loads after fork),
+    prefetch 1, task events."""
+    return ["worker", "-Q", ",".join(queues), "-n", hostname, "-c", str(concurrency),
+            "--prefetch-multiplier", "1", "-l", loglevel, "-E"]
+
+
+def worker_command(python: str, queues: Sequence[str], hostname: str) -> list[str]:
+    """A worker as its own process (the local stack, the tests): `python -m celery -A workers.celery_app worker ...`."""
+    return [python, "-m", "celery", "-A", "workers.celery_app", *worker_argv(queues, hostname)]
 
 
 def make_app(settings: Settings) -> Celery:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.procs import (
+from devstack.procs import (
     ProcessSpec,
     SeaweedPorts,
     find_binary,
@@ -122,9 +122,9 @@ def run_redis(data_dir: Path) -> Iterator[str]:
 def kill_stack(root: Path) -> None:
     """Tear down a test's local stack in `root` without waiting for clean stops: the supervisor
     first (so nothing restarts), then every process it recorded, each SIGKILLed after
-    TEARDOWN_GRACE_S. `services.stack.stack_down` is for real stacks (and has its own tests); on a
+    TEARDOWN_GRACE_S. `devstack.stack.stack_down` is for real stacks (and has its own tests); on a
     throwaway one its graceful stop costs ~10 s, mostly SeaweedFS's."""
-    from services.stack import stack_status
+    from devstack.stack import stack_status
 
     for proc in stack_status(root):  # the supervisor is listed first
         if proc.alive and proc.pid:

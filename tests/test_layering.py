@@ -12,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
+import devstack
 import dfusion_core
+import reports
 import services
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = sorted(m.name for m in pkgutil.walk_packages(dfusion_core.__path__, "dfusion_core."))
 SERVICES = sorted(m.name for m in pkgutil.walk_packages(services.__path__, "services."))
+DEVSTACK = sorted(m.name for m in pkgutil.walk_packages(devstack.__path__, "devstack."))
+REPORTS = sorted(m.name for m in pkgutil.walk_packages(reports.__path__, "reports."))
 INFRASTRUCTURE = {"celery", "kombu", "redis", "minio", "boto3", "botocore", "fastapi", "starlette", "uvicorn",
-                  "services", "workers", "api", "cli"}
+                  "services", "workers", "api", "cli", "devstack", "reports"}
 TORCH = {"torch", "diffusers", "transformers", "peft"}
 
 
@@ -37,8 +41,10 @@ def test_the_walk_finds_every_module() -> None:
                  "toy.scorer", "toy.model", "training", "trajectories"):
         assert f"dfusion_core.{name}" in CORE
     for name in ("state", "state.protocol", "state.redis", "state.memory", "state.tokens", "state.types",
-                 "state.keys", "telemetry", "stack_plan"):
+                 "state.keys", "telemetry"):
         assert f"services.{name}" in SERVICES
+    assert {"devstack.procs", "devstack.plan", "devstack.health", "devstack.stack"} <= set(DEVSTACK)
+    assert {"reports.html", "reports.job"} <= set(REPORTS)
 
 
 def test_core_imports_no_infrastructure() -> None:
@@ -58,7 +64,12 @@ def test_config_registry_and_toy_world_are_torch_free() -> None:
 
 
 def test_services_never_import_torch() -> None:
-    assert not _loaded(SERVICES) & (TORCH | {"fastapi", "workers", "api", "cli"})
+    assert not _loaded(SERVICES) & (TORCH | {"fastapi", "workers", "api", "cli", "devstack", "reports"})
+
+
+def test_devstack_and_reports_never_import_torch() -> None:
+    """The local stack is a developer tool and the report pieces serve the API: neither needs torch."""
+    assert not _loaded(DEVSTACK + REPORTS) & (TORCH | {"fastapi", "workers", "api", "cli"})
 
 
 @pytest.mark.parametrize("modules", [["api.main"], ["cli.jobargs", "cli.submit"]], ids=["api", "cli-remote"])

@@ -20,7 +20,7 @@ from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 
 import workers.telemetry  # noqa: F401  (Celery signals: job/task ids on log records, task metrics to Redis)
-from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN, get_app, send
+from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN, get_app, send, worker_argv
 from services.settings import get_settings
 from services.state.redis import open_state
 from services.state.types import StateUnavailable
@@ -166,5 +166,4 @@ def worker_main(queues: list[str], concurrency: int = 1, loglevel: str = "INFO")
     """`dfusion worker`: one process per GPU; prefork with one child so a killed child's task
     is redelivered (acks_late + reject_on_worker_lost) and the model loads after fork."""
     hostname = f"{'+'.join(queues)}-{os.getpid()}@%h"
-    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(concurrency), "-n", hostname,
-                     "-l", loglevel, "--prefetch-multiplier", "1", "-E"])
+    app.worker_main(worker_argv(queues, hostname, concurrency, loglevel))

@@ -121,7 +121,7 @@ def test_broker_down_gives_503_and_frees_the_slot(client: TestClient, acme: dict
 
 def test_redis_down_is_503(tmp_path, api_settings) -> None:
     from api.main import create_app
-    from services.procs import free_port
+    from devstack.procs import free_port
 
     dead = api_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "auth_required": False,
                                            "s3_endpoint": None, "storage_dir": tmp_path})

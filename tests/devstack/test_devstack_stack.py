@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from services.procs import ProcessSpec, free_port, pid_alive
-from services.settings import Settings
-from services.stack import (
-    QUEUES,
+from devstack.health import StackNotReady, probe_stack
+from devstack.procs import ProcessSpec, free_port, pid_alive
+from devstack.stack import (
     ProcessInfo,
     default_specs,
     stack_down,
@@ -28,7 +27,8 @@ from services.stack import (
     stack_up,
     stack_wait,
 )
-from services.stack_health import StackNotReady, probe_stack
+from services.queue import QUEUES, worker_command
+from services.settings import Settings
 from tests.infra import kill_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,8 +110,9 @@ def test_default_plan(tmp_path: Path, redis_url: str) -> None:
     assert api.command[1:] == ["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
     for spec, q in zip(specs[2:], QUEUES, strict=True):
         assert spec.queues == [q] and spec.restart
-        assert spec.command[1:] == ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", q,
-                                    "-n", f"{q}@%h", "-c", "1", "--prefetch-multiplier", "1", "-l", "info"]
+        assert spec.command == worker_command(sys.executable, [q], f"{q}@%h")
+        assert spec.command[1:] == ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", q, "-n", f"{q}@%h",
+                                    "-c", "1", "--prefetch-multiplier", "1", "-l", "INFO", "-E"]
         assert spec.env["S3_SECRET_KEY"] == "sekrit" and spec.env["REDIS_URL"] == redis_url
 
 
@@ -244,8 +245,8 @@ def test_stack_up_names_a_worker_that_cannot_start(root: Path, monkeypatch: pyte
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """The score worker's Celery app is a module that does not exist: up exits 1 within its timeout
     and names that worker and its log (the plan is data: the test hook rewrites one command)."""
+    import devstack.stack
     import services.settings
-    import services.stack
     from cli.main import main
 
     def broken_plan(settings: Settings, root_dir: Path):
@@ -257,7 +258,7 @@ def test_stack_up_names_a_worker_that_cannot_start(root: Path, monkeypatch: pyte
 
     env = _stack_settings_env()
     settings = Settings(redis_url=env["DFUSION_REDIS_URL"], api_port=int(env["DFUSION_API_PORT"]))
-    monkeypatch.setattr(services.stack, "default_specs", broken_plan)
+    monkeypatch.setattr(devstack.stack, "default_specs", broken_plan)
     monkeypatch.setattr(services.settings, "get_settings", lambda: settings)
     timeout_s = 20.0
     started = time.monotonic()

@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 
+from devstack.procs import ProcessSpec, free_port
+from devstack.stack import default_specs, stack_status, stack_up
 from services.jobspec import JobSpec
-from services.procs import ProcessSpec, free_port
 from services.records import PairRecord
 from services.settings import Settings
-from services.stack import default_specs, stack_status, stack_up
 from services.state.redis import RedisJobStore
 from services.state.tokens import TokenStore
 from services.storage import S3Store

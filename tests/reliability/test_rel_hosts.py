@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.procs import ProcessSpec
-from services.queue import QUEUES
+from devstack.procs import ProcessSpec
+from services.queue import QUEUES, worker_command
 from tests.integration.stack_helpers import (
     assert_exact_outputs,
     freeze_mid_task,
@@ -93,8 +93,7 @@ def _workers_on(hosts: dict[str, str]):
         env = next(s.env for s in specs if s.name.startswith("worker-"))
         out = [s for s in specs if not s.name.startswith("worker-")]
         for name, ns in hosts.items():
-            cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-                   "-Q", ",".join(QUEUES), "-n", f"{name}@%h", "-c", "1", "--prefetch-multiplier", "1", "-l", "info"]
+            cmd = ["ip", "netns", "exec", ns, *worker_command(sys.executable, QUEUES, f"{name}@%h")]
             out.append(ProcessSpec(f"worker-{name}", cmd, env=env, queues=list(QUEUES), restart=True))
         return out
     return plan

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from services.procs import tcp_open
+from devstack.procs import tcp_open
 from tests.integration.stack_helpers import assert_exact_outputs, small_job, wait_for
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import redis
 
+from devstack.procs import free_port
 from dfusion_core.errors import ConfigError
-from services.procs import free_port
 from services.state import StateUnavailable
 from services.state.redis import RedisJobStore
 from services.state.tokens import TokenStore, hash_token

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
+from devstack.procs import free_port
 from dfusion_core.errors import BlobNotFound, ConfigError, DFusionError
 from dfusion_core.storage import BlobStore
-from services.procs import free_port
 from services.settings import Settings
 from services.storage import (
     LocalStore,
