@@ -5,8 +5,7 @@ from a CPU generator seeded from (trainer seed, optimizer step), so a step's upd
 the weights, the optimizer state, the optimizer step and the pairs: resuming from a checkpoint
 reproduces an uninterrupted run exactly. Nothing touches the global RNG.
 
-Memory: trajectory losses backpropagate one denoising step at a time (as ddpo-pytorch does);
-the loss is a mean over steps, so the summed gradients equal those of the whole-trajectory loss.
+The losses themselves, per algorithm, are in dfusion_core/objectives.py.
 """
 
 from __future__ import annotations
@@ -20,17 +19,15 @@ from typing import Any
 
 import torch
 
-from dfusion_core import losses, pipeline
+from dfusion_core import losses, objectives, pipeline
 from dfusion_core.config import TrainingConfig
 from dfusion_core.errors import ConfigError
-from dfusion_core.lora import adapters_disabled, add_lora, has_lora, lora_parameters
+from dfusion_core.lora import add_lora, has_lora, lora_parameters
 from dfusion_core.models import DiffusionModel
 from dfusion_core.trajectories import Trajectory
 
 log = logging.getLogger(__name__)
 
-CLIP_RANGE = 1e-4  # DDPO / DPOK ratio clip (ddpo-pytorch default)
-ADV_CLIP_MAX = 5.0  # DDPO / DPOK advantage clip (ddpo-pytorch default)
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ class Trainer:
         return self.config.batch_pairs * self.config.grad_accum
 
     @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
+    def autocast(self) -> Iterator[None]:
         mp = self.config.mixed_precision
         if mp == "no":
             yield
@@ -145,7 +142,7 @@ class Trainer:
         n = len(pairs)
         for start in range(0, n, self.config.batch_pairs):
             micro = list(pairs[start : start + self.config.batch_pairs])
-            out = self._micro_batch(micro, gen, weight=len(micro) / n)
+            out = objectives.micro_batch(self, micro, gen, weight=len(micro) / n)
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + value * len(micro) / n
         if self.scaler is not None:
@@ -166,105 +163,13 @@ class Trainer:
                  metrics.margin, metrics.grad_norm)
         return metrics
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate a micro-batch's share of the step's loss (through the fp16 grad scaler if any)."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def _micro_batch(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
-        algorithm = self.config.algorithm
-        if algorithm == "trajectory_dpo":
-            return self._trajectory_dpo(pairs, gen, weight)
-        if algorithm == "diffusion_dpo":
-            return self._diffusion_dpo(pairs, gen, weight)
-        return self._policy_gradient(pairs, gen, weight)
-
-    def _trajectory_dpo(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
-        """Winners and losers in one batch [2B]; reference log-probs once, policy step by step."""
-        trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
-        steps = self._steps(trajs[0], gen)
-        b = len(pairs)
-        with self._autocast():
-            ref = pipeline.log_probs(self.model, trajs, adapters=False, steps=steps).float()
-        acc: dict[str, float] = {}
-        log_ratio = torch.zeros(b)  # per pair, summed over the steps: the implicit reward margin (beta = 1)
-        for j, step in enumerate(steps):
-            with self._autocast():
-                logp = pipeline.log_probs(self.model, trajs, adapters=True, steps=[step], grad=True)[:, 0]
-            out = losses.trajectory_dpo_loss(logp[:b], logp[b:], ref[:b, j], ref[b:, j],
-                                             self.config.beta, self.config.eps)
-            self._backward(out.loss * weight / len(steps))
-            _accumulate(acc, out, 1.0 / len(steps))
-            log_ratio += _pair_log_ratio(logp.detach().float(), ref[:, j], b).cpu()
-        acc.update(_reward_stats(log_ratio))
-        return acc
-
-    def _steps(self, first: Trajectory, gen: torch.Generator) -> list[int]:
+    def trained_steps(self, first: Trajectory, gen: torch.Generator) -> list[int]:
+        """The denoising steps a trajectory loss trains in this micro-batch (timestep_fraction, skip_last_steps)."""
         return select_steps(first.num_steps, self.config.timestep_fraction, gen, self.config.skip_last_steps)
-
-    def _diffusion_dpo(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
-        """Noise x_0 of winner and loser with a shared t and eps; conditional eps-prediction MSE."""
-        model, b = self.model, len(pairs)
-        scheduler: Any = model.new_scheduler()
-        unet: Any = model.unet
-        x0 = torch.stack([p.winner.latents[-1] for p in pairs] + [p.loser.latents[-1] for p in pairs])
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen).repeat(2)
-        noise = torch.randn(x0[:b].shape, generator=gen).repeat(2, 1, 1, 1)
-        x_t = scheduler.add_noise(x0, noise, t)
-        if scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(x0, noise, t)
-        else:
-            target = noise
-        x_t, target, t = x_t.to(model.device, model.dtype), target.to(model.device), t.to(model.device)
-        cond = model.encode_prompts([p.winner.prompt for p in pairs] + [p.loser.prompt for p in pairs])
-
-        def errors() -> torch.Tensor:
-            pred = unet(x_t, t, encoder_hidden_states=cond).sample.float()
-            return ((pred - target.float()) ** 2).mean(dim=(1, 2, 3))
-
-        with torch.no_grad(), adapters_disabled(model.unet), self._autocast():
-            ref_err = errors()
-        with self._autocast():
-            err = errors()
-        out = losses.diffusion_dpo_loss(err[:b], ref_err[:b], err[b:], ref_err[b:], self.config.beta)
-        self._backward(out.loss * weight)
-        acc: dict[str, float] = {}
-        _accumulate(acc, out, 1.0)
-        # the implicit reward of a pair here is how much more the policy (than the reference) lowered
-        # the winner's denoising error than the loser's: -d of the loss
-        d = ((err[:b] - ref_err[:b]) - (err[b:] - ref_err[b:])).detach().float().cpu()
-        acc.update(_reward_stats(-d))
-        return acc
-
-    def _policy_gradient(self, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:
-        """DDPO-clip / DPOK on both trajectories of each pair with their rewards (the D-Fusion
-        target carries the winner's reward). Advantages are normalised per prompt in the micro-batch."""
-        trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
-        rewards = [p.winner_reward for p in pairs] + [p.loser_reward for p in pairs]
-        adv = losses.normalise_rewards(rewards, [t.prompt for t in trajs]).to(self.model.device)
-        steps = self._steps(trajs[0], gen)
-        old = self._old_log_probs(pairs, trajs, steps)
-        ref = None
-        if self.config.algorithm == "dpok":
-            with self._autocast():
-                ref = pipeline.log_probs(self.model, trajs, adapters=False, steps=steps).float()
-        acc: dict[str, float] = {}
-        for j, step in enumerate(steps):
-            with self._autocast():
-                logp = pipeline.log_probs(self.model, trajs, adapters=True, steps=[step], grad=True)[:, 0]
-            if ref is None:
-                out = losses.ddpo_clip_loss(logp, old[:, j], adv, CLIP_RANGE, ADV_CLIP_MAX)
-            else:
-                out = losses.dpok_loss(logp, old[:, j], ref[:, j], adv, self.config.kl_weight,
-                                       CLIP_RANGE, ADV_CLIP_MAX)
-            self._backward(out.loss * weight / len(steps))
-            _accumulate(acc, out, 1.0 / len(steps))
-        return acc
-
-    def _old_log_probs(self, pairs: list[TrainPair], trajs: list[Trajectory], steps: list[int]) -> torch.Tensor:
-        stored = [p.winner_old_log_probs for p in pairs] + [p.loser_old_log_probs for p in pairs]
-        if all(s is not None for s in stored):
-            return torch.stack([s for s in stored if s is not None])[:, steps].to(self.model.device).float()
-        with self._autocast():
-            return pipeline.log_probs(self.model, trajs, adapters=True, steps=steps).float()
 
     # -- an epoch ----------------------------------------------------------------------------
     def train_epoch(self, pairs: Sequence[TrainPair]) -> list[StepMetrics]:
@@ -305,12 +210,12 @@ class Trainer:
         margins = []
         for start in range(0, len(pairs), self.config.batch_pairs):
             micro = list(pairs[start : start + self.config.batch_pairs])
-            trajs = [p.winner for p in micro] + [p.loser for p in micro]
-            with self._autocast():
+            trajs = objectives.stack_pairs(micro)
+            with self.autocast():
                 logp = pipeline.log_probs(self.model, trajs, adapters=True, steps=steps).float()
                 ref = pipeline.log_probs(self.model, trajs, adapters=False, steps=steps).float()
-            margins.append(_pair_log_ratio(logp, ref, len(micro)).sum(dim=-1).cpu())  # logp [2b, steps]
-        return _reward_stats(torch.cat(margins))
+            margins.append(objectives.pair_log_ratio(logp, ref, len(micro)).sum(dim=-1).cpu())  # logp [2b, steps]
+        return objectives.reward_stats(torch.cat(margins))
 
     def with_old_log_probs(self, pairs: Sequence[TrainPair]) -> list[TrainPair]:
         """The pairs with their plain-policy log-probs [T] under the current weights attached."""
@@ -318,34 +223,15 @@ class Trainer:
         for start in range(0, len(pairs), self.config.batch_pairs):
             micro = list(pairs[start : start + self.config.batch_pairs])
             b = len(micro)
-            with self._autocast():
-                lp = pipeline.log_probs(self.model, [p.winner for p in micro] + [p.loser for p in micro])
+            with self.autocast():
+                lp = pipeline.log_probs(self.model, objectives.stack_pairs(micro))
             lp = lp.float().cpu()
             out += [_replace_old(p, lp[k], lp[b + k]) for k, p in enumerate(micro)]
         return out
 
 
-def _pair_log_ratio(logp: torch.Tensor, ref: torch.Tensor, b: int) -> torch.Tensor:
-    """Winners' minus losers' policy-vs-reference log-ratios: rows [winners (b); losers (b)] in, [b, ...] out."""
-    diff = logp.float() - ref.float()
-    return diff[:b] - diff[b:]
-
-
-def _reward_stats(margin: torch.Tensor) -> dict[str, float]:
-    """reward_accuracy: share of pairs with a positive implicit reward margin (ties count half);
-    reward_margin: its mean."""
-    accuracy = (margin > 0).float().mean() + 0.5 * (margin == 0).float().mean()
-    return {"reward_accuracy": float(accuracy), "reward_margin": float(margin.mean())}
-
-
 def _replace_old(pair: TrainPair, winner: torch.Tensor, loser: torch.Tensor) -> TrainPair:
     return replace(pair, winner_old_log_probs=winner, loser_old_log_probs=loser)
-
-
-def _accumulate(acc: dict[str, float], out: losses.LossOutput, weight: float) -> None:
-    values = {"loss": out.loss.detach(), "margin": out.margin, **out.extra}
-    for key, value in values.items():
-        acc[key] = acc.get(key, 0.0) + float(value) * weight
 
 
 def _check_pairs(pairs: Sequence[TrainPair]) -> None:
@@ -363,9 +249,9 @@ def _check_pairs(pairs: Sequence[TrainPair]) -> None:
 @torch.no_grad()
 def trajectory_dpo_eval(trainer: Trainer, pairs: Sequence[TrainPair]) -> losses.LossOutput:
     """The trajectory-DPO loss and margin of `pairs` over all steps under the current weights (no grad)."""
-    trajs = [p.winner for p in pairs] + [p.loser for p in pairs]
+    trajs = objectives.stack_pairs(pairs)
     b = len(pairs)
-    with trainer._autocast():
+    with trainer.autocast():
         logp = pipeline.log_probs(trainer.model, trajs, adapters=True).float()
         ref = pipeline.log_probs(trainer.model, trajs, adapters=False).float()
     return losses.trajectory_dpo_loss(logp[:b], logp[b:], ref[:b], ref[b:], trainer.config.beta, trainer.config.eps)
