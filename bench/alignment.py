@@ -74,7 +74,7 @@ def job_spec(captions: list[str], seed: int, pairs: str, lr: float, args: argpar
         "model": "toy", "scorer": "toy", "samples_per_prompt": args.samples, "epochs": args.epochs, "seed": seed,
         "sampling": {"num_steps": args.steps, "guidance_scale": args.guidance, "eta": 1.0, "batch_size": args.batch},
         "fusion": tw.TOY_FUSION,
-        "training": {"pairs": pairs, "learning_rate": lr, "batch_pairs": args.batch_pairs,
+        "training": {"algorithm": args.algorithm, "pairs": pairs, "learning_rate": lr, "batch_pairs": args.batch_pairs,
                      "steps_per_epoch": args.steps_per_epoch, "skip_last_steps": args.skip_last_steps},
         # the job's own per-epoch check is kept to one sample: the bench scores every arm itself
         "eval_prompts": captions[:1], "eval_seeds": 1,
@@ -230,6 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="optimizer steps per epoch, every arm")
     p.add_argument("--skip-last-steps", type=int, default=tw.TOY_TRAINING["skip_last_steps"],
                    help="final denoising steps left out of the loss")
+    p.add_argument("--algorithm", default="trajectory_dpo", choices=["trajectory_dpo", "diffusion_dpo"],
+                   help="the preference loss of both trained arms (its beta: the algorithm's default)")
     p.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3],
                    help="learning rates searched per arm on the validation split (one value: no search)")
     p.add_argument("--eval-prompts", type=int, default=46, help="held-out captions scored (46 = all)")
@@ -252,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args.out / "alignment.svg").write_text(svg_plot(summary, title))
     for name, ci in summary["differences"].items():
         print(difference_line(name, ci))
+    for name, ci in summary["differences_train_captions"].items():  # the captions trained on, fresh noise
+        print(difference_line(name, ci).replace("paired difference", "training captions, paired difference"))
     print(json.dumps({"differences": {k: round(v["mean"], 4) for k, v in summary["differences"].items()},
                       "heldout_mean": {k: round(v, 4) for k, v in summary["heldout_mean"].items()},
                       "wall_s": summary["wall_s"]}))
