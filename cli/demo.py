@@ -21,7 +21,7 @@ TOY_PROMPTS = [
     "a blue square right of a red triangle",
     "a green triangle below a yellow square",
 ]
-TOY_HELDOUT = 16  # held-out captions scored before and after training, one seed each, same noise
+TOY_HELDOUT = 46  # every held-out caption, scored before and after training, one seed each, same noise
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
