@@ -12,23 +12,14 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 
 from dfusion_core.errors import ConfigError
 from services.state import keys
-from services.state.scripts import (
-    ACQUIRE_LEASE,
-    CAS_POLICY,
-    CREATE,
-    MARK_DONE,
-    PUT_ONCE,
-    RELEASE_LEASE,
-    RENEW_LEASE,
-    TRANSITION,
-)
+from services.state.redis_units import RedisCoordination, mapped
+from services.state.scripts import CAS_POLICY, CREATE, PUT_ONCE, TRANSITION
 from services.state.types import (
     COUNTER_NAMES,
     TRANSITIONS,
@@ -37,14 +28,10 @@ from services.state.types import (
     JobNotFound,
     JobRecord,
     JobStatus,
-    Lease,
     StateError,
-    StateUnavailable,
     TooManyJobs,
     check_counter,
-    check_expected,
     check_id,
-    check_ttl,
     check_version,
     dumps,
     metrics_epoch,
@@ -52,24 +39,9 @@ from services.state.types import (
 
 __all__ = ["RedisJobStore", "mapped", "open_state"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def mapped(fn: F) -> F:
-    """Redis connection failures surface as StateUnavailable (Celery's autoretry target)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-            raise StateUnavailable(f"{fn.__name__}: cannot reach Redis: {e}") from e
-
-    return wrapper  # type: ignore[return-value]
-
-
-class RedisJobStore:
-    """JobStore on Redis; one instance per process wraps one Redis connection pool."""
+class RedisJobStore(RedisCoordination):
+    """JobStore on Redis; one instance per process wraps one Redis connection pool. Fan-in, unit
+    commits and leases: `RedisCoordination` (services/state/redis_units.py)."""
 
     def __init__(self, client: redis.Redis) -> None:
         if not client.connection_pool.connection_kwargs.get("decode_responses"):
@@ -80,10 +52,7 @@ class RedisJobStore:
         self._transition = client.register_script(TRANSITION)
         self._put_once = client.register_script(PUT_ONCE)
         self._cas_policy = client.register_script(CAS_POLICY)
-        self._mark_done = client.register_script(MARK_DONE)
-        self._acquire = client.register_script(ACQUIRE_LEASE)
-        self._renew = client.register_script(RENEW_LEASE)
-        self._release = client.register_script(RELEASE_LEASE)
+        self._register_coordination(client)
 
     @classmethod
     def from_url(cls, url: str) -> RedisJobStore:
@@ -283,53 +252,6 @@ class RedisJobStore:
         raw = self.r.hgetall(keys.job(job_id, kind))
         return {k: json.loads(raw[k]) for k in sorted(raw)}
 
-    # --- fan-in ---
-    @mapped
-    def mark_done(self, job_id: str, scope: str, member: str, expected: int) -> bool:
-        """Add `member` to the `scope` set; True exactly once, for the call that completes it.
-
-        The next stage is enqueued by whoever gets True, so duplicates and redeliveries of any
-        member (before or after completion) never enqueue it twice.
-        """
-        scope_key = keys.job(job_id, "done", check_id("scope", scope))
-        fired = int(self._mark_done(keys=[scope_key, f"{scope_key}:fired"], args=[member, check_expected(expected)]))
-        return fired == 1
-
-    @mapped
-    def done_count(self, job_id: str, scope: str) -> int:
-        return int(self.r.scard(keys.job(job_id, "done", check_id("scope", scope))))
-
-
-    # --- units of work: commits and leases ---
-    @mapped
-    def commit_unit(self, job_id: str, unit: str) -> bool:
-        return int(self.r.sadd(keys.job(job_id, "units"), check_id("unit", unit))) == 1
-
-    @mapped
-    def unit_committed(self, job_id: str, unit: str) -> bool:
-        return bool(self.r.sismember(keys.job(job_id, "units"), check_id("unit", unit)))
-
-    @mapped
-    def acquire_lease(self, job_id: str, lease: Lease, ttl_s: float) -> Lease | None:
-        """SET with a TTL unless another holder's lease is alive (then that holder)."""
-        held = self._acquire(keys=[keys.lease(job_id, check_id("unit", lease.unit)), keys.job(job_id, "leases")],
-                             args=[lease.dump(), check_ttl(ttl_s), lease.unit])
-        return None if held is None else Lease.load(lease.unit, held)
-
-    @mapped
-    def renew_lease(self, job_id: str, lease: Lease, ttl_s: float) -> bool:
-        return int(self._renew(keys=[keys.lease(job_id, lease.unit)], args=[lease.dump(), check_ttl(ttl_s)])) == 1
-
-    @mapped
-    def release_lease(self, job_id: str, lease: Lease) -> None:
-        self._release(keys=[keys.lease(job_id, lease.unit), keys.job(job_id, "leases")], args=[lease.dump(), lease.unit])
-
-    @mapped
-    def leases(self, job_id: str) -> list[Lease]:
-        """Units ever leased and not released, read back; an expired lease (a dead holder) reads as none."""
-        units = sorted(self.r.smembers(keys.job(job_id, "leases")))
-        raw = self.r.mget([keys.lease(job_id, u) for u in units]) if units else []
-        return [Lease.load(u, v) for u, v in zip(units, raw, strict=True) if v is not None]
 
 @functools.lru_cache(maxsize=8)
 def _state_for(url: str, pid: int) -> RedisJobStore:

@@ -1,0 +1,92 @@
+"""Redis coordination of units of work: fan-in sets, unit commits and per-unit leases.
+
+A mixin of `RedisJobStore` (services/state/redis.py), kept apart so each file reads as one idea:
+redis.py holds job records, this file what workers use to agree on who does what, once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from services.state import keys
+from services.state.scripts import ACQUIRE_LEASE, MARK_DONE, RELEASE_LEASE, RENEW_LEASE
+from services.state.types import Lease, StateUnavailable, check_expected, check_id, check_ttl
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mapped(fn: F) -> F:
+    """Redis connection failures surface as StateUnavailable (Celery's autoretry target)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            raise StateUnavailable(f"{fn.__name__}: cannot reach Redis: {e}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RedisCoordination:
+    """Fan-in, unit commits and leases on the client `self.r` (set by the store)."""
+
+    r: Any
+
+    def _register_coordination(self, client: redis.Redis) -> None:
+        self._mark_done = client.register_script(MARK_DONE)
+        self._acquire = client.register_script(ACQUIRE_LEASE)
+        self._renew = client.register_script(RENEW_LEASE)
+        self._release = client.register_script(RELEASE_LEASE)
+
+    # --- fan-in ---
+    @mapped
+    def mark_done(self, job_id: str, scope: str, member: str, expected: int) -> bool:
+        """Add `member` to the `scope` set; True exactly once, for the call that completes it.
+
+        The next stage is enqueued by whoever gets True, so duplicates and redeliveries of any
+        member (before or after completion) never enqueue it twice.
+        """
+        scope_key = keys.job(job_id, "done", check_id("scope", scope))
+        fired = int(self._mark_done(keys=[scope_key, f"{scope_key}:fired"], args=[member, check_expected(expected)]))
+        return fired == 1
+
+    @mapped
+    def done_count(self, job_id: str, scope: str) -> int:
+        return int(self.r.scard(keys.job(job_id, "done", check_id("scope", scope))))
+
+
+    # --- units of work: commits and leases ---
+    @mapped
+    def commit_unit(self, job_id: str, unit: str) -> bool:
+        return int(self.r.sadd(keys.job(job_id, "units"), check_id("unit", unit))) == 1
+
+    @mapped
+    def unit_committed(self, job_id: str, unit: str) -> bool:
+        return bool(self.r.sismember(keys.job(job_id, "units"), check_id("unit", unit)))
+
+    @mapped
+    def acquire_lease(self, job_id: str, lease: Lease, ttl_s: float) -> Lease | None:
+        """SET with a TTL unless another holder's lease is alive (then that holder)."""
+        held = self._acquire(keys=[keys.lease(job_id, check_id("unit", lease.unit)), keys.job(job_id, "leases")],
+                             args=[lease.dump(), check_ttl(ttl_s), lease.unit])
+        return None if held is None else Lease.load(lease.unit, held)
+
+    @mapped
+    def renew_lease(self, job_id: str, lease: Lease, ttl_s: float) -> bool:
+        return int(self._renew(keys=[keys.lease(job_id, lease.unit)], args=[lease.dump(), check_ttl(ttl_s)])) == 1
+
+    @mapped
+    def release_lease(self, job_id: str, lease: Lease) -> None:
+        self._release(keys=[keys.lease(job_id, lease.unit), keys.job(job_id, "leases")], args=[lease.dump(), lease.unit])
+
+    @mapped
+    def leases(self, job_id: str) -> list[Lease]:
+        """Units ever leased and not released, read back; an expired lease (a dead holder) reads as none."""
+        units = sorted(self.r.smembers(keys.job(job_id, "leases")))
+        raw = self.r.mget([keys.lease(job_id, u) for u in units]) if units else []
+        return [Lease.load(u, v) for u, v in zip(units, raw, strict=True) if v is not None]
