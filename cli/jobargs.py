@@ -35,8 +35,10 @@ def read_prompts(path: Path) -> list[dict]:
 
 
 def add_job_flags(p: argparse.ArgumentParser, *, model_help: str, steps_help: str) -> None:
-    """--model, --samples-per-prompt, --epochs, --steps, --pairs, --algorithm, --seed."""
+    """--model, --revision, --variant, --samples-per-prompt, --epochs, --steps, --pairs, --algorithm, --seed."""
     p.add_argument("--model", default="tiny", help=model_help)
+    p.add_argument("--revision", default=None, help="Hub ids: branch, tag or commit (default: main)")
+    p.add_argument("--variant", default=None, help="weights variant of the model's files, e.g. fp16")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="multiple of 4 (default: 8)")
     p.add_argument("--epochs", type=int, default=1, help="sample -> fuse -> train rounds (default: 1)")
     p.add_argument("--steps", type=int, default=None, help=steps_help)
@@ -50,6 +52,9 @@ def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None
     body: dict[str, Any] = {"prompts": prompts, "model": model or args.model,
                             "samples_per_prompt": args.samples_per_prompt, "epochs": args.epochs,
                             "seed": args.seed, "training": {"pairs": args.pairs}}
+    for name in ("revision", "variant"):
+        if getattr(args, name, None):
+            body[name] = getattr(args, name)
     if args.algorithm:
         body["training"]["algorithm"] = args.algorithm
     if args.steps:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from cli.jobargs import add_job_flags, job_body, read_prompts
 from dfusion_core.errors import ConfigError
+from dfusion_core.hub import is_hub_id
 from dfusion_core.registry import MODELS
 
 DEMO_PROMPTS = ["a cat eating a sandwich", "a red and woolen dog"]
@@ -22,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_flags(p, model_help="'tiny' (random), 'toy' (the shipped toy-world model) or a local diffusers folder",
+    add_job_flags(p, model_help="'tiny' (random), 'toy' (the shipped toy-world model), a local diffusers "
+                             "folder or a Hugging Face Hub id ('owner/name', through the HF cache)",
                   steps_help="DDIM steps (default: 20)")
     p.add_argument("--device", default=None, help="cuda:N or cpu (default: the GPU if any)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")
@@ -30,20 +32,26 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[object, dict[str, str]]:
+    """The job spec, and the local folders it names: a folder `--model` is registered as 'local'.
+    A Hub id ('owner/name') stays as it is; with HF_HUB_OFFLINE set it must be in the HF cache."""
     from services.jobspec import JobSpec
+    from services.modelcheck import check_models
+    from services.settings import get_settings
 
     models: dict[str, str] = {}
     model = args.model
-    if model not in MODELS:
-        folder = Path(model)
-        if not folder.is_dir():
-            raise ConfigError("model", f"{model} is neither one of {', '.join(MODELS)} nor a local diffusers folder")
-        models, model = {"local": str(folder.resolve())}, "local"
+    if model not in MODELS and Path(model).is_dir():
+        models, model = {"local": str(Path(model).resolve())}, "local"
+    elif model not in MODELS and not is_hub_id(model):
+        raise ConfigError("model", f"{model} is neither one of {', '.join(MODELS)}, a local diffusers folder "
+                                   "nor a Hugging Face Hub id ('owner/name')")
     try:
-        return JobSpec.model_validate(job_body(prompts, args, model=model)), models
+        spec = JobSpec.model_validate(job_body(prompts, args, model=model))
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(".".join(map(str, err["loc"])) or "job", err["msg"]) from None
+    check_models(spec, get_settings().model_copy(update={"models": models}))
+    return spec, models
 
 
 def execute(spec, models: dict[str, str], args: argparse.Namespace) -> int:

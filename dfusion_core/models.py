@@ -1,9 +1,10 @@
-"""Models: a Stable Diffusion bundle from a local diffusers folder, or the `tiny` preset.
+"""Models: a Stable Diffusion bundle from a local diffusers folder or a Hub id, or the `tiny` preset.
 
-Nothing here downloads: real weights come from local paths, and the tiny preset is built
+Local folders never download; a Hub id resolves through the Hugging Face cache (and downloads
+only when the Hub is reachable and HF_HUB_OFFLINE is unset). The tiny preset is built
 from configs under a fixed seed (inside `torch.random.fork_rng`, so the caller's global
 RNG is untouched). Tokenisation is CLIP's real BPE, shipped in `assets/tokenizer`.
-Models are resolved by name (`tiny`, `toy`) or folder in `dfusion_core.registry.load_model`.
+Models are resolved by name (`tiny`, `toy`), folder or Hub id in `dfusion_core.registry.load_model`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dfusion_core.errors import ConfigError
+from dfusion_core.hub import HubOptions, is_hub_id, unavailable_message
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +148,56 @@ def build_tiny(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
 
 
 def load_pretrained(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    hub: HubOptions | None = None,
 ) -> DiffusionModel:
-    """A local diffusers folder in SD 1.x / 2.x layout (unet/, vae/, text_encoder/, ...)."""
+    """A local diffusers folder in SD 1.x / 2.x layout (unet/, vae/, text_encoder/, ...), or a Hub id
+    (`owner/name`) of one, resolved by `from_pretrained` through the Hugging Face cache.
+
+    `revision` (branch, tag or commit; Hub ids only) and `variant` (e.g. "fp16": the
+    `*.fp16.safetensors` weights) are passed to every `from_pretrained`.
+    """
+    name = str(path)
     root = Path(path)
-    missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (root / sub).is_dir()]
-    if missing:
-        raise ConfigError("model", f"{root} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})")
-    kw = {"local_files_only": True}
-    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw)
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw)
-    text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw)
-    tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw)
-    scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", **kw)
-    return assemble(unet, vae, text_encoder, tokenizer, scheduler, str(root), device, dtype)
+    if root.is_dir():
+        missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (root / sub).is_dir()]
+        if missing:
+            raise ConfigError("model", f"{root} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})")
+        return _from_pretrained(root, name, device, dtype, {"local_files_only": True, "variant": variant})
+    if not is_hub_id(name):
+        raise ConfigError("model", f"{name!r} is neither a local diffusers folder nor a Hub id ('owner/name')")
+    hub = hub or HubOptions()
+    kw = {"revision": revision, "variant": variant, "cache_dir": hub.cache_dir}
+    if hub.offline is not None:
+        kw["local_files_only"] = hub.offline
+    try:
+        return _from_pretrained(name, name, device, dtype, kw)
+    except (OSError, ValueError) as exc:  # diffusers / transformers / huggingface_hub: not cached, no such repo
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError("model", unavailable_message(name, revision, _first_line(exc))) from exc
+
+
+def _from_pretrained(source, name: str, device, dtype, kw: dict) -> DiffusionModel:
+    weights = {k: v for k, v in kw.items() if v is not None}
+    files = {k: v for k, v in weights.items() if k != "variant"}  # tokenizer and scheduler have no variants
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **files)
+    scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **files)
+    log.info("loaded %s (%s)", name, ", ".join(f"{k}={v}" for k, v in weights.items()) or "defaults")
+    return assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def save_model(model: DiffusionModel, path: str | Path) -> Path:

@@ -5,8 +5,9 @@
 | `tiny` | random weights from configs (`models`)       | random tiny CLIP (`scoring`)                |
 | `toy`  | the shipped, trained toy model (`toy.model`) | the exact toy-world scorer (`toy.scorer`)   |
 
-Anything else is a path: a local diffusers folder for models; a local transformers CLIP folder or
-`openclip:<arch>:<weights>` for scorers. Each builder imports its module when called, so this
+Anything else is a local folder or a Hugging Face Hub id (`owner/name`, resolved through the HF
+cache, `dfusion_core.hub`): a diffusers SD 1.x / 2.x pipeline for models; a transformers CLIP model
+(or `openclip:<arch>:<weights>`) for scorers. Each builder imports its module when called, so this
 module loads no torch and the API can list the names (`MODELS`, `SCORERS`) without it. Plug-in
 scorers are added with `register_scorer`.
 """
@@ -14,16 +15,28 @@ scorers are added with `register_scorer`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfusion_core.errors import ConfigError
+from dfusion_core.hub import HubOptions, is_hub_id
 
 if TYPE_CHECKING:
     import torch
 
     from dfusion_core.models import DiffusionModel
     from dfusion_core.scoring import Scorer
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as a job names it: a name in `MODELS`, a registered name, a folder or a Hub id, and for
+    those the revision (Hub ids) and weights variant (e.g. "fp16"). Hashable: a worker keys its models by it."""
+
+    name: str
+    revision: str | None = None
+    variant: str | None = None
+
 
 #: `(device, dtype) -> DiffusionModel` and `(device, dtype) -> Scorer`.
 ModelBuilder = Callable[[Any, Any], "DiffusionModel"]
@@ -76,8 +89,17 @@ def available_scorers() -> list[str]:
     return sorted(SCORERS)
 
 
-def load_model(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> DiffusionModel:
-    """A name in `MODELS`, or a local diffusers folder in SD 1.x / 2.x layout. `dtype` None = float32."""
+def load_model(
+    name_or_path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    hub: HubOptions | None = None,
+) -> DiffusionModel:
+    """A name in `MODELS`, a local diffusers folder in SD 1.x / 2.x layout, or a Hub id of one
+    (`revision`, `variant` and `hub` apply to those). `dtype` None = float32."""
     import torch
 
     dtype = torch.float32 if dtype is None else dtype
@@ -86,11 +108,12 @@ def load_model(name_or_path: str | Path, device: torch.device | str = "cpu", dty
         return MODELS[name](device, dtype)
     from dfusion_core.models import load_pretrained
 
-    return load_pretrained(name, device, dtype)
+    return load_pretrained(name, device, dtype, revision=revision, variant=variant, hub=hub)
 
 
-def build_scorer(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Scorer:
-    """A name in `SCORERS`, `openclip:<arch>:<weights>`, or a local transformers CLIP folder."""
+def build_scorer(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                 *, hub: HubOptions | None = None) -> Scorer:
+    """A name in `SCORERS`, `openclip:<arch>:<weights>`, a local transformers CLIP folder or its Hub id."""
     import torch
 
     dtype = torch.float32 if dtype is None else dtype
@@ -106,5 +129,7 @@ def build_scorer(name_or_path: str | Path, device: torch.device | str = "cpu", d
         return OpenClipScorer.from_pretrained(parts[1], parts[2], device, dtype)
     if Path(name).is_dir():
         return ClipScorer.from_pretrained(name, device, dtype)
+    if is_hub_id(name):
+        return ClipScorer.from_hub(name, device, dtype, hub=hub)
     raise ConfigError("scorer", f"unknown scorer {name!r}: use one of {available_scorers()}, "
-                      "'openclip:<arch>:<weights>' or a local CLIP folder")
+                      "'openclip:<arch>:<weights>', a local CLIP folder or a Hub id ('owner/name')")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
 from dfusion_core.errors import ConfigError
+from dfusion_core.hub import HubOptions, unavailable_message
 from dfusion_core.models import TINY_TEXT_CONFIG, load_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -100,6 +101,25 @@ class ClipScorer:
             size = size.get("height") or size.get("shortest_edge")
         return cls(model, tokenizer, device=device, dtype=dtype, mean=pre.get("image_mean", CLIP_MEAN),
                    std=pre.get("image_std", CLIP_STD), image_size=size)
+
+    @classmethod
+    def from_hub(cls, repo_id: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 *, revision: str | None = None, hub: HubOptions | None = None) -> ClipScorer:
+        """A transformers CLIP repo on the Hub, through the Hugging Face cache (its config, tokenizer
+        and safetensors weights only), then read as a local folder."""
+        from huggingface_hub import snapshot_download
+
+        hub = hub or HubOptions()
+        kw: dict[str, Any] = {"revision": revision, "cache_dir": hub.cache_dir,
+                              "allow_patterns": ["*.json", "*.txt", "*.safetensors"]}
+        if hub.offline is not None:
+            kw["local_files_only"] = hub.offline
+        try:
+            folder = snapshot_download(repo_id, **kw)
+        except (OSError, ValueError) as exc:  # huggingface_hub: not cached and offline, no such repo
+            raise ConfigError("scorer", unavailable_message(repo_id, revision, str(exc).splitlines()[0][:300]
+                                                           if str(exc) else type(exc).__name__)) from exc
+        return cls.from_pretrained(folder, device, dtype)
 
     @torch.no_grad()
     def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:

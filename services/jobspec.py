@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dfusion_core.config import FusionConfig, SamplingConfig, TrainingConfig
+from dfusion_core.hub import is_hub_id
 from dfusion_core.pairs import pairs_per_prompt
+from dfusion_core.registry import ModelRef
 
 MAX_PROMPT_CHARS = 300
 MAX_PROMPTS = 256
@@ -25,6 +27,8 @@ MAX_EPOCHS = 100
 DEFAULT_MODEL = "tiny"
 DEFAULT_SCORER = "tiny"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_REVISION = re.compile(r"^[\w.-][\w./-]{0,127}$")  # a branch, tag or commit of a Hub repo
+_VARIANT = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # a weights variant, e.g. fp16
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
@@ -100,22 +104,41 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     prompts: list[PromptSpec] = Field(..., min_length=1, max_length=MAX_PROMPTS)
-    model: str = Field(DEFAULT_MODEL, description="'tiny', 'toy' or a model name registered in the workers' settings")
+    model: str = Field(DEFAULT_MODEL, description="'tiny', 'toy', a model name registered in the workers' settings "
+                                                   "or a Hugging Face Hub id ('owner/name') of an SD 1.x / 2.x pipeline")
+    revision: str | None = Field(None, description="Hub ids: the branch, tag or commit to load; None = main")
+    variant: str | None = Field(None, description="weights variant of the model's files, e.g. 'fp16'; None = the default")
     samples_per_prompt: int = Field(8, ge=4, le=MAX_SAMPLES_PER_PROMPT, description="positive multiple of 4")
     epochs: int = Field(1, ge=1, le=MAX_EPOCHS)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    scorer: str = Field(DEFAULT_SCORER, description="alignment scorer: 'tiny', 'toy' or a registered name")
+    scorer: str = Field(DEFAULT_SCORER, description="alignment scorer: 'tiny', 'toy', a registered name or the Hub "
+                                                     "id of a transformers CLIP model")
     eval_prompts: list[str] = Field(default_factory=list, max_length=64, description="held-out prompts; [] = shipped test split")
     eval_seeds: int = Field(2, ge=1, le=16, description="samples per held-out prompt")
 
     @field_validator("model", "scorer")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _MODEL_NAME.match(v) or ".." in v:
-            raise ValueError(f"{v!r} is not a model name (letters, digits, '_', '.', '-'; no paths)")
+        if (not _MODEL_NAME.match(v) or ".." in v) and not is_hub_id(v):
+            raise ValueError(f"{v!r} is neither a model name (letters, digits, '_', '.', '-') nor a Hub id "
+                             "('owner/name'); no paths")
+        return v
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, v: str | None) -> str | None:
+        if v is not None and (not _REVISION.match(v) or ".." in v):
+            raise ValueError(f"{v!r} is not a branch, tag or commit (letters, digits, '_', '.', '-', '/')")
+        return v
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: str | None) -> str | None:
+        if v is not None and not _VARIANT.match(v):
+            raise ValueError(f"{v!r} is not a weights variant such as 'fp16' (letters, digits, '_')")
         return v
 
     @field_validator("samples_per_prompt")
@@ -132,6 +155,17 @@ class JobSpec(BaseModel):
                 if not p.items:
                     raise ValueError(f"prompts[{i}] has no items; D-Fusion pairs need at least one item word")
         return self
+
+    @model_validator(mode="after")
+    def _revision_needs_hub_id(self) -> JobSpec:
+        if self.revision is not None and not is_hub_id(self.model):
+            raise ValueError(f"revision {self.revision!r} applies to Hub ids ('owner/name'), not to {self.model!r}")
+        return self
+
+    @property
+    def model_ref(self) -> ModelRef:
+        """The model with its revision and variant, as workers load and key it."""
+        return ModelRef(self.model, self.revision, self.variant)
 
     @property
     def total_samples(self) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dfusion_core.hub import HubOptions
 from dfusion_core.registry import MODELS
 
 
@@ -38,7 +39,16 @@ class Settings(BaseSettings):
     storage_dir: Path = Field(default=Path(".dfusion/blobs"), description="local blob dir used when s3_endpoint is None")
     models: dict[str, str] = Field(
         default_factory=dict,
-        description="model name -> local diffusers folder on the workers; 'tiny' and 'toy' are built in",
+        description="model name -> local diffusers folder on the workers; 'tiny' and 'toy' are built in; "
+                    "any other 'owner/name' is a Hugging Face Hub id",
+    )
+    hf_hub_cache: Path | None = Field(
+        default=None, validation_alias=_alias("HF_HUB_CACHE"),
+        description="the Hugging Face hub cache Hub ids resolve through; None = huggingface_hub's (HF_HOME/hub)",
+    )
+    hf_hub_offline: bool = Field(
+        default=False, validation_alias=_alias("HF_HUB_OFFLINE"),
+        description="never reach the Hub: Hub ids load from the cache only, and the API rejects uncached ones",
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -69,6 +79,10 @@ class Settings(BaseSettings):
     def broker(self) -> str:
         """The Celery broker URL: `broker_url`, else Redis."""
         return self.broker_url or self.redis_url
+
+    def hub(self) -> HubOptions:
+        """How Hub ids resolve in this process (offline False leaves it to huggingface_hub)."""
+        return HubOptions(cache_dir=self.hf_hub_cache, offline=True if self.hf_hub_offline else None)
 
     def model_names(self) -> list[str]:
         """Names a job may ask for: the built-in models (`dfusion_core.registry`) plus the configured ones."""

@@ -51,7 +51,8 @@ def context() -> stages.Context:
                 state=open_state(settings.redis_url),
                 store=open_store(settings),
                 dispatch=lambda name, **kw: send(app, name, **kw),
-                runtime=Runtime(models=dict(settings.models), device=pick_device(settings.device)),
+                runtime=Runtime(models=dict(settings.models), device=pick_device(settings.device),
+                                hub=settings.hub()),
             )
         return _ctx
 

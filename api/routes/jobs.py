@@ -32,6 +32,7 @@ from api.schemas import (
 )
 from dfusion_core.errors import ConfigError
 from dfusion_core.storage import BlobStore
+from services.modelcheck import check_models
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
 from services.state.types import InvalidTransition, JobStatus
 from services.storage import presigned_url
@@ -68,8 +69,7 @@ def create_job(
     body: JobCreate, tenant: TenantDep, settings: SettingsDep, state: StateDep, enqueue: EnqueueDep
 ) -> JobCreated:
     """Validate the spec against this deployment's limits, record the job, enqueue its start."""
-    if body.model not in settings.model_names():
-        raise ConfigError("model", f"unknown model {body.model!r}; available: {', '.join(settings.model_names())}")
+    check_models(body, settings)
     if body.total_samples > settings.max_samples_per_job:
         raise ConfigError(
             "samples_per_prompt",

@@ -52,7 +52,7 @@ def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, plans: li
     load = {i: load_trajectory(records[i].trajectory_key, b) for i, b in zip(needed, blobs, strict=True)}
     ps = spec.prompts[prompt]
     with ctx.runtime.lock:
-        model = ctx.runtime.policy(spec.model, ctx.store, job_id, epoch)
+        model = ctx.runtime.policy(spec.model_ref, ctx.store, job_id, epoch)
         items = map_items(model.tokenizer, ps.text, ps.items, ps.mask_thresholds)
         fused = pipeline.fuse_pairs(model, [load[p.reference] for p in plans], [load[p.base] for p in plans],
                                     [items] * len(plans), spec.fusion)

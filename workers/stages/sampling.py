@@ -30,7 +30,7 @@ def sample(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> No
     text = spec.prompts[prompt].text
     seeds = [derive_seed(spec.seed, "sample", epoch, prompt, i) for i in indices]
     with ctx.runtime.lock:
-        model = ctx.runtime.policy(spec.model, ctx.store, job_id, epoch)
+        model = ctx.runtime.policy(spec.model_ref, ctx.store, job_id, epoch)
         trajs = pipeline.sample(model, [text] * len(seeds), spec.sampling, seeds=seeds, policy_version=epoch)
     objects = []
     for i, traj in zip(indices, trajs, strict=True):

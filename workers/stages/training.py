@@ -56,8 +56,8 @@ def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
     prefix = keys.trainer_state_prefix(job_id, epoch)
     train_pairs = _train_pairs(ctx, kept)
     with ctx.runtime.lock:
-        model = ctx.runtime.model(spec.model)
-        ctx.runtime.mark_modified(spec.model, ("train", job_id, epoch))
+        model = ctx.runtime.model(spec.model_ref)
+        ctx.runtime.mark_modified(spec.model_ref, ("train", job_id, epoch))
         unit = train_unit(model, spec.training, train_pairs, store=ctx.store, save_to=prefix,
                           resume_from=keys.trainer_state_prefix(job_id, epoch - 1) if epoch > 0 else None,
                           seed=derive_seed(spec.seed, "train"), lora_seed=derive_seed(spec.seed, "lora"))
