@@ -50,3 +50,11 @@ def test_uncached_hub_id_names_the_model(hub_cache: Path) -> None:
 def test_missing_variant_names_the_model(hub_cache: Path) -> None:
     with pytest.raises(ConfigError, match=REPO_ID):
         load_model(REPO_ID, variant="fp16", hub=HubOptions(cache_dir=hub_cache, offline=True))
+
+
+def test_local_diffusers_folder_still_loads(tmp_path: Path) -> None:
+    from dfusion_core.models import save_model
+
+    folder = save_model(build_tiny(), tmp_path / "tiny-sd")
+    model = load_model(folder)
+    assert torch.equal(model.unet.conv_in.weight, build_tiny().unet.conv_in.weight)

@@ -33,6 +33,8 @@ def test_gpu_workers_reserve_a_gpu_and_wait_for_healthy_deps(compose):
         assert svc["command"] == ["worker", "--queues", queue]
         assert all(d["condition"] == "service_healthy" for d in svc["depends_on"].values())
         assert any(v.endswith(":/models:ro") for v in svc["volumes"]), "weights come from a mounted volume"
+        assert "hf-cache:/hf-cache" in svc["volumes"], "the workers share one Hugging Face cache"
+    assert "hf-cache" in compose["volumes"] and compose["x-common-env"]["HF_HOME"] == "/hf-cache"
 
 
 def test_required_secrets_are_required(compose):
