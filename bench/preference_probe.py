@@ -3,10 +3,10 @@
     .venv/bin/python bench/preference_probe.py --algorithm diffusion_dpo --lr 1e-3   # ~8 min on 2 idle cores
 
 One seed, one arm, a larger budget than bench/alignment.py gives: --captions training captions x
---samples samples (8 DDIM steps, CFG 5, eta 1), plain best-vs-worst pairs per caption with ties
+--samples samples (--ddim-steps DDIM steps, CFG 5, eta 1), plain best-vs-worst pairs per caption with ties
 dropped (`dfusion_core.pairs.select_plain_pairs` + the `winner_beats_loser` filter), --steps
 optimizer steps of --batch-pairs pairs drawn at random, LoRA rank --rank. Then, on the same noise
-before and after: the 46 held-out captions x 4 seeds, and the first 46 training captions x the same
+before and after: the 46 held-out captions x 4 seeds (the same DDIM steps), and the first 46 training captions x the same
 4 seeds (captions trained on, noise never trained on). Prints the share of each of the caption's
 five facts (A's colour, A's shape, B's colour, B's shape, the relation) that hold, and the paired
 differences with their standard errors over samples. A probe for choosing what bench/alignment.py
@@ -68,13 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-pairs", type=int, default=8)
     p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--ddim-steps", type=int, default=8, help="DDIM steps of the samples and the evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model, scorer = toy_model.load_toy(), toy_scorer.ToyScorer()
-    sampling = SamplingConfig(num_steps=8, guidance_scale=5.0, eta=1.0, batch_size=46)
+    sampling = SamplingConfig(num_steps=args.ddim_steps, guidance_scale=5.0, eta=1.0, batch_size=46)
     rng = np.random.default_rng(args.seed)
     pool = tw.train_captions()
     captions = [pool[i] for i in rng.choice(len(pool), args.captions, replace=False)]
