@@ -47,6 +47,13 @@ def add_job_flags(p: argparse.ArgumentParser, *, model_help: str, steps_help: st
     p.add_argument("--seed", type=int, default=0)
 
 
+def add_tracking_flag(p: argparse.ArgumentParser) -> None:
+    """--report-to (`dfusion run`: the embedded runner writes the event files into its run folder)."""
+    p.add_argument("--report-to", default="none", metavar="{none,tensorboard}",
+                   help="experiment tracking: 'tensorboard' writes event files to <out>/tensorboard/ "
+                        "(pip install 'dfusion[tracking]'); default: none")
+
+
 def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None = None) -> dict[str, Any]:
     """The job body the flags of `add_job_flags` describe; `model` overrides `--model`."""
     body: dict[str, Any] = {"prompts": prompts, "model": model or args.model,
@@ -55,6 +62,8 @@ def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None
     for name in ("revision", "variant"):
         if getattr(args, name, None):
             body[name] = getattr(args, name)
+    if getattr(args, "report_to", "none") != "none":
+        body["report_to"] = args.report_to
     if args.algorithm:
         body["training"]["algorithm"] = args.algorithm
     if args.steps:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli.jobargs import add_job_flags, job_body, read_prompts
+from cli.jobargs import add_job_flags, add_tracking_flag, job_body, read_prompts
 from dfusion_core.errors import ConfigError
 from dfusion_core.hub import is_hub_id
 from dfusion_core.registry import MODELS
@@ -20,6 +20,7 @@ DEMO_PROMPTS = ["a cat eating a sandwich", "a red and woolen dog"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompts", type=Path, help="JSONL: one {text, items, mask_thresholds} per line")
     add_job_arguments(p)
+    add_tracking_flag(p)
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:

@@ -30,6 +30,9 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REVISION = re.compile(r"^[\w.-][\w./-]{0,127}$")  # a branch, tag or commit of a Hub repo
 _VARIANT = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # a weights variant, e.g. fp16
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+#: Where a job's metrics go besides metrics.json: "none", or "tensorboard" (event files under
+#: `<run folder>/tensorboard/`, `dfusion run` only; needs the `tracking` extra).
+REPORT_TO = ("none", "tensorboard")
 
 
 def words(text: str) -> list[str]:
@@ -118,6 +121,8 @@ class JobSpec(BaseModel):
                                                      "id of a transformers CLIP model")
     eval_prompts: list[str] = Field(default_factory=list, max_length=64, description="held-out prompts; [] = shipped test split")
     eval_seeds: int = Field(2, ge=1, le=16, description="samples per held-out prompt")
+    report_to: str = Field("none", description="experiment tracking: 'none' or 'tensorboard' (event files in "
+                                               "the run folder's tensorboard/, `dfusion run` only)")
 
     @field_validator("model", "scorer")
     @classmethod
@@ -125,6 +130,15 @@ class JobSpec(BaseModel):
         if (not _MODEL_NAME.match(v) or ".." in v) and not is_hub_id(v):
             raise ValueError(f"{v!r} is neither a model name (letters, digits, '_', '.', '-') nor a Hub id "
                              "('owner/name'); no paths")
+        return v
+
+    @field_validator("report_to")
+    @classmethod
+    def _report_to(cls, v: str) -> str:
+        if v in ("wandb", "mlflow"):
+            raise ValueError(f"report_to {v!r} is not supported yet; use 'tensorboard' or 'none'")
+        if v not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {', '.join(map(repr, REPORT_TO))}, got {v!r}")
         return v
 
     @field_validator("revision")

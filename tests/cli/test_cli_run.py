@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 
@@ -49,3 +50,42 @@ def test_run_names_the_bad_field(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "prompts.0" in proc.stderr and "'dog' is not a word" in proc.stderr
+
+
+def test_run_reports_to_tensorboard(tmp_path: Path) -> None:
+    """`--report-to tensorboard` leaves event files with the step and epoch curves and pair images."""
+    pytest.importorskip("tensorboard", reason="report_to='tensorboard' needs the tracking extra: "
+                                              "pip install -e '.[tracking]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"text": "a red and woolen dog", "items": ["woolen", "dog"],
+                                   "mask_thresholds": [0.02, 0.03]}) + "\n")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", str(prompts), "--model", "tiny", "--samples-per-prompt", "4",
+         "--epochs", "1", "--steps", "4", "--out", str(out), "--no-progress", "--report-to", "tensorboard"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    metrics = json.loads((out / "metrics.json").read_text())["epochs"]
+    for name in ("heldout_score", "heldout_score_base", "mean_sample_score", "target_win_rate"):
+        [point] = events.Scalars(f"epoch/{name}")
+        assert point.step == 0 and point.value == pytest.approx(metrics[0][name], rel=1e-5)
+    assert metrics[0]["optimizer_steps"] == 1  # as in the run above: this prompt and seed train at 4 steps
+    assert {"train/loss", "train/margin", "train/grad_norm", "train/reward_accuracy"} <= set(tags["scalars"])
+    [step] = events.Scalars("train/loss")
+    assert step.step == 1 and step.value == pytest.approx(metrics[0]["loss"], rel=1e-5)
+    assert len(tags["images"]) == 2  # both pairs of the prompt, reference | base | target
+
+
+def test_run_refuses_unsupported_trackers(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"text": "a dog", "items": ["dog"], "mask_thresholds": [0.1]}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "run", str(prompts), "--report-to", "wandb",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "report_to" in proc.stderr and "'wandb' is not supported yet" in proc.stderr
