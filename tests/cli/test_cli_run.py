@@ -12,19 +12,24 @@ import pytest
 from safetensors.torch import load_file
 
 
-def test_run_leaves_trained_checkpoints_and_metrics(tmp_path: Path) -> None:
-    prompts = tmp_path / "prompts.jsonl"
+def _run_tiny(out: Path, *flags: str, timeout: int) -> subprocess.CompletedProcess:
+    """`dfusion run` of the tiny model on one prompt (4 samples, 4 DDIM steps) into `out`."""
+    prompts = out.parent / "prompts.jsonl"
     prompts.write_text(json.dumps({"text": "a red and woolen dog", "items": ["woolen", "dog"],
                                    "mask_thresholds": [0.02, 0.03]}) + "\n")
-    out = tmp_path / "run"
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "cli.main", "run", str(prompts), "--model", "tiny", "--samples-per-prompt", "4",
-         "--epochs", "2", "--steps", "4", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+         "--steps", "4", "--out", str(out), "--no-progress", *flags],
+        capture_output=True, text=True, timeout=timeout,
         # one torch thread, as the suite's other embedded runs: ~25 s of CPU; two threads on a loaded
         # 2-core machine spin-wait on each other (63-165 s measured beside a running benchmark)
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def test_run_leaves_trained_checkpoints_and_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _run_tiny(out, "--epochs", "2", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "succeeded" and summary["counts"]["pairs"] == 4
@@ -58,15 +63,8 @@ def test_run_reports_to_tensorboard(tmp_path: Path) -> None:
                                               "pip install -e '.[tracking]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"text": "a red and woolen dog", "items": ["woolen", "dog"],
-                                   "mask_thresholds": [0.02, 0.03]}) + "\n")
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", str(prompts), "--model", "tiny", "--samples-per-prompt", "4",
-         "--epochs", "1", "--steps", "4", "--out", str(out), "--no-progress", "--report-to", "tensorboard"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = _run_tiny(out, "--epochs", "1", "--report-to", "tensorboard", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
