@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from dfusion_core import attention
 from dfusion_core.attention import FusionController
 from dfusion_core.blocks import resolve_blocks
+from dfusion_core.conditioning import Conditioning
 from dfusion_core.config import FusionConfig
 from dfusion_core.errors import ConfigError
 from dfusion_core.sampling import NoiseStream, ddim_step_with_logprob
@@ -37,8 +38,8 @@ class FusedBatch:
 def fuse(
     unet: UNet2DConditionModel,
     scheduler: DDIMScheduler,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    cond: Conditioning | torch.Tensor,
+    uncond: Conditioning | torch.Tensor,
     ref_noise: NoiseStream,
     base_noise: NoiseStream,
     token_positions: list[list[list[int]]],
@@ -47,7 +48,7 @@ def fuse(
     *,
     guidance_scale: float,
     eta: float,
-    ref_cond: torch.Tensor | None = None,
+    ref_cond: Conditioning | torch.Tensor | None = None,
     sequential: bool = False,
     classic_attention: bool = False,
 ) -> FusedBatch:
@@ -55,9 +56,10 @@ def fuse(
     the reference's (default: the same); uncond [n, L, D]. `scheduler` has its timesteps set.
     `sequential` and `classic_attention` give the reference-like path (benchmarks only)."""
     n = base_noise.batch_size
-    if ref_noise.batch_size != n or cond.shape[0] != n or uncond.shape[0] != n:
+    cond, uncond = Conditioning.of(cond), Conditioning.of(uncond)
+    ref_cond = cond if ref_cond is None else Conditioning.of(ref_cond)
+    if ref_noise.batch_size != n or len(cond) != n or len(uncond) != n or len(ref_cond) != n:
         raise ConfigError("pairs", "reference noise, base noise and embeddings must have one row per pair")
-    ref_cond = cond if ref_cond is None else ref_cond
     num_steps = len(scheduler.timesteps)
     h, w = base_noise.init.shape[-2:]
     ctl = FusionController(
@@ -107,8 +109,8 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
             xs.append(x_tgt), ts.append(timesteps[tgt_step]), embeds.append((uncond, cond))
         x_in = torch.cat(xs + xs)
         t_in = torch.tensor([t for t in ts for _ in range(len(x_ref))] * 2, device=device)
-        e_in = torch.cat([u for u, _ in embeds] + [c for _, c in embeds])
-        out = unet(x_in, t_in, encoder_hidden_states=e_in).sample
+        e_in = Conditioning.cat([u for u, _ in embeds] + [c for _, c in embeds])
+        out = unet(x_in, t_in, **e_in.unet_kwargs()).sample
         ctl.end_call()
         eps_u, eps_c = out.chunk(2)
         eps = (eps_u + w * (eps_c - eps_u)).chunk(len(xs))

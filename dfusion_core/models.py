@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from dfusion_core.conditioning import Conditioning
 from dfusion_core.errors import ConfigError
 from dfusion_core.hub import HubOptions, is_hub_id, unavailable_message
 
@@ -78,7 +80,12 @@ TINY_TEXT_CONFIG: dict = {
 
 @dataclass
 class DiffusionModel:
-    """The parts of a Stable Diffusion pipeline that dfusion drives, on one device."""
+    """The parts of a Stable Diffusion (1.x / 2.x or XL) pipeline that dfusion drives, on one device.
+
+    SDXL models also carry the second text encoder (`CLIPTextModelWithProjection`) and its
+    tokenizer; `zero_uncond` is the pipeline's `force_zeros_for_empty_prompt` (SDXL's
+    unconditional branch is all zeros rather than the empty prompt's embedding).
+    """
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -88,6 +95,13 @@ class DiffusionModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    text_encoder_2: Any = None
+    tokenizer_2: CLIPTokenizer | None = None
+    zero_uncond: bool = False
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
     @property
     def latent_channels(self) -> int:
@@ -102,8 +116,13 @@ class DiffusionModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings [B, L, D] of the prompts, padded to the tokenizer's context window."""
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """What the UNet is conditioned on for each prompt: hidden states [B, L, D] padded to the
+        tokenizer's context window (SDXL: both encoders' penultimate layers, pooled embeds, time ids)."""
+        if self.is_sdxl:
+            from dfusion_core.sdxl import encode_sdxl
+
+            return encode_sdxl(self, prompts)
         ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -111,7 +130,15 @@ class DiffusionModel:
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+        return Conditioning(self.text_encoder(ids)[0].to(self.dtype))
+
+    def encode_uncond(self, n: int) -> Conditioning:
+        """The unconditional branch of classifier-free guidance for n rows."""
+        empty = self.encode([""])
+        if self.zero_uncond:
+            empty = Conditioning(torch.zeros_like(empty.hidden),
+                                 None if empty.pooled is None else torch.zeros_like(empty.pooled), empty.time_ids)
+        return empty.repeat(n)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -156,7 +183,7 @@ def load_pretrained(
     variant: str | None = None,
     hub: HubOptions | None = None,
 ) -> DiffusionModel:
-    """A local diffusers folder in SD 1.x / 2.x layout (unet/, vae/, text_encoder/, ...), or a Hub id
+    """A local diffusers folder in SD 1.x / 2.x or SDXL layout (unet/, vae/, text_encoder/, ...), or a Hub id
     (`owner/name`) of one, resolved by `from_pretrained` through the Hugging Face cache.
 
     `revision` (branch, tag or commit; Hub ids only) and `variant` (e.g. "fp16": the
@@ -191,8 +218,11 @@ def _from_pretrained(source, name: str, device, dtype, kw: dict) -> DiffusionMod
     text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **files)
     scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **files)
+    from dfusion_core.sdxl import sdxl_parts
+
+    xl = sdxl_parts(source, weights, files)  # {} unless an SDXL pipeline: then its second text encoder
     log.info("loaded %s (%s)", name, ", ".join(f"{k}={v}" for k, v in weights.items()) or "defaults")
-    return assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype)
+    return assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype, **xl)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -208,12 +238,21 @@ def save_model(model: DiffusionModel, path: str | Path) -> Path:
     model.text_encoder.save_pretrained(root / "text_encoder")
     model.tokenizer.save_pretrained(root / "tokenizer")
     model.scheduler.save_pretrained(root / "scheduler")
+    if model.is_sdxl:
+        model.text_encoder_2.save_pretrained(root / "text_encoder_2")
+        model.tokenizer_2.save_pretrained(root / "tokenizer_2")  # type: ignore[union-attr]
     return root
 
 
-def to_diffusers_pipeline(model: DiffusionModel):  # -> StableDiffusionPipeline
-    """The same modules as a stock `StableDiffusionPipeline` (no safety checker)."""
+def to_diffusers_pipeline(model: DiffusionModel):  # -> StableDiffusionPipeline | StableDiffusionXLPipeline
+    """The same modules as a stock `StableDiffusionPipeline` (no safety checker), or for an SDXL
+    model a `StableDiffusionXLPipeline`."""
     from diffusers import StableDiffusionPipeline
+
+    if model.is_sdxl:
+        from dfusion_core.sdxl import to_sdxl_pipeline
+
+        return to_sdxl_pipeline(model)
 
     return StableDiffusionPipeline(
         vae=model.vae,
@@ -227,10 +266,13 @@ def to_diffusers_pipeline(model: DiffusionModel):  # -> StableDiffusionPipeline
     )
 
 
-def assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype) -> DiffusionModel:
+def assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype, *,
+             text_encoder_2=None, tokenizer_2=None, zero_uncond: bool = False) -> DiffusionModel:
     """Frozen, eval-mode modules on `device` in `dtype`, with a DDIM scheduler, as one `DiffusionModel`."""
     device = torch.device(device)
-    for module in (unet, vae, text_encoder):
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        if module is None:
+            continue
         module.requires_grad_(False)
         module.eval()
         module.to(device)
@@ -238,4 +280,5 @@ def assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype)
             module.to(dtype=dtype)
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)
-    return DiffusionModel(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype)
+    return DiffusionModel(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype,
+                          text_encoder_2, tokenizer_2, zero_uncond)

@@ -82,10 +82,10 @@ def diffusion_dpo(trainer: Trainer, pairs: list[TrainPair], gen: torch.Generator
     x_t = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     x_t, target, t = x_t.to(model.device, model.dtype), target.to(model.device), t.to(model.device)
-    cond = model.encode_prompts([p.winner.prompt for p in pairs] + [p.loser.prompt for p in pairs])
+    cond = model.encode([p.winner.prompt for p in pairs] + [p.loser.prompt for p in pairs]).unet_kwargs()
 
     def errors() -> torch.Tensor:
-        pred = unet(x_t, t, encoder_hidden_states=cond).sample.float()
+        pred = unet(x_t, t, **cond).sample.float()
         return ((pred - target.float()) ** 2).mean(dim=(1, 2, 3))
 
     with torch.no_grad(), adapters_disabled(model.unet), trainer.autocast():

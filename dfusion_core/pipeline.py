@@ -66,8 +66,8 @@ def sample(
 @torch.no_grad()
 def _sample_chunk(model, prompts, noise, seeds, config, policy_version, decode, keep) -> list[Trajectory]:
     scheduler = make_scheduler(model.scheduler, config.num_steps, model.device)
-    cond = model.encode_prompts(list(prompts))
-    uncond = model.encode_prompts([""]).expand(len(prompts), -1, -1)
+    cond = model.encode(list(prompts))
+    uncond = model.encode_uncond(len(prompts))
     denoise = cfg_denoiser(model.unet, cond, uncond, config.guidance_scale)
     roll = rollout(denoise, scheduler, noise, config.eta, model.device, model.dtype)
     images = model.decode(roll.latents[:keep, -1]) if decode else [None] * keep
@@ -123,9 +123,9 @@ def fuse_pairs(
     sigma = float(scheduler.init_noise_sigma)
     ref_noise = NoiseStream.cat([t.noise(sigma) for t in references])
     base_noise = NoiseStream.cat([t.noise(sigma) for t in bases])
-    cond = model.encode_prompts([t.prompt for t in bases])
-    ref_cond = model.encode_prompts([t.prompt for t in references])
-    uncond = model.encode_prompts([""]).expand(n, -1, -1)
+    cond = model.encode([t.prompt for t in bases])
+    ref_cond = model.encode([t.prompt for t in references])
+    uncond = model.encode_uncond(n)
     result = fuse(
         model.unet, scheduler, cond, uncond, ref_noise, base_noise,
         [[list(it.positions) for it in pair] for pair in items],
@@ -165,8 +165,8 @@ def log_probs(
     first = trajectories[0]
     scheduler = make_scheduler(model.scheduler, first.num_steps, model.device)
     latents = torch.stack([t.latents for t in trajectories]).to(model.device, model.dtype)
-    cond = model.encode_prompts([t.prompt for t in trajectories])
-    uncond = model.encode_prompts([""]).expand(len(trajectories), -1, -1)
+    cond = model.encode([t.prompt for t in trajectories])
+    uncond = model.encode_uncond(len(trajectories))
     denoise = cfg_denoiser(model.unet, cond, uncond, first.guidance_scale)
     with torch.set_grad_enabled(grad):
         if adapters:

@@ -3,10 +3,11 @@
 | name   | model                                        | scorer                                      |
 |--------|----------------------------------------------|---------------------------------------------|
 | `tiny` | random weights from configs (`models`)       | random tiny CLIP (`scoring`)                |
+| `tiny-sdxl` | random SDXL-layout weights from configs (`sdxl`) | (use `tiny`)                    |
 | `toy`  | the shipped, trained toy model (`toy.model`) | the exact toy-world scorer (`toy.scorer`)   |
 
 Anything else is a local folder or a Hugging Face Hub id (`owner/name`, resolved through the HF
-cache, `dfusion_core.hub`): a diffusers SD 1.x / 2.x pipeline for models; a transformers CLIP model
+cache, `dfusion_core.hub`): a diffusers SD 1.x / 2.x or SDXL pipeline for models; a transformers CLIP model
 (or `openclip:<arch>:<weights>`) for scorers. Each builder imports its module when called, so this
 module loads no torch and the API can list the names (`MODELS`, `SCORERS`) without it. Plug-in
 scorers are added with `register_scorer`.
@@ -49,6 +50,12 @@ def _tiny_model(device: torch.device | str, dtype: torch.dtype) -> DiffusionMode
     return build_tiny(device, dtype)
 
 
+def _tiny_sdxl_model(device: torch.device | str, dtype: torch.dtype) -> DiffusionModel:
+    from dfusion_core.sdxl import build_tiny_sdxl
+
+    return build_tiny_sdxl(device, dtype)
+
+
 def _toy_model(device: torch.device | str, dtype: torch.dtype) -> DiffusionModel:
     from dfusion_core.toy.model import load_toy
 
@@ -67,7 +74,7 @@ def _toy_scorer(device: torch.device | str, dtype: torch.dtype) -> Scorer:
     return build_toy_scorer(device, dtype)
 
 
-MODELS: dict[str, ModelBuilder] = {"tiny": _tiny_model, "toy": _toy_model}
+MODELS: dict[str, ModelBuilder] = {"tiny": _tiny_model, "tiny-sdxl": _tiny_sdxl_model, "toy": _toy_model}
 SCORERS: dict[str, ScorerFactory] = {"tiny": _tiny_scorer, "toy": _toy_scorer}
 
 
@@ -98,7 +105,7 @@ def load_model(
     variant: str | None = None,
     hub: HubOptions | None = None,
 ) -> DiffusionModel:
-    """A name in `MODELS`, a local diffusers folder in SD 1.x / 2.x layout, or a Hub id of one
+    """A name in `MODELS`, a local diffusers folder in SD 1.x / 2.x or SDXL layout, or a Hub id of one
     (`revision`, `variant` and `hub` apply to those). `dtype` None = float32."""
     import torch
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
+from dfusion_core.conditioning import Conditioning
 from dfusion_core.errors import ConfigError
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -131,19 +132,19 @@ Denoiser = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 def cfg_denoiser(
     unet: UNet2DConditionModel,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    cond: Conditioning | torch.Tensor,
+    uncond: Conditioning | torch.Tensor,
     guidance_scale: float,
     before_step: Callable[[int], None] | None = None,
 ) -> Denoiser:
     """eps = eps_u + w (eps_c - eps_u), one UNet call on [uncond x B, cond x B]."""
-    embeds = torch.cat([uncond, cond])
+    embeds = Conditioning.cat([uncond, cond])
 
     def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
         if before_step is not None:
             before_step(i)
         x_in = torch.cat([x, x])
-        out = unet(x_in, t, encoder_hidden_states=embeds.to(x.dtype)).sample
+        out = unet(x_in, t, **embeds.unet_kwargs(x.dtype)).sample
         eps_u, eps_c = out.chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 

@@ -1,0 +1,152 @@
+"""Stable Diffusion XL: the `tiny-sdxl` preset, SDXL's prompt encoding, and its stock pipeline.
+
+What differs from SD 1.x / 2.x, and where dfusion handles it:
+
+- Two text encoders. The UNet's cross-attention reads both encoders' penultimate hidden states,
+  concatenated along the feature axis (768 + 1280 = 2048 in SDXL base); the second encoder's
+  pooled, projected output and six size numbers (original size, crop top-left, target size) go
+  in as `added_cond_kwargs` (`encode_sdxl`, `dfusion_core.conditioning.Conditioning`). With no
+  negative prompt the unconditional branch is all zeros (`force_zeros_for_empty_prompt`).
+  Both tokenizers split a prompt into the same tokens, so an item word has the same token
+  positions in the two encoders' sequences and the fusion mask reads them unchanged.
+- Block layout. SDXL has no attention at its highest resolution: its attention blocks, in the
+  authors' down / mid / up numbering, are down_blocks.1 (64x64 at 1024 px), down_blocks.2 (32x32,
+  10 transformer layers), the mid block (32x32), up_blocks.0 (32x32) and up_blocks.1 (64x64):
+  five blocks, 0..4, where SD 2.1 has seven.
+
+Fusion defaults for SDXL (`dfusion_core.blocks.default_fused_blocks`, `FusionConfig.mask_side`),
+the same rules as the authors' SD 2.1 settings, applied to SDXL's layout:
+
+- blocks 2..4 = the mid block and every decoder block with attention. The authors fuse SD 2.1's
+  mid block and decoder (3..6): the decoder is where the layout the reference lends is rendered,
+  while fusing the encoder would also copy the reference's content features into the target.
+- mask resolution = latent side / 4 (32x32 for a 128x128 SDXL latent; the authors' 16x16 for SD
+  2.1's 64x64): a mask cell covers the same share of the image as in the authors' setting. In
+  SDXL that grid is also its lowest-resolution attention level, where 60 of its 70
+  cross-attention layers are, so the averaged item map is well sampled. There is no attention
+  at latent side / 8 in SDXL, so no coarser mask could be read.
+
+The `tiny-sdxl` preset keeps that shape at toy size: three resolution levels with no attention
+at the top one, a mid block, two text encoders of width 32 each (cross-attention width 64) and a
+projection of 32, built from configs under a fixed seed like `tiny`, so it runs on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from dfusion_core.conditioning import Conditioning
+from dfusion_core.models import (
+    SD_SCHEDULER_CONFIG,
+    TINY_TEXT_CONFIG,
+    TINY_VAE_CONFIG,
+    DiffusionModel,
+    assemble,
+    load_tokenizer,
+)
+
+TINY_SDXL = "tiny-sdxl"
+TINY_SDXL_SEED = 0
+_TIME_EMBED_DIM = 8  # SDXL base: 256
+_PROJECTION_DIM = 32  # SDXL base: 1280
+
+TINY_SDXL_UNET_CONFIG: dict = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64, 64],
+    # SDXL's order: no attention at the top resolution, attention in the two lower levels
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": [1, 1, 2],  # SDXL base: [1, 2, 10]
+    "attention_head_dim": 2,
+    "use_linear_projection": True,
+    "cross_attention_dim": 2 * TINY_TEXT_CONFIG["hidden_size"],  # both encoders' states, concatenated
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": _TIME_EMBED_DIM,
+    "projection_class_embeddings_input_dim": 6 * _TIME_EMBED_DIM + _PROJECTION_DIM,
+    "norm_num_groups": 16,
+}
+
+TINY_SDXL_TEXT2_CONFIG: dict = {**TINY_TEXT_CONFIG, "projection_dim": _PROJECTION_DIM}
+
+
+def build_tiny_sdxl(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionModel:
+    """The tiny-sdxl preset: random weights from configs under a fixed seed, real CLIP tokenisation."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SDXL_SEED)
+        unet = UNet2DConditionModel(**TINY_SDXL_UNET_CONFIG)
+        vae = AutoencoderKL(**{**TINY_VAE_CONFIG, "scaling_factor": 0.13025})  # SDXL's VAE scale
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT2_CONFIG))
+    return assemble(unet, vae, text_encoder, load_tokenizer(), DDIMScheduler(**SD_SCHEDULER_CONFIG), TINY_SDXL,
+                    device, dtype, text_encoder_2=text_encoder_2, tokenizer_2=load_tokenizer(), zero_uncond=True)
+
+
+def time_ids(model: DiffusionModel, n: int) -> torch.Tensor:
+    """SDXL's micro-conditioning [n, 6]: (original h, w, crop top, left, target h, w), all at the output
+    size, as `StableDiffusionXLPipeline` sends them when none are given."""
+    side = model.latent_size * model.vae_scale
+    return torch.tensor([[side, side, 0, 0, side, side]], dtype=model.dtype, device=model.device).repeat(n, 1)
+
+
+@torch.no_grad()
+def encode_sdxl(model: DiffusionModel, prompts: list[str]) -> Conditioning:
+    """`StableDiffusionXLPipeline.encode_prompt` for one prompt per row (no clip skip): both
+    encoders' penultimate hidden states, concatenated; the second encoder's pooled projection."""
+    hidden, pooled = [], None
+    for tokenizer, encoder in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(model.device)
+        out = encoder(ids, output_hidden_states=True)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds come first
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    if pooled is None:
+        raise ValueError("an SDXL model needs a second text encoder with a projection (CLIPTextModelWithProjection)")
+    return Conditioning(torch.cat(hidden, dim=-1).to(model.dtype), pooled.to(model.dtype), time_ids(model, len(prompts)))
+
+
+def to_sdxl_pipeline(model: DiffusionModel):  # -> StableDiffusionXLPipeline
+    """The same modules as a stock `StableDiffusionXLPipeline`."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+        tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.unet,
+        scheduler=model.new_scheduler(), force_zeros_for_empty_prompt=model.zero_uncond,
+    )
+
+
+def sdxl_parts(source, weights: dict, files: dict) -> dict:
+    """For a pipeline folder or Hub id of SDXL layout: its second text encoder and tokenizer and its
+    `force_zeros_for_empty_prompt`, as `assemble` keywords; {} for any other layout."""
+    index = _model_index(source, files)
+    if "text_encoder_2" not in index:
+        return {}
+    return {
+        "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **weights),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **files),
+        "zero_uncond": bool(index.get("force_zeros_for_empty_prompt", True)),
+    }
+
+
+def _model_index(source, files: dict) -> dict:
+    """The pipeline's model_index.json (a folder written by `save_model` has none: its subfolders tell)."""
+    from diffusers import DiffusionPipeline
+
+    root = Path(str(source))
+    if root.is_dir():
+        if (root / "model_index.json").is_file():
+            return json.loads((root / "model_index.json").read_text())
+        return {"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]} if (root / "text_encoder_2").is_dir() else {}
+    try:
+        return dict(DiffusionPipeline.load_config(source, **files))
+    except (OSError, ValueError):  # a repo without model_index.json: components only, SD layout
+        return {}
