@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch; a plain `torch` requirement would pull several GB of CUDA wheels
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,tracking]'
+	$(BIN)/pip install -q -e '.[test,tracking,wandb,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

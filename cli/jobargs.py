@@ -48,10 +48,12 @@ def add_job_flags(p: argparse.ArgumentParser, *, model_help: str, steps_help: st
 
 
 def add_tracking_flag(p: argparse.ArgumentParser) -> None:
-    """--report-to (`dfusion run`: the embedded runner writes the event files into its run folder)."""
-    p.add_argument("--report-to", default="none", metavar="{none,tensorboard}",
-                   help="experiment tracking: 'tensorboard' writes event files to <out>/tensorboard/ "
-                        "(pip install 'dfusion[tracking]'); default: none")
+    """--report-to (`dfusion run`: the embedded runner keeps the tracker's local files in its run folder)."""
+    p.add_argument("--report-to", default="none", metavar="{none,tensorboard,wandb,mlflow}",
+                   help="experiment tracking of the step and epoch curves and a few pairs: 'tensorboard' "
+                        "(<out>/tensorboard/, extra 'tracking'), 'wandb' (WANDB_MODE, WANDB_PROJECT; files in "
+                        "WANDB_DIR or <out>/wandb/, extra 'wandb'), 'mlflow' (MLFLOW_TRACKING_URI, default "
+                        "<out>/mlflow.db, extra 'mlflow'); default: none")
 
 
 def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None = None) -> dict[str, Any]:

@@ -30,9 +30,26 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REVISION = re.compile(r"^[\w.-][\w./-]{0,127}$")  # a branch, tag or commit of a Hub repo
 _VARIANT = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # a weights variant, e.g. fp16
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-#: Where a job's metrics go besides metrics.json: "none", or "tensorboard" (event files under
-#: `<run folder>/tensorboard/`, `dfusion run` only; needs the `tracking` extra).
-REPORT_TO = ("none", "tensorboard")
+#: Where a job's curves go besides its metrics (workers/tracking.py): report_to -> (the packages it
+#: imports, the pip extra that installs them). Checked where the tracker starts, not here: the API
+#: need not have the libraries the workers have.
+TRACKING_EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard",), "tracking"),
+    "wandb": (("wandb",), "wandb"),
+    "mlflow": (("mlflow",), "mlflow"),
+}
+REPORT_TO = ("none", *TRACKING_EXTRAS)
+
+
+def missing_tracking_packages(report_to: str) -> str | None:
+    """Why this process cannot track to `report_to` (a package of its extra is missing), else None."""
+    import importlib.util
+
+    modules, extra = TRACKING_EXTRAS.get(report_to, ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return f"{report_to!r} needs the {' and '.join(missing)} package: pip install 'dfusion[{extra}]'"
 
 
 def words(text: str) -> list[str]:
@@ -121,8 +138,9 @@ class JobSpec(BaseModel):
                                                      "id of a transformers CLIP model")
     eval_prompts: list[str] = Field(default_factory=list, max_length=64, description="held-out prompts; [] = shipped test split")
     eval_seeds: int = Field(2, ge=1, le=16, description="samples per held-out prompt")
-    report_to: str = Field("none", description="experiment tracking: 'none' or 'tensorboard' (event files in "
-                                               "the run folder's tensorboard/, `dfusion run` only)")
+    report_to: str = Field("none", description="experiment tracking of the training steps, epoch scores and a "
+                                               "few pairs: 'none', 'tensorboard', 'wandb' or 'mlflow' (each an "
+                                               "optional extra; where the files go: README, Experiment tracking)")
 
     @field_validator("model", "scorer")
     @classmethod
@@ -135,8 +153,6 @@ class JobSpec(BaseModel):
     @field_validator("report_to")
     @classmethod
     def _report_to(cls, v: str) -> str:
-        if v in ("wandb", "mlflow"):
-            raise ValueError(f"report_to {v!r} is not supported yet; use 'tensorboard' or 'none'")
         if v not in REPORT_TO:
             raise ValueError(f"report_to must be one of {', '.join(map(repr, REPORT_TO))}, got {v!r}")
         return v

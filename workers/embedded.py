@@ -3,7 +3,7 @@
 The same stage functions the Celery workers run, fed from an in-process FIFO instead of the
 broker, with `MemoryJobStore` standing in for Redis. The run folder holds the job's objects
 (images, masks, pairs, trajectories, checkpoints/<version>/) plus metrics.json and report.html,
-and with `report_to="tensorboard"` the job's curves in tensorboard/ (workers/tracking.py).
+and with `report_to` the job's curves: tensorboard/, wandb/ or mlflow.db (workers/tracking.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from services.records import PairRecord, SampleRecord, load_all
 from services.state.memory import MemoryJobStore
 from workers import keys, stages
 from workers.runtime import Runtime, pick_device
-from workers.tracking import make_tracker, step_metrics
+from workers.tracking import job_tracker
 
 log = logging.getLogger(__name__)
 
@@ -87,31 +87,19 @@ def run_embedded(
         runtime=Runtime(models=dict(models or {}), device=pick_device(device)),
     )
     totals = expected_totals(spec)
-    tracker = make_tracker(spec.report_to, out)
-    tracked = 0  # epochs whose metrics the tracker has written
     name = START_JOB
-    try:
-        stages.start_job(ctx, job_id)
-        while queue:
-            name, kwargs = queue.popleft()
-            STAGES[name](ctx, **kwargs)
-            if progress is not None:
-                progress(state.get_counts(job_id), totals)
-            if tracker is not None:
-                published = state.get_metrics(job_id)
-                for m in published[tracked:]:
-                    epoch = int(m["epoch"])
-                    pairs = sorted((p for p in load_all(PairRecord, state.list_pairs(job_id)) if p.epoch == epoch),
-                                   key=lambda p: (p.prompt_index, p.index))
-                    tracker.log_epoch(m, step_metrics(ctx.store.get, job_id, epoch), pairs,
-                                      lambda key: out / key.removeprefix(keys.job_prefix(job_id)))
-                tracked = len(published)
-    except Exception as exc:  # the workers' policy: any failed stage fails the job with a readable reason
-        log.error("%s failed", name, exc_info=not isinstance(exc, DFusionError))
-        stages.fail_job(state, job_id, stages.failure_reason(name, exc))
-    finally:
-        if tracker is not None:
-            tracker.close()
+    # the train stage logs each epoch to it (tracking.report_epoch); a missing library stops us here
+    with job_tracker(spec.report_to, job_id, out):
+        try:
+            stages.start_job(ctx, job_id)
+            while queue:
+                name, kwargs = queue.popleft()
+                STAGES[name](ctx, **kwargs)
+                if progress is not None:
+                    progress(state.get_counts(job_id), totals)
+        except Exception as exc:  # the workers' policy: any failed stage fails the job with a readable reason
+            log.error("%s failed", name, exc_info=not isinstance(exc, DFusionError))
+            stages.fail_job(state, job_id, stages.failure_reason(name, exc))
     job = state.get_job(job_id)
     metrics = state.get_metrics(job_id)
     samples = load_all(SampleRecord, state.list_samples(job_id))

@@ -53,10 +53,11 @@ def epoch_metrics(
     return metrics
 
 
-def publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model: Any, metrics: dict[str, Any]) -> None:
+def publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model: Any,
+            metrics: dict[str, Any]) -> dict[str, Any]:
     """Policy version epoch+1: its LoRA object and checkpoint record, its held-out score beside the
     untrained model's on the same prompts and noise (`heldout_score_base`, measured at the first
-    epoch and repeated in every epoch's metrics), the metrics."""
+    epoch and repeated in every epoch's metrics), the metrics. Returns the metrics as published."""
     from dfusion_core.lora import adapters_disabled, lora_bytes
 
     version = epoch + 1
@@ -71,6 +72,7 @@ def publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model: Any, me
         with adapters_disabled(model.unet):
             metrics["heldout_score_base"] = heldout(ctx, spec, model)
     ctx.state.append_metrics(job_id, metrics)
+    return metrics
 
 
 def heldout(ctx: Context, spec: JobSpec, model: Any) -> float:

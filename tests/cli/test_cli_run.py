@@ -80,10 +80,10 @@ def test_run_reports_to_tensorboard(tmp_path: Path) -> None:
     assert len(tags["images"]) == 2  # both pairs of the prompt, reference | base | target
 
 
-def test_run_refuses_unsupported_trackers(tmp_path: Path) -> None:
+def test_run_refuses_unknown_trackers(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"text": "a dog", "items": ["dog"], "mask_thresholds": [0.1]}) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "run", str(prompts), "--report-to", "wandb",
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "run", str(prompts), "--report-to", "comet",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert "report_to" in proc.stderr and "'wandb' is not supported yet" in proc.stderr
+    assert "report_to" in proc.stderr and "must be one of 'none', 'tensorboard', 'wandb', 'mlflow'" in proc.stderr

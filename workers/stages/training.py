@@ -9,7 +9,7 @@ from dfusion_core.pairs import carries_preference
 from services.jobspec import JobSpec
 from services.records import PairRecord, SampleRecord, load_all
 from services.state import JobStatus
-from workers import flow, keys, publish
+from workers import flow, keys, publish, tracking
 from workers.keys import derive_seed
 from workers.stages.common import Context, advance, get_all, job_spec, load_trajectory
 
@@ -65,7 +65,8 @@ def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
         ctx.store.put(f"{prefix}/metrics.json", json.dumps(steps).encode(), "application/json")
         samples = [s for s in load_all(SampleRecord, ctx.state.list_samples(job_id)) if s.epoch == epoch]
         metrics = publish.epoch_metrics(epoch, steps, pairs, kept, unit.before, samples)
-        publish.publish(ctx, job_id, spec, epoch, unit.trainer.model, metrics)
+        published = publish.publish(ctx, job_id, spec, epoch, unit.trainer.model, metrics)
+    tracking.report_epoch(ctx.store.get, job_id, spec.report_to, published, steps, pairs)
     kept_ids = {p.id for p in kept}
     for p in pairs:
         ctx.state.update_pair(job_id, p.id, {"trained": p.id in kept_ids})
