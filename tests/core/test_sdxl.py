@@ -153,3 +153,17 @@ def test_lora_checkpoint_loads_into_stock_sdxl_pipeline(tmp_path):
     after = image(pipe)
     assert torch.isfinite(after).all()
     assert (after - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("writer", ["pipeline", "save_model"])
+def test_sdxl_folder_loads_with_its_second_text_encoder(xl, tmp_path, writer):
+    from dfusion_core.models import load_pretrained, save_model
+
+    if writer == "pipeline":  # model_index.json names text_encoder_2 and force_zeros_for_empty_prompt
+        to_sdxl_pipeline(xl).save_pretrained(tmp_path)
+    else:  # components only: the text_encoder_2/ folder tells
+        save_model(xl, tmp_path)
+    loaded = load_pretrained(tmp_path)
+    assert loaded.is_sdxl and loaded.zero_uncond
+    a, b = xl.encode([PROMPT]), loaded.encode([PROMPT])
+    assert torch.equal(a.hidden, b.hidden) and torch.equal(a.pooled, b.pooled) and torch.equal(a.time_ids, b.time_ids)
