@@ -77,6 +77,7 @@ def _wandb_records(run_dir: Path) -> list[dict[str, Any]]:
 def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     pytest.importorskip("wandb", reason="report_to='wandb' needs the wandb extra: pip install -e '.[wandb]'")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     for name in ("WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_API_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -120,21 +121,30 @@ def test_wandb_run_of_a_resumed_job_keeps_its_id(wandb_offline: Path, tmp_path: 
 
 
 # --- MLflow --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mlflow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One default store for the module's tests, each in an experiment of its own (a new store's
+    database takes seconds to create)."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
 @pytest.fixture
-def mlflow_client(monkeypatch: pytest.MonkeyPatch) -> Any:
+def mlflow_client(monkeypatch: pytest.MonkeyPatch, mlflow_root: Path) -> Any:
     pytest.importorskip("mlflow", reason="report_to='mlflow' needs the mlflow extra: pip install -e '.[mlflow]'")
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
-    return MlflowClient
+    return MlflowClient(tracking_uri=f"sqlite:///{mlflow_root / 'mlflow.db'}")
 
 
-def test_mlflow_job_run_holds_curves_and_triplets_across_epochs(mlflow_client: Any, tmp_path: Path) -> None:
+def test_mlflow_job_run_holds_curves_and_triplets_across_epochs(mlflow_client: Any, mlflow_root: Path,
+                                                                 tmp_path: Path) -> None:
     """Default store: `<root>/mlflow.db`, images under `<root>/mlartifacts/`; each epoch reopens the job's run."""
-    _log_epochs(tracking.make_tracker("mlflow", tmp_path, job_id=JOB), [0])
-    _log_epochs(tracking.make_tracker("mlflow", tmp_path, job_id=JOB), [1])
-    client = mlflow_client(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _log_epochs(tracking.make_tracker("mlflow", mlflow_root, job_id=JOB), [0])
+    _log_epochs(tracking.make_tracker("mlflow", mlflow_root, job_id=JOB), [1])
+    client = mlflow_client
     experiment = client.get_experiment_by_name("dfusion")
     [run] = client.search_runs([experiment.experiment_id])
     assert run.data.tags[tracking.JOB_TAG] == JOB and run.info.run_name == JOB and run.info.status == "FINISHED"
@@ -149,16 +159,19 @@ def test_mlflow_job_run_holds_curves_and_triplets_across_epochs(mlflow_client: A
     assert sorted(p.split("/")[-1].split("+")[0] + "@" + p.split("+step+")[1].split("+")[0] for p in images) == \
         sorted(f"pairs~0_{i}@{e}" for e in (0, 1) for i in range(tracking.PAIR_IMAGES))
     local = Path(client.download_artifacts(run.info.run_id, images[0], str(tmp_path / "dl")))
-    assert str(tmp_path / "mlartifacts") in run.info.artifact_uri
+    assert str(mlflow_root / "mlartifacts") in run.info.artifact_uri
     _assert_triplet(np.asarray(Image.open(local).convert("RGB")))
 
 
-def test_mlflow_embedded_runs_are_runs_of_their_own(mlflow_client: Any, tmp_path: Path) -> None:
-    """Without a job id (the embedded runner) every tracker is a new run, named as asked."""
+def test_mlflow_embedded_runs_are_runs_of_their_own(mlflow_client: Any, mlflow_root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a job id (the embedded runner) every tracker is a new run, named as asked, in the
+    experiment MLFLOW_EXPERIMENT_NAME names."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "embedded")
     for name in ("run-a", "run-b"):
-        _log_epochs(tracking.make_tracker("mlflow", tmp_path, name=name), [0])
-    client = mlflow_client(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("dfusion").experiment_id])
+        _log_epochs(tracking.make_tracker("mlflow", mlflow_root, name=name), [0])
+    client = mlflow_client
+    runs = client.search_runs([client.get_experiment_by_name("embedded").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["run-a", "run-b"]
     for r in runs:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] == [1, 2]
