@@ -24,8 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
-    add_job_flags(p, model_help="'tiny' (random), 'toy' (the shipped toy-world model), a local diffusers "
-                             "folder or a Hugging Face Hub id ('owner/name', through the HF cache)",
+    add_job_flags(p, model_help="'tiny' (random), 'tiny-sdxl' (random, SDXL layout), 'toy' (the shipped toy-world "
+                             "model), a local diffusers folder or a Hugging Face Hub id ('owner/name', through the "
+                             "HF cache) of an SD 1.x / 2.x or SDXL pipeline",
                   steps_help="DDIM steps (default: 20)")
     p.add_argument("--device", default=None, help="cuda:N or cpu (default: the GPU if any)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")

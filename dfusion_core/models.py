@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -276,8 +276,12 @@ def assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype,
         module.requires_grad_(False)
         module.eval()
         module.to(device)
-        if next(module.parameters()).dtype != dtype:
-            module.to(dtype=dtype)
+        # SDXL's VAE overflows in fp16 (its config says force_upcast): it stays fp32, as the stock
+        # SDXL pipeline upcasts it to decode; `decode` casts the latents to the VAE's dtype
+        keep_fp32 = module is vae and text_encoder_2 is not None and getattr(vae.config, "force_upcast", False)
+        want = torch.float32 if keep_fp32 else dtype
+        if next(module.parameters()).dtype != want:
+            module.to(dtype=want)
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)
     return DiffusionModel(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype,

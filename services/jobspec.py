@@ -124,8 +124,8 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     prompts: list[PromptSpec] = Field(..., min_length=1, max_length=MAX_PROMPTS)
-    model: str = Field(DEFAULT_MODEL, description="'tiny', 'toy', a model name registered in the workers' settings "
-                                                   "or a Hugging Face Hub id ('owner/name') of an SD 1.x / 2.x pipeline")
+    model: str = Field(DEFAULT_MODEL, description="'tiny', 'tiny-sdxl', 'toy', a model name registered in the workers' settings "
+                                                   "or a Hugging Face Hub id ('owner/name') of an SD 1.x / 2.x or SDXL pipeline")
     revision: str | None = Field(None, description="Hub ids: the branch, tag or commit to load; None = main")
     variant: str | None = Field(None, description="weights variant of the model's files, e.g. 'fp16'; None = the default")
     samples_per_prompt: int = Field(8, ge=4, le=MAX_SAMPLES_PER_PROMPT, description="positive multiple of 4")

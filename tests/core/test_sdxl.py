@@ -167,3 +167,12 @@ def test_sdxl_folder_loads_with_its_second_text_encoder(xl, tmp_path, writer):
     assert loaded.is_sdxl and loaded.zero_uncond
     a, b = xl.encode([PROMPT]), loaded.encode([PROMPT])
     assert torch.equal(a.hidden, b.hidden) and torch.equal(a.pooled, b.pooled) and torch.equal(a.time_ids, b.time_ids)
+
+
+def test_sdxl_vae_stays_fp32_in_half_precision():
+    """SDXL's VAE overflows in fp16 (`force_upcast`): kept fp32 while the rest runs in half precision."""
+    half = build_tiny_sdxl(dtype=torch.bfloat16)  # bf16: the half type CPUs run
+    assert half.vae.dtype == torch.float32 and half.unet.dtype == torch.bfloat16
+    cfg = SamplingConfig(num_steps=2, guidance_scale=5.0, eta=1.0, batch_size=1)
+    [traj] = pipeline.sample(half, [PROMPT], cfg, seeds=[3])
+    assert traj.image.dtype == torch.uint8 and torch.isfinite(traj.log_probs).all()

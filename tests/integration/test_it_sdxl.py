@@ -4,7 +4,6 @@ by stock `StableDiffusionXLPipeline`."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.integration.stack_helpers import finish_job, small_job
 
