@@ -124,7 +124,8 @@ def running_stack(root: Path, env: dict[str, str] | None = None, host: str = "12
     `plan` may rewrite the process list (e.g. run workers elsewhere)."""
     # The stack's settings go to its processes only: several stacks may be alive at once in a
     # test session, so nothing here may change this process's environment.
-    env = {**STACK_ENV, **(env or {})}
+    # report_to jobs write their tracker files into the stack's folder, not the worker's cwd (the repo)
+    env = {"DFUSION_TRACKING_DIR": str(root / "tracking"), **STACK_ENV, **(env or {})}
     settings = Settings(redis_url=f"redis://{host}:{free_port()}/0", api_port=free_port(), s3_bucket="dfusion-it",
                         s3_endpoint=None if host == "127.0.0.1" else f"{host}:{free_port(grpc_pair=True)}")
     try:

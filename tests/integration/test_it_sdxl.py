@@ -1,17 +1,15 @@
-"""A tiny SDXL job through the session's local stack, its checkpoint downloaded over HTTP and loaded
-by stock `StableDiffusionXLPipeline`."""
+"""A tiny SDXL job through the session's local stack (tests/integration/conftest.py), its checkpoint
+downloaded over HTTP and loaded by stock `StableDiffusionXLPipeline`."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.stack_helpers import finish_job, small_job
-
 pytestmark = pytest.mark.integration
 
 
-def test_tiny_sdxl_job_on_the_stack(stack, tmp_path):
-    done = finish_job(stack, small_job(samples=4, batch=4, model="tiny-sdxl"))
+def test_tiny_sdxl_job_on_the_stack(stack, xl_tracked_job, tmp_path):
+    done = xl_tracked_job
     assert done.job["counts"]["samples"] == 4 and done.job["counts"]["pairs"] == 2
     assert all(p["target_score"] is not None for p in done.pairs)
     assert [c["version"] for c in done.checkpoints] == [1]

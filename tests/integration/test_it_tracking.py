@@ -1,55 +1,25 @@
-"""report_to='tensorboard' through the real stack: the trainer worker leaves the job's event files,
-with every optimizer step's loss, the epoch's scores and its pairs as images, read back with
-TensorBoard's own EventAccumulator.
-
-The session's shared stack sets no DFUSION_TRACKING_DIR, so its workers write to the default
-`.dfusion/tracking` under their working directory, the repository root (devstack's supervisor runs
-there); the test removes the job's folder afterwards.
-"""
+"""report_to='tensorboard' through the real stack: the trainer worker leaves the job's event files
+under the stack's DFUSION_TRACKING_DIR, with every optimizer step's loss, the epoch's scores and its
+pairs as images, read back with TensorBoard's own EventAccumulator. The job is the session's tiny-sdxl
+job (tests/integration/conftest.py), so this also covers SDXL's trainer."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-import devstack
 from workers import keys
 
 pytestmark = pytest.mark.integration
 
-#: 1 prompt x 4 samples x 1 epoch, 4 DDIM steps; both pairs trained in two optimizer steps.
-JOB = {
-    "prompts": [{"text": "a red and woolen dog", "items": ["woolen", "dog"], "mask_thresholds": [0.02, 0.03]}],
-    "model": "tiny", "samples_per_prompt": 4, "epochs": 1, "sampling": {"num_steps": 4}, "seed": 3,
-    "training": {"pair_filter": "none", "steps_per_epoch": 2},
-    "eval_prompts": ["a horse"], "eval_seeds": 1, "report_to": "tensorboard",
-}
-TRACKING = Path(devstack.__file__).resolve().parent.parent / ".dfusion" / "tracking"
 
-
-@pytest.fixture
-def job_id(stack) -> Iterator[str]:
+def test_a_stack_job_leaves_tensorboard_step_and_epoch_curves(stack, xl_tracked_job) -> None:
     pytest.importorskip("tensorboard", reason="report_to='tensorboard' needs the tracking extra")
-    job_id = stack.submit(JOB)
-    try:
-        yield job_id
-    finally:
-        shutil.rmtree(TRACKING / "tensorboard" / job_id, ignore_errors=True)
-        for folder in (TRACKING / "tensorboard", TRACKING, TRACKING.parent):  # only if nothing else is there
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-
-
-def test_a_stack_job_leaves_tensorboard_step_and_epoch_curves(stack, job_id) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    job = stack.wait_job(job_id)
-    assert job["status"] == "succeeded", job
-    logdir = TRACKING / "tensorboard" / job_id
+    job_id = xl_tracked_job.id
+    logdir = stack.root / "tracking" / "tensorboard" / job_id
     assert list(logdir.glob("events.out.tfevents.*")), f"no event files in {logdir}"
     events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0}).Reload()
 
