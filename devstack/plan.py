@@ -6,6 +6,7 @@ supervises the plan.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -70,6 +71,8 @@ def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec]
         "REDIS_URL": facts["redis_url"], "S3_ENDPOINT": facts["s3_endpoint"], "S3_BUCKET": settings.s3_bucket,
         "S3_ACCESS_KEY": facts["s3_access_key"] or "", "S3_SECRET_KEY": facts["s3_secret_key"] or "",
         "DFUSION_API_HOST": settings.api_host, "DFUSION_API_PORT": str(settings.api_port),
+        # report_to jobs' tracker files (workers/tracking.py) live with the stack's other state
+        "DFUSION_TRACKING_DIR": os.environ.get("DFUSION_TRACKING_DIR") or str(Path(root_dir).resolve() / "tracking"),
     }
     if not tcp_open(settings.api_host, settings.api_port):
         cmd = [py, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]
