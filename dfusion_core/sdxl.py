@@ -139,7 +139,7 @@ def sdxl_parts(source, weights: dict, files: dict) -> dict:
 
 def _model_index(source, files: dict) -> dict:
     """The pipeline's model_index.json (a folder written by `save_model` has none: its subfolders tell)."""
-    from diffusers import DiffusionPipeline
+    from huggingface_hub import hf_hub_download
 
     root = Path(str(source))
     if root.is_dir():
@@ -147,6 +147,8 @@ def _model_index(source, files: dict) -> dict:
             return json.loads((root / "model_index.json").read_text())
         return {"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]} if (root / "text_encoder_2").is_dir() else {}
     try:
-        return dict(DiffusionPipeline.load_config(source, **files))
+        path = hf_hub_download(str(source), "model_index.json", revision=files.get("revision"),
+                               cache_dir=files.get("cache_dir"), local_files_only=files.get("local_files_only", False))
     except (OSError, ValueError):  # a repo without model_index.json: components only, SD layout
         return {}
+    return json.loads(Path(path).read_text())

@@ -14,14 +14,15 @@ REPO_ID = "org/tiny-sd"
 REVISION = "0123456789abcdef0123456789abcdef01234567"  # a commit hash, as refs/main holds
 
 
-def build_hub_cache(hf_home: Path, repo_id: str = REPO_ID, revision: str = REVISION) -> Path:
-    """Write the tiny model as `repo_id` at `revision` (the `main` ref) into `hf_home`/hub; returns the hub cache."""
+def build_hub_cache(hf_home: Path, repo_id: str = REPO_ID, revision: str = REVISION, model=None) -> Path:
+    """Write `model` (default: the tiny model) as `repo_id` at `revision` (the `main` ref) into
+    `hf_home`/hub with its stock pipeline's `save_pretrained`; returns the hub cache."""
     from dfusion_core.models import build_tiny, to_diffusers_pipeline
 
     cache = hf_home / "hub"
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / revision
-    to_diffusers_pipeline(build_tiny()).save_pretrained(snapshot)
+    to_diffusers_pipeline(model or build_tiny()).save_pretrained(snapshot)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return cache

@@ -176,3 +176,14 @@ def test_sdxl_vae_stays_fp32_in_half_precision():
     cfg = SamplingConfig(num_steps=2, guidance_scale=5.0, eta=1.0, batch_size=1)
     [traj] = pipeline.sample(half, [PROMPT], cfg, seeds=[3])
     assert traj.image.dtype == torch.uint8 and torch.isfinite(traj.log_probs).all()
+
+
+def test_sdxl_hub_id_loads_offline_from_the_cache(xl, tmp_path):
+    """`org/tiny-sdxl` from a Hub-layout cache (tests/hubcache.py) with the Hub unreachable."""
+    from dfusion_core.hub import HubOptions
+    from tests.hubcache import REVISION, build_hub_cache
+
+    cache = build_hub_cache(tmp_path, "org/tiny-sdxl", model=xl)
+    loaded = load_model("org/tiny-sdxl", hub=HubOptions(cache_dir=cache, offline=True), revision=REVISION)
+    assert loaded.is_sdxl and loaded.zero_uncond and loaded.name == "org/tiny-sdxl"
+    assert torch.equal(loaded.encode([PROMPT]).pooled, xl.encode([PROMPT]).pooled)
