@@ -1,12 +1,14 @@
 """Session-wide fixtures shared by every test package: a real Redis and a real S3 server, both started
 here on free ports; and one local stack with one finished tiny job, shared by the integration, UI,
-CLI and export tests (the reliability and stack tests start their own: they kill or break parts).
+CLI, export and most reliability tests (those kill a part and wait until it is back; the stack
+tests and the reliability tests that need other settings or other hosts start their own).
 
 Kept light on purpose (no torch at import); other test packages add their own conftests.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -61,10 +63,12 @@ def s3_settings(seaweed_server: SeaweedServer, redis_url: str):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The session's local stack (own Redis and SeaweedFS, the API, a Celery worker per queue),
-    started on first use: one start for every test that only submits jobs and reads them back."""
-    from tests.integration.stack_helpers import running_stack
+    started on first use: one start for every test that submits jobs and reads them back, and for
+    the reliability tests that kill a part of it and check that the supervisor brought it back
+    (fixture `rstack`). It also knows a model that cannot be loaded (`BROKEN_MODELS`)."""
+    from tests.integration.stack_helpers import BROKEN_MODELS, running_stack
 
-    with running_stack(tmp_path_factory.mktemp("stack")) as s:
+    with running_stack(tmp_path_factory.mktemp("stack"), env={"DFUSION_MODELS": json.dumps(BROKEN_MODELS)}) as s:
         yield s
 
 

@@ -1,19 +1,19 @@
-"""The reliability tests' shared stack. Faults are injected into real processes of a real stack
+"""The reliability tests' stack. Faults are injected into real processes of a real stack
 (own Redis with AOF, SeaweedFS, API, one Celery worker per queue under the stack supervisor);
 nothing is mocked. Helpers (small jobs, task events, kills, exact outputs) are in stack_helpers.
 """
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.integration.stack_helpers import BROKEN_MODELS, Stack, running_stack
+from tests.integration.stack_helpers import Stack
 
 
 @pytest.fixture(scope="session")
-def rstack(tmp_path_factory) -> Stack:
-    """One stack shared by the reliability tests that leave it healthy (each test uses its own job)."""
-    with running_stack(tmp_path_factory.mktemp("rstack"), env={"DFUSION_MODELS": json.dumps(BROKEN_MODELS)}) as s:
-        yield s
+def rstack(stack: Stack) -> Stack:
+    """The session's stack (tests/conftest.py), shared by the reliability tests that leave it healthy:
+    each uses its own job, and what one kills (a worker, Redis, SeaweedFS) the supervisor restarts,
+    and the test waits for that (its job can only succeed once it is back). One stack start less,
+    and no second idle stack beside it; the tests after them still find the session's job."""
+    return stack
