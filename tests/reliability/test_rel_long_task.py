@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import pytest
 
+from services.queue import QUEUES, worker_command
 from tests.integration.stack_helpers import (
     Stack,
     assert_exact_outputs,
@@ -42,10 +43,16 @@ RABBIT = ("127.0.0.1", 5672)
 
 
 def _two_trainers(specs: list) -> list:
-    """The stack's plan with a second train worker (its own Celery node name)."""
+    """The stack's plan with a second train worker (its own Celery node name), and one worker for
+    the other queues instead of one each: these tests watch the train queue only, and every worker
+    process costs seconds of CPU to start (torch) on the machine the test waits on."""
     train = next(s for s in specs if s.name == "worker-train")
     command = [("train2@%h" if part == "train@%h" else part) for part in train.command]
-    return [*specs, replace(train, name="worker-train-2", command=command)]
+    others = [q for q in QUEUES if q != "train"]
+    prep = replace(train, name="worker-prep", queues=others,
+                   command=worker_command(train.command[0], others, "prep@%h"))
+    kept = [s for s in specs if not s.name.startswith("worker-") or s.name == "worker-train"]
+    return [*kept, prep, replace(train, name="worker-train-2", command=command)]
 
 
 @contextmanager
