@@ -8,9 +8,11 @@ Kept light on purpose (no torch at import); other test packages add their own co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,21 +62,93 @@ def s3_settings(seaweed_server: SeaweedServer, redis_url: str):
     return seaweed_server.settings(bucket="dfusion-test", redis_url=redis_url)
 
 
+class _EarlyStack:
+    """The session's stack, started in a background thread as soon as collection shows that a test
+    will use it (`pytest_collection_finish`), with the shared tiny job submitted right away when a
+    test will read it: the API tests and the first CLI tests run meanwhile, instead of the session
+    waiting ~40 s (worker start and the job's compute) at the first `tiny_job`. The fixtures below
+    wait for it; nothing is checked here, and a failed start is raised by the `stack` fixture."""
+
+    def __init__(self, root: Path, submit_tiny_job: bool) -> None:
+        self.root, self.submit_tiny_job = root, submit_tiny_job
+        self.stack: Stack | None = None
+        self.tiny_job_id: str | None = None
+        self.error: BaseException | None = None
+        self._cm: contextlib.AbstractContextManager[Stack] | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._start, name="early-session-stack", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        from tests.integration.stack_helpers import TINY_JOB
+
+        try:
+            self._cm = _session_stack(self.root)
+            self.stack = self._cm.__enter__()
+            if self.submit_tiny_job:
+                self.tiny_job_id = self.stack.submit(TINY_JOB)
+        except BaseException as e:  # noqa: BLE001 - handed to the fixture, raised there
+            self.error = e
+
+    def wait(self) -> Stack:
+        self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"the session stack did not start: {self.error!r}") from self.error
+        assert self.stack is not None
+        return self.stack
+
+    def close(self) -> None:
+        """Kill the stack (idempotent; also at session end when no test ended up using it)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._thread.join()
+        if self._cm is not None and self.stack is not None:
+            self._cm.__exit__(None, None, None)
+
+
+_early: _EarlyStack | None = None
+
+
+def _session_stack(root: Path) -> contextlib.AbstractContextManager[Stack]:
+    from tests.integration.stack_helpers import BROKEN_MODELS, running_stack
+
+    return running_stack(root, env={"DFUSION_MODELS": json.dumps(BROKEN_MODELS)})
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _early
+    if session.config.option.collectonly or _early is not None:
+        return
+    names = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "stack" in names or "rstack" in names or "tiny_job" in names:
+        root = session.config._tmp_path_factory.mktemp("stack")  # what tmp_path_factory.mktemp does
+        _early = _EarlyStack(root, submit_tiny_job="tiny_job" in names)
+        session.config.add_cleanup(_early.close)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The session's local stack (own Redis and SeaweedFS, the API, a Celery worker per queue),
-    started on first use: one start for every test that submits jobs and reads them back, and for
-    the reliability tests that kill a part of it and check that the supervisor brought it back
-    (fixture `rstack`). It also knows a model that cannot be loaded (`BROKEN_MODELS`)."""
-    from tests.integration.stack_helpers import BROKEN_MODELS, running_stack
-
-    with running_stack(tmp_path_factory.mktemp("stack"), env={"DFUSION_MODELS": json.dumps(BROKEN_MODELS)}) as s:
+    started once (early, in the background: `_EarlyStack`): one start for every test that submits
+    jobs and reads them back, and for the reliability tests that kill a part of it and check that
+    the supervisor brought it back (fixture `rstack`). It also knows a model that cannot be loaded
+    (`BROKEN_MODELS`)."""
+    if _early is not None:
+        try:
+            yield _early.wait()
+        finally:
+            _early.close()
+        return
+    with _session_stack(tmp_path_factory.mktemp("stack")) as s:
         yield s
 
 
 @pytest.fixture(scope="session")
 def tiny_job(stack: Stack) -> FinishedJob:
-    """One finished tiny job (`stack_helpers.TINY_JOB`, 2 epochs) that the tests only read."""
+    """One finished tiny job (`stack_helpers.TINY_JOB`, 2 epochs) that the tests only read; submitted
+    when the stack started, if the session knew by then that a test reads it."""
     from tests.integration.stack_helpers import TINY_JOB, finish_job
 
-    return finish_job(stack, TINY_JOB)
+    early_id = _early.tiny_job_id if _early is not None and _early.stack is stack else None
+    return finish_job(stack, TINY_JOB, job_id=early_id)

@@ -168,9 +168,10 @@ class FinishedJob:
     checkpoints: list[dict[str, Any]]
 
 
-def finish_job(stack: Stack, spec: dict[str, Any], timeout_s: float = 600) -> FinishedJob:
-    """Submit `spec`, wait until it ends (succeeded, or fail here), and fetch its records."""
-    job_id = stack.submit(spec)
+def finish_job(stack: Stack, spec: dict[str, Any], timeout_s: float = 600, job_id: str | None = None) -> FinishedJob:
+    """Submit `spec` (unless `job_id` says it was submitted already), wait until it ends (succeeded,
+    or fail here), and fetch its records."""
+    job_id = job_id or stack.submit(spec)
     job = stack.wait_job(job_id, timeout_s)
     assert job["status"] == "succeeded", job
     with stack.client() as c:
