@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,11 +28,21 @@ def _run_tiny(out: Path, *flags: str, timeout: int) -> subprocess.CompletedProce
     )
 
 
-def test_run_leaves_trained_checkpoints_and_metrics(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = _run_tiny(out, "--epochs", "2", timeout=600)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-epoch tiny run with `--report-to tensorboard` (when the tracking extra is installed),
+    read by the two tests below: one run instead of two."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    tracking = ["--report-to", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    proc = _run_tiny(out, "--epochs", "2", *tracking, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    (out / "stdout.txt").write_text(proc.stdout)
+    return out
+
+
+def test_run_leaves_trained_checkpoints_and_metrics(tiny_run: Path) -> None:
+    out = tiny_run
+    summary = json.loads((out / "stdout.txt").read_text().strip().splitlines()[-1])
     assert summary["status"] == "succeeded" and summary["counts"]["pairs"] == 4
     for version in (1, 2):
         weights = load_file(str(out / "checkpoints" / str(version) / "pytorch_lora_weights.safetensors"))
@@ -57,27 +68,27 @@ def test_run_names_the_bad_field(tmp_path: Path) -> None:
     assert "prompts.0" in proc.stderr and "'dog' is not a word" in proc.stderr
 
 
-def test_run_reports_to_tensorboard(tmp_path: Path) -> None:
+def test_run_reports_to_tensorboard(tiny_run: Path) -> None:
     """`--report-to tensorboard` leaves event files with the step and epoch curves and pair images."""
     pytest.importorskip("tensorboard", reason="report_to='tensorboard' needs the tracking extra: "
                                               "pip install -e '.[tracking]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = tmp_path / "run"
-    proc = _run_tiny(out, "--epochs", "1", "--report-to", "tensorboard", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tiny_run
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     tags = events.Tags()
     metrics = json.loads((out / "metrics.json").read_text())["epochs"]
     for name in ("heldout_score", "heldout_score_base", "mean_sample_score", "target_win_rate"):
-        [point] = events.Scalars(f"epoch/{name}")
-        assert point.step == 0 and point.value == pytest.approx(metrics[0][name], rel=1e-5)
-    assert metrics[0]["optimizer_steps"] == 1  # as in the run above: this prompt and seed train at 4 steps
+        assert [(p.step, p.value) for p in events.Scalars(f"epoch/{name}")] == \
+            [(epoch, pytest.approx(m[name], rel=1e-5)) for epoch, m in enumerate(metrics)]
+    assert metrics[0]["optimizer_steps"] == 1  # this prompt and seed train at 4 steps (checked above too)
     assert {"train/loss", "train/margin", "train/grad_norm", "train/reward_accuracy"} <= set(tags["scalars"])
-    [step] = events.Scalars("train/loss")
-    assert step.step == 1 and step.value == pytest.approx(metrics[0]["loss"], rel=1e-5)
-    assert len(tags["images"]) == 2  # both pairs of the prompt, reference | base | target
+    trained = [m for m in metrics if m["optimizer_steps"]]  # one step per trained epoch, numbered across the job
+    assert [(p.step, p.value) for p in events.Scalars("train/loss")] == \
+        [(i + 1, pytest.approx(m["loss"], rel=1e-5)) for i, m in enumerate(trained)]
+    assert sorted(tags["images"]) == ["pairs/0_0", "pairs/0_1"]  # both pairs of the prompt: reference | base | target
+    assert [i.step for i in events.Images("pairs/0_0")] == [0, 1]  # once per epoch
 
 
 def test_run_refuses_unknown_trackers(tmp_path: Path) -> None:
