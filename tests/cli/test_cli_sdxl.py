@@ -18,7 +18,7 @@ def test_tiny_sdxl_run_leaves_a_lora_the_sdxl_pipeline_loads(tmp_path: Path) -> 
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "cli.main", "run", str(prompts), "--model", "tiny-sdxl", "--samples-per-prompt", "4",
-         "--steps", "4", "--epochs", "2", "--out", str(out), "--no-progress"],
+         "--steps", "3", "--epochs", "2", "--out", str(out), "--no-progress"],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # as the other embedded runs (tests/cli/test_cli_run.py): ~20 s
     )
