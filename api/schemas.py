@@ -39,6 +39,9 @@ class SpecSummary(BaseModel):
     """What was asked for, in a few fields (the full spec stays server-side)."""
 
     model: str
+    revision: str | None = Field(None, description="Hub ids: the branch, tag or commit loaded (None: main)")
+    variant: str | None = Field(None, description="the model's weights variant, e.g. fp16")
+    report_to: str = "none"
     prompts: list[str]
     samples_per_prompt: int
     epochs: int
@@ -53,7 +56,8 @@ class SpecSummary(BaseModel):
     def from_spec(cls, spec: dict[str, Any]) -> SpecSummary:
         s = JobSpec.model_validate(spec)
         return cls(
-            model=s.model, prompts=[p.text for p in s.prompts], samples_per_prompt=s.samples_per_prompt,
+            model=s.model, revision=s.revision, variant=s.variant, report_to=s.report_to,
+            prompts=[p.text for p in s.prompts], samples_per_prompt=s.samples_per_prompt,
             epochs=s.epochs, total_samples=s.total_samples, expected_counts=s.expected_counts().total,
             algorithm=s.training.algorithm, pairs=s.training.pairs, pair_filter=s.training.pair_filter,
         )

@@ -36,7 +36,7 @@ def test_cached_hub_id_with_revision_is_accepted(client: TestClient, acme: dict[
     r = client.post("/v1/jobs", json={**BODY, "model": REPO_ID, "revision": "main"}, headers=acme)
     assert r.status_code == 202, r.text
     job = client.get(f"/v1/jobs/{r.json()['id']}", headers=acme).json()
-    assert job["spec"]["model"] == REPO_ID
+    assert job["spec"]["model"] == REPO_ID and job["spec"]["revision"] == "main" and job["spec"]["variant"] is None
 
 
 def test_revision_of_a_built_in_name_is_refused(client: TestClient, acme: dict[str, str]) -> None:
