@@ -63,11 +63,12 @@ def s3_settings(seaweed_server: SeaweedServer, redis_url: str):
 
 
 class _EarlyStack:
-    """The session's stack, started in a background thread as soon as collection shows that a test
-    will use it (`pytest_collection_finish`), with the shared tiny job submitted right away when a
-    test will read it: the API tests and the first CLI tests run meanwhile, instead of the session
-    waiting ~40 s (worker start and the job's compute) at the first `tiny_job`. The fixtures below
-    wait for it; nothing is checked here, and a failed start is raised by the `stack` fixture."""
+    """The session's stack, started in a background thread before collection for the whole suite,
+    else as soon as collection shows that a test will use it, with the shared tiny job submitted
+    right away when a test will read it: collection, the API tests and the first CLI tests run
+    meanwhile, instead of the session waiting ~40 s (worker start and the job's compute) at the
+    first `tiny_job`. The fixtures below wait for it; nothing is checked here, and a failed start
+    is raised by the `stack` fixture."""
 
     def __init__(self, root: Path, submit_tiny_job: bool) -> None:
         self.root, self.submit_tiny_job = root, submit_tiny_job
@@ -116,15 +117,43 @@ def _session_stack(root: Path) -> contextlib.AbstractContextManager[Stack]:
     return running_stack(root, env={"DFUSION_MODELS": json.dumps(BROKEN_MODELS)})
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
+def _start_early(config: pytest.Config, submit_tiny_job: bool) -> _EarlyStack:
+    root = config._tmp_path_factory.mktemp("stack")  # type: ignore[attr-defined]  # = tmp_path_factory
+    early = _EarlyStack(root, submit_tiny_job)
+    config.add_cleanup(early.close)
+    return early
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    """This run is the whole suite (`make test`: only the tests folder or the repository as paths, no
+    -k): it will need the session's stack and job, and collecting (~12 s of imports) can overlap
+    their start."""
+    if config.option.collectonly or config.option.keyword:
+        return False
+    tests_dir = Path(__file__).resolve().parent
+    args = config.args or [str(config.rootpath)]
+    return all((config.invocation_params.dir / a).resolve() in (tests_dir, tests_dir.parent) for a in args)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
     global _early
-    if session.config.option.collectonly or _early is not None:
+    if _early is None and _whole_suite(session.config):
+        _early = _start_early(session.config, submit_tiny_job=True)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the stack now if a collected test will use it (and it was not started already); kill an
+    early one that no collected test uses (e.g. all deselected)."""
+    global _early
+    if session.config.option.collectonly:
         return
     names = {name for item in session.items for name in getattr(item, "fixturenames", ())}
-    if "stack" in names or "rstack" in names or "tiny_job" in names:
-        root = session.config._tmp_path_factory.mktemp("stack")  # what tmp_path_factory.mktemp does
-        _early = _EarlyStack(root, submit_tiny_job="tiny_job" in names)
-        session.config.add_cleanup(_early.close)
+    needed = "stack" in names or "rstack" in names or "tiny_job" in names
+    if _early is not None and not needed:
+        _early.close()
+        _early = None
+    elif _early is None and needed:
+        _early = _start_early(session.config, submit_tiny_job="tiny_job" in names)
 
 
 @pytest.fixture(scope="session")
