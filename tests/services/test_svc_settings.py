@@ -12,7 +12,7 @@ def test_defaults_have_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     s = Settings()
     assert s.s3_access_key is None and s.s3_secret_key is None and s.s3_endpoint is None
-    assert s.auth_required and s.max_body_bytes == 1 << 20 and s.model_names() == ["tiny", "toy"]
+    assert s.auth_required and s.max_body_bytes == 1 << 20 and s.model_names() == ["tiny", "tiny-sdxl", "toy"]
 
 
 def test_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,7 +23,7 @@ def test_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DFUSION_MODELS", '{"sd21": "/models/sd21"}')
     s = Settings()
     assert (s.s3_endpoint, s.s3_secret_key, s.redis_url, s.api_port) == ("127.0.0.1:9000", "shh", "redis://h:1/2", 8123)
-    assert s.model_names() == ["sd21", "tiny", "toy"]
+    assert s.model_names() == ["sd21", "tiny", "tiny-sdxl", "toy"]
     assert "shh" not in repr(s)
 
 
