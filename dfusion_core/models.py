@@ -123,14 +123,7 @@ class DiffusionModel:
             from dfusion_core.sdxl import encode_sdxl
 
             return encode_sdxl(self, prompts)
-        ids = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return Conditioning(self.text_encoder(ids)[0].to(self.dtype))
+        return Conditioning(self.text_encoder(token_ids(self.tokenizer, prompts, self.device))[0].to(self.dtype))
 
     def encode_uncond(self, n: int) -> Conditioning:
         """The unconditional branch of classifier-free guidance for n rows."""
@@ -151,6 +144,12 @@ class DiffusionModel:
     def new_scheduler(self) -> DDIMScheduler:
         """A fresh scheduler (set_timesteps mutates state; each run gets its own)."""
         return DDIMScheduler.from_config(self.scheduler.config)
+
+
+def token_ids(tokenizer: CLIPTokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Token ids [B, L] of the prompts, padded (and truncated) to the tokenizer's context window."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
 
 
 def tokenizer_dir() -> Path:

@@ -44,10 +44,12 @@ from dfusion_core.conditioning import Conditioning
 from dfusion_core.models import (
     SD_SCHEDULER_CONFIG,
     TINY_TEXT_CONFIG,
+    TINY_UNET_CONFIG,
     TINY_VAE_CONFIG,
     DiffusionModel,
     assemble,
     load_tokenizer,
+    token_ids,
 )
 
 TINY_SDXL = "tiny-sdxl"
@@ -55,23 +57,18 @@ TINY_SDXL_SEED = 0
 _TIME_EMBED_DIM = 8  # SDXL base: 256
 _PROJECTION_DIM = 32  # SDXL base: 1280
 
+# the tiny preset's sizes (`TINY_UNET_CONFIG`) in SDXL's layout and with its added conditioning
 TINY_SDXL_UNET_CONFIG: dict = {
-    "sample_size": 32,
-    "in_channels": 4,
-    "out_channels": 4,
-    "layers_per_block": 1,
-    "block_out_channels": [32, 64, 64],
+    **TINY_UNET_CONFIG,
     # SDXL's order: no attention at the top resolution, attention in the two lower levels
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     "transformer_layers_per_block": [1, 1, 2],  # SDXL base: [1, 2, 10]
-    "attention_head_dim": 2,
     "use_linear_projection": True,
     "cross_attention_dim": 2 * TINY_TEXT_CONFIG["hidden_size"],  # both encoders' states, concatenated
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": _TIME_EMBED_DIM,
     "projection_class_embeddings_input_dim": 6 * _TIME_EMBED_DIM + _PROJECTION_DIM,
-    "norm_num_groups": 16,
 }
 
 TINY_SDXL_TEXT2_CONFIG: dict = {**TINY_TEXT_CONFIG, "projection_dim": _PROJECTION_DIM}
@@ -102,9 +99,7 @@ def encode_sdxl(model: DiffusionModel, prompts: list[str]) -> Conditioning:
     encoders' penultimate hidden states, concatenated; the second encoder's pooled projection."""
     hidden, pooled = [], None
     for tokenizer, encoder in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(model.device)
-        out = encoder(ids, output_hidden_states=True)
+        out = encoder(token_ids(tokenizer, prompts, model.device), output_hidden_states=True)
         if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds come first
             pooled = out[0]
         hidden.append(out.hidden_states[-2])
