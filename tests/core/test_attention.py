@@ -7,19 +7,7 @@ from dfusion_core.attention import FusionAttnProcessor, FusionController
 from dfusion_core.config import FusionConfig
 from dfusion_core.errors import ConfigError
 from dfusion_core.items import map_items
-
-# Float32 keeps ~7 significant digits (eps 1.2e-7). The same math run with another batch shape or
-# attention kernel rounds differently: measured up to 1.5e-6 of the largest |value| (UNet output,
-# or latents after 4 steps whose guidance w=5 amplifies eps differences), e.g. 2.7e-5 at |x| = 17.
-# Other CPUs change which roundings happen, not how many, so 1e-5 of the scale leaves ~7x headroom
-# while staying ~90x below what fusion really changes (max |fused - base| ~ 1e-3 of the scale).
-FLOAT_NOISE = 1e-5
-
-
-def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = FLOAT_NOISE) -> None:
-    """Equal up to float rounding: max |actual - expected| <= rel * max |expected|."""
-    err, scale = (actual - expected).abs().max().item(), expected.abs().max().item()
-    assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} x scale {scale:.3g}"
+from tests.core.tolerance import assert_close as _assert_close
 
 
 def _unet_out(unet, seed=0):
