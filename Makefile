@@ -19,12 +19,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dfusion demo --out demo-run
 
+# Two pytest-xdist workers: the shared stack's tests in one, in order, the other test files spread
+# over both (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # also the RabbitMQ-broker reliability tests (skipped unless RabbitMQ listens on 127.0.0.1:5672)
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m '' tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m '' tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
