@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -13,6 +14,9 @@ from cli.jobargs import add_job_flags, add_tracking_flag, job_body, read_prompts
 from dfusion_core.errors import ConfigError
 from dfusion_core.hub import is_hub_id
 from dfusion_core.registry import MODELS
+
+if TYPE_CHECKING:
+    from services.jobspec import JobSpec
 
 DEMO_PROMPTS = ["a cat eating a sandwich", "a red and woolen dog"]
 
@@ -33,7 +37,7 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[object, dict[str, str]]:
+def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[JobSpec, dict[str, str]]:
     """The job spec, and the local folders it names: a folder `--model` is registered as 'local'.
     A Hub id ('owner/name') stays as it is; with HF_HUB_OFFLINE set it must be in the HF cache."""
     from services.jobspec import JobSpec
@@ -62,11 +66,18 @@ def execute(spec, models: dict[str, str], args: argparse.Namespace) -> int:
     if args.no_progress or not sys.stderr.isatty():
         result = run_embedded(spec, args.out, models=models, device=args.device)
     else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskID,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         with Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn()) as bar:
-            ids: dict[str, int] = {}
+            ids: dict[str, TaskID] = {}
 
             def update(counts: dict[str, int], totals: dict[str, int]) -> None:
                 for name in ("samples", "scored", "pairs", "trained_steps"):

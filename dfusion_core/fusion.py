@@ -104,9 +104,13 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
         ctl.begin_call(ref_step, tgt_step)
         xs, ts, embeds = [], [], []
         if ref_step is not None:
-            xs.append(x_ref), ts.append(timesteps[ref_step]), embeds.append((uncond, ref_cond))
+            xs.append(x_ref)
+            ts.append(timesteps[ref_step])
+            embeds.append((uncond, ref_cond))
         if tgt_step is not None:
-            xs.append(x_tgt), ts.append(timesteps[tgt_step]), embeds.append((uncond, cond))
+            xs.append(x_tgt)
+            ts.append(timesteps[tgt_step])
+            embeds.append((uncond, cond))
         x_in = torch.cat(xs + xs)
         t_in = torch.tensor([t for t in ts for _ in range(len(x_ref))] * 2, device=device)
         e_in = Conditioning.cat([u for u, _ in embeds] + [c for _, c in embeds])

@@ -38,7 +38,9 @@ def add_lora(unet: UNet2DConditionModel, rank: int, alpha: float | None = None, 
     """
     if has_lora(unet):
         raise ConfigError("lora", "the UNet already has a LoRA adapter")
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=True, target_modules=TARGET_MODULES)
+    # peft annotates lora_alpha as int but only ever divides it by r: a float alpha is kept exactly
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank,  # type: ignore[arg-type]
+                        init_lora_weights=True, target_modules=TARGET_MODULES)
     devices = [unet.device] if unet.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

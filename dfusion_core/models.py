@@ -198,7 +198,7 @@ def load_pretrained(
     if not is_hub_id(name):
         raise ConfigError("model", f"{name!r} is neither a local diffusers folder nor a Hub id ('owner/name')")
     hub = hub or HubOptions()
-    kw = {"revision": revision, "variant": variant, "cache_dir": hub.cache_dir}
+    kw: dict[str, Any] = {"revision": revision, "variant": variant, "cache_dir": hub.cache_dir}
     if hub.offline is not None:
         kw["local_files_only"] = hub.offline
     try:

@@ -97,6 +97,8 @@ def time_ids(model: DiffusionModel, n: int) -> torch.Tensor:
 def encode_sdxl(model: DiffusionModel, prompts: list[str]) -> Conditioning:
     """`StableDiffusionXLPipeline.encode_prompt` for one prompt per row (no clip skip): both
     encoders' penultimate hidden states, concatenated; the second encoder's pooled projection."""
+    if model.tokenizer_2 is None or model.text_encoder_2 is None:
+        raise ValueError("an SDXL model needs its second tokenizer and text encoder")
     hidden, pooled = [], None
     for tokenizer, encoder in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
         out = encoder(token_ids(tokenizer, prompts, model.device), output_hidden_states=True)

@@ -77,7 +77,8 @@ def install_logging(json_lines: bool | None = None) -> None:
 
 
 # --- task signals ----------------------------------------------------------------------------------
-_started: dict[str, tuple[float, list[contextvars.Token]]] = {}
+#: task id -> (monotonic start, context tokens to reset, queue latency s, I/O seconds at the start)
+_started: dict[str, tuple[float, list[contextvars.Token], float | None, float]] = {}
 _telemetry: Telemetry | None = None
 
 

@@ -60,7 +60,8 @@ def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, plans: li
     for plan, fp in zip(plans, fused, strict=True):
         pid = keys.pair_id(epoch, prompt, plan.index)
         assert fp.target.image is not None
-        mask = mask_image(fp.masks, fp.mask_resolution, tuple(fp.target.image.shape[:2]))
+        height, width = fp.target.image.shape[:2]
+        mask = mask_image(fp.masks, fp.mask_resolution, (height, width))
         objects += [(keys.target_key(job_id, pid), fp.target.to_bytes(), "application/octet-stream"),
                     (keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
                     (keys.mask_key(job_id, pid), png_bytes(mask), "image/png")]
