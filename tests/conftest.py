@@ -132,6 +132,13 @@ class _EarlyStack:
             self._cm.__exit__(None, None, None)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Readers in other processes see the whole file or none (a per-process temp file, renamed)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 class _Handoff:
     """A file through which the xdist controller hands its started session stack (and the tiny job's
     id) to the worker that runs the stack's tests: a `Stack` is plain data (its folder, settings,
@@ -142,10 +149,8 @@ class _Handoff:
         self.path = path
 
     def write(self, stack: Stack | None, tiny_job_id: str | None, error: BaseException | None) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps({"stack": stack, "tiny_job_id": tiny_job_id,
-                                      "error": None if error is None else repr(error)}))
-        tmp.rename(self.path)
+        _write_atomically(self.path, pickle.dumps({"stack": stack, "tiny_job_id": tiny_job_id,
+                                                   "error": None if error is None else repr(error)}))
 
     def read(self, worker: str, timeout_s: float = 600) -> tuple[Stack, str | None]:
         """The handed-over stack, for `worker` alone: a second worker asking for it means the
@@ -174,6 +179,10 @@ _STACK_FIXTURES = ("stack", "rstack", "tiny_job", "xl_tracked_job")
 _STACK_GROUP = "session-stack"
 _HANDOFF_KEY = "dfusion_session_stack"
 _GROUP_KEY = "dfusion_session_stack_tests"
+
+
+def _uses_stack(item: pytest.Item) -> bool:
+    return any(name in _STACK_FIXTURES for name in getattr(item, "fixturenames", ()))
 
 
 def _session_stack(root: Path) -> contextlib.AbstractContextManager[Stack]:
@@ -241,9 +250,8 @@ class _StackGroup:
 
     @staticmethod
     def write(path: Path, nodeids: list[str]) -> None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(nodeids))
-        tmp.replace(path)  # every worker collects the same tests: the last writer wins, same content
+        # every worker collects the same tests: the last writer wins, with the same content
+        _write_atomically(path, json.dumps(nodeids).encode())
 
     @staticmethod
     def read(path: Path) -> set[str]:
@@ -282,11 +290,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     twice = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
     if twice:
         raise pytest.UsageError(f"tests share a node id (pytest-xdist would run only one of each): {twice[:5]}")
-    stack_tests = [item for item in items
-                   if any(name in _STACK_FIXTURES for name in getattr(item, "fixturenames", ()))]
     group_file = getattr(config, "workerinput", {}).get(_GROUP_KEY)
     if group_file:
-        _StackGroup.write(Path(group_file), [item.nodeid for item in stack_tests])
+        _StackGroup.write(Path(group_file), [item.nodeid for item in items if _uses_stack(item)])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -297,13 +303,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     global _early
     if session.config.option.collectonly or _xdist_worker(session.config):
         return
-    names = {name for item in session.items for name in getattr(item, "fixturenames", ())}
-    needed = bool(names.intersection(_STACK_FIXTURES))
+    needed = any(_uses_stack(item) for item in session.items)
     if _early is not None and not needed:
         _early.close()
         _early = None
     elif _early is None and needed:
-        _early = _start_early(session.config, submit_tiny_job="tiny_job" in names)
+        reads_job = any("tiny_job" in getattr(item, "fixturenames", ()) for item in session.items)
+        _early = _start_early(session.config, submit_tiny_job=reads_job)
 
 
 _handed: tuple[Stack, str | None] | None = None
