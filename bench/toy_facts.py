@@ -6,7 +6,7 @@ For each weights folder (`shipped` = dfusion_core/assets/toy; any folder `script
 writes): the 46 held-out captions and the first 46 training captions x 4 seeds (10 DDIM steps, CFG 5,
 eta 1), the share of each of the caption's five facts that hold (`bench/preference_probe.py`'s
 `facts`), and, for every folder after the first, the paired difference from the first on the
-held-out samples with its 95 % CI. For choosing which toy weights to ship.
+held-out samples with its 95 % CI (`bench/stats.py`). For choosing which toy weights to ship.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.preference_probe import FACTS, facts  # noqa: E402
+from bench.stats import mean_ci  # noqa: E402
 from dfusion_core.config import SamplingConfig  # noqa: E402
 from dfusion_core.toy import model as toy_model  # noqa: E402
 from dfusion_core.toy import world as tw  # noqa: E402
@@ -50,10 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
         if first is None:
             first = per_sample
         else:
-            d = per_sample - first
-            half = 1.96 * d.std(ddof=1) / len(d) ** 0.5
-            row["heldout_vs_first"] = {"diff": round(float(d.mean()), 4), "lo": round(float(d.mean() - half), 4),
-                                       "hi": round(float(d.mean() + half), 4)}
+            ci = mean_ci((per_sample - first).tolist())
+            row["heldout_vs_first"] = {"diff": round(ci["mean"], 4), "lo": round(ci["lo"], 4), "hi": round(ci["hi"], 4)}
         results[folder] = row
         print(folder, json.dumps(row), flush=True)
     return results
