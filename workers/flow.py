@@ -18,10 +18,11 @@ A fan-in fires once (`JobStore.mark_done`); its completer enqueues, then confirm
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, TRAIN
+from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN
 from workers.keys import prompt_unit, train_unit
 
 if TYPE_CHECKING:
@@ -37,6 +38,17 @@ SENT = "{scope}-sent"  # a fan-in's completer has enqueued what follows it
 
 def sent_scope(scope: str) -> str:
     return SENT.format(scope=scope)
+
+
+#: Task kwargs that name a unit, in the order they appear in its name (job_id names the job).
+UNIT_ARGS = (("epoch", "e"), ("prompt", "p"), ("batch", "b"), ("chunk", "c"))
+
+
+def unit_of(task_name: str, kwargs: dict[str, Any]) -> str:
+    """The unit a task computes: `sample-e0-p1-b2` for dfusion.sample(epoch=0, prompt=1, batch=2)."""
+    parts = [task_name.removeprefix("dfusion.")]
+    parts += [f"{short}{int(kwargs[arg])}" for arg, short in UNIT_ARGS if arg in kwargs]
+    return "-".join(parts)
 
 
 # --- events: what a stage reports when it has stored its outputs -------------------------------
@@ -86,13 +98,21 @@ class TaskRef:
     """A task to enqueue: its name (services.queue) and its payload besides the job id."""
 
     name: str
-    epoch: int
+    epoch: int | None = None  # None only for start_job
     prompt: int | None = None
     batch: int | None = None
     chunk: int | None = None
 
     def kwargs(self) -> dict[str, int]:
         return {k: v for k, v in asdict(self).items() if k != "name" and v is not None}
+
+    @property
+    def unit(self) -> str:
+        return unit_of(self.name, self.kwargs())
+
+
+#: The task the API enqueues for a new job: the flow's root.
+START = TaskRef(START_JOB)
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,9 @@ def train_commit(epoch: int) -> FanIn:
 def completed(task: TaskRef) -> Event:
     """The event a task reports when it finishes."""
     e, p = task.epoch, task.prompt
+    if task.name == START_JOB:
+        return JobStarted()
+    assert e is not None, task
     if task.name == TRAIN:
         return Trained(e)
     assert p is not None, task
@@ -191,6 +214,31 @@ class JobFlow:
             case Fused(e, _, _) | TargetsScored(e, _, _):
                 return [TaskRef(TRAIN, e)]
         raise TypeError(f"not a flow event: {event!r}")
+
+    def outstanding(self, committed: Collection[str]) -> list[TaskRef]:
+        """The tasks that the `committed` units have enqueued and that have not committed themselves.
+
+        Each must have a message somewhere (a queue, a worker) or a running holder; one that has
+        neither was lost (e.g. Redis died between a worker's BRPOP and its unacked record) and
+        must be sent again. The flow is replayed from START over the committed units (a unit
+        commits after it enqueued what follows it), fan-ins counted as `JobStore.mark_done` does.
+        """
+        members: dict[str, set[str]] = {}
+        todo, out = [START], []
+        while todo:
+            task = todo.pop()
+            if task.unit not in committed:
+                out.append(task)
+                continue
+            event = completed(task)
+            gate = self.gate(event)
+            if gate is not None:
+                done = members.setdefault(gate.scope, set())
+                done.add(gate.member)
+                if len(done) != gate.expected:
+                    continue
+            todo.extend(self.next_tasks(event))
+        return out
 
     def finishes_job(self, event: Event) -> bool:
         """Whether the job succeeds with `event` (its last epoch trained)."""

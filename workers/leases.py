@@ -17,22 +17,13 @@ import threading
 import time
 import uuid
 from types import TracebackType
-from typing import Any
 
 from services.state import JobStore, Lease, StateError
+from workers.flow import unit_of
+
+__all__ = ["Heartbeat", "new_lease", "unit_of"]
 
 log = logging.getLogger(__name__)
-
-#: Task kwargs that name a unit, in the order they appear in its name (job_id names the job).
-UNIT_ARGS = (("epoch", "e"), ("prompt", "p"), ("batch", "b"), ("chunk", "c"))
-
-
-def unit_of(task_name: str, kwargs: dict[str, Any]) -> str:
-    """The unit a task computes: `sample-e0-p1-b2` for dfusion.sample(epoch=0, prompt=1, batch=2)."""
-    parts = [task_name.removeprefix("dfusion.")]
-    parts += [f"{short}{int(kwargs[arg])}" for arg, short in UNIT_ARGS if arg in kwargs]
-    return "-".join(parts)
-
 
 def new_lease(unit: str, task_id: str, worker: str | None = None) -> Lease:
     """A lease for one execution of a task (its own token: a redelivered copy is another holder)."""

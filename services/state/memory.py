@@ -96,6 +96,10 @@ class MemoryJobStore:
         with self._lock:
             return len(self._active.get(check_id("tenant", tenant), ()))
 
+    def active_job_ids(self, tenant: str) -> list[str]:
+        with self._lock:
+            return sorted(self._active.get(check_id("tenant", tenant), ()))
+
     def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> JobRecord:
         status = JobStatus(status)
         with self._lock:
@@ -247,6 +251,11 @@ class MemoryJobStore:
     def unit_committed(self, job_id: str, unit: str) -> bool:
         with self._lock:
             return (check_id("job_id", job_id), check_id("unit", unit)) in self._units
+
+    def committed_units(self, job_id: str) -> set[str]:
+        check_id("job_id", job_id)
+        with self._lock:
+            return {unit for job, unit in self._units if job == job_id}
 
     def _live(self, key: tuple[str, str]) -> Lease | None:
         held = self._leases.get(key)

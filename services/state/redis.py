@@ -96,6 +96,10 @@ class RedisJobStore(RedisCoordination):
         return int(self.r.scard(keys.tenant(tenant, "active")))
 
     @mapped
+    def active_job_ids(self, tenant: str) -> list[str]:
+        return sorted(self.r.smembers(keys.tenant(tenant, "active")))
+
+    @mapped
     def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> JobRecord:
         """Move the job to `status` atomically; InvalidTransition if not allowed from where it is.
 

@@ -21,13 +21,16 @@ import httpx
 from devstack.procs import ProcessSpec, free_port
 from devstack.stack import default_specs, stack_status, stack_up
 from services.jobspec import JobSpec
+from services.queue import QUEUES
 from services.records import PairRecord
 from services.settings import Settings
 from services.state.redis import RedisJobStore
 from services.state.tokens import TokenStore
 from services.storage import S3Store
+from services.telemetry import Telemetry
 from tests.infra import kill_stack
 from workers import keys
+from workers.flow import JobFlow
 
 # Settings the stack's processes read from the environment they inherit.
 STACK_ENV = {
@@ -69,7 +72,24 @@ class Stack:
 
     def wait_job(self, job_id: str, timeout_s: float = 600) -> dict[str, Any]:
         with self.client() as c:
-            return wait_for(lambda: _terminal(c.get(f"/v1/jobs/{job_id}").json()), timeout_s, f"job {job_id}")
+            try:
+                return wait_for(lambda: _terminal(c.get(f"/v1/jobs/{job_id}").json()), timeout_s, f"job {job_id}")
+            except TimeoutError as e:
+                raise TimeoutError(f"{e}\n{self.describe(job_id)}") from None
+
+    def describe(self, job_id: str) -> str:
+        """Where a job stands, for a timeout's message: a CI log is all there is to read afterwards."""
+        try:
+            state = self.state()
+            jf = JobFlow.of(JobSpec.model_validate(state.get_job(job_id).spec))
+            committed = state.committed_units(job_id)
+            return (f"status {state.get_job(job_id).status.value}; counts {state.get_counts(job_id)}; "
+                    f"{len(committed)} units committed; outstanding {[t.unit for t in jf.outstanding(committed)]}; "
+                    f"running {[lease.unit for lease in state.leases(job_id)]}; "
+                    f"queued {Telemetry(state.r).queue_depths(QUEUES)}; unacked {state.r.hlen('unacked')}; "
+                    f"processes {[(p.name, p.alive, p.restarts) for p in stack_status(self.root)]}")
+        except Exception as e:  # noqa: BLE001 - the timeout is the failure to report
+            return f"(no description: {e!r})"
 
     def submit(self, spec: dict[str, Any]) -> str:
         with self.client() as c:

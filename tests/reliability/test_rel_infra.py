@@ -1,8 +1,10 @@
-"""Infrastructure faults mid-job: Redis killed (-9) and restarted from its AOF; the object store
-unreachable for 10 s. The job completes with exactly its expected outputs either way."""
+"""Infrastructure faults mid-job: Redis killed (-9) and restarted from its AOF; a task message lost
+(as when Redis dies between a worker's BRPOP and its unacked record); the object store unreachable
+for 10 s. The job completes with exactly its expected outputs each time."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,6 +14,7 @@ import pytest
 
 from devstack.procs import tcp_open
 from tests.integration.stack_helpers import assert_exact_outputs, small_job, wait_for
+from workers import redelivery
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +37,24 @@ def test_rel_redis_killed_and_restarted_mid_job(rstack):
     job = rstack.wait_job(job_id, timeout_s=240)  # the API authenticates with the token from before the crash
     assert job["status"] == "succeeded", job
     assert_exact_outputs(rstack, job_id, spec)
+
+
+def test_rel_lost_message_is_sent_again(rstack):
+    """Four sample tasks on one sample worker (prefetch 1): once the first is done, the queue holds
+    the last two. One is taken out, as a crash between BRPOP and kombu's unacked record loses it:
+    the redelivery sweep finds the job stalled with that unit in no queue and sends it again."""
+    spec = small_job()
+    offsets = {w: rstack.log_size(w) for w in WORKERS}
+    job_id = rstack.submit(spec)
+    _mid_sampling(rstack, job_id)
+    r = rstack.state().r
+    raw = wait_for(lambda: r.rpop("sample"), 30, "a waiting sample message", poll_s=0.05)
+    _, unit, _ = redelivery.task_of(json.loads(raw))
+    job = rstack.wait_job(job_id, timeout_s=240)
+    assert job["status"] == "succeeded", job
+    assert_exact_outputs(rstack, job_id, spec)
+    text = "".join(rstack.log_since(w, offsets[w]) for w in WORKERS)
+    assert f"{unit} of job {job_id}: not committed, not running and in no queue" in text
 
 
 def test_rel_object_store_unreachable_for_10s(rstack):

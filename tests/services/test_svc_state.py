@@ -109,7 +109,7 @@ def test_tenant_limit(store: JobStore) -> None:
         store.create_job(ids[2], "t2", {}, max_active=2)
     store.set_status(ids[0], S.CANCELLED)
     store.create_job(ids[2], "t2", {}, max_active=2)
-    assert store.active_jobs("t2") == 2
+    assert store.active_jobs("t2") == 2 and store.active_job_ids("t2") == sorted(ids[1:])
 
 
 def test_put_sample_idempotent(store: JobStore, job: str) -> None:
@@ -302,6 +302,8 @@ def test_unit_commits_once(store: JobStore, job: str) -> None:
     assert store.commit_unit(job, "sample-e0-p0-b0") is True
     assert store.commit_unit(job, "sample-e0-p0-b0") is False
     assert store.unit_committed(job, "sample-e0-p0-b0") and not store.unit_committed(job, "sample-e0-p0-b1")
+    store.commit_unit(job, "start_job")
+    assert store.committed_units(job) == {"start_job", "sample-e0-p0-b0"}
     with pytest.raises(ConfigError):
         store.commit_unit(job, "bad unit")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections import Counter
+
+import pytest
 
 from services.jobspec import JobSpec
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, TRAIN
@@ -58,6 +61,29 @@ def test_a_2_prompt_2_epoch_job_runs_every_unit_once_in_order():
         {"epoch": 0, "prompt": 0, "chunk": 0}, {"epoch": 0, "prompt": 1, "chunk": 0}]
 
 
+@pytest.mark.parametrize("plain", [False, True])
+def test_outstanding_tasks_are_those_enqueued_and_not_yet_committed(plain: bool):
+    """`outstanding` replays the flow from the committed units alone; at every point of a run (in
+    any completion order) it must name exactly the tasks enqueued and not yet finished."""
+    jf = JobFlow(epochs=2, prompts=2, samples_per_prompt=4, pairs_per_prompt=3, batch_size=2, plain=plain)
+    for seed in range(5):
+        rng = random.Random(seed)
+        members: dict[str, set[str]] = {}
+        queue, committed = [flow.START], set()
+        while queue:
+            assert sorted(t.unit for t in jf.outstanding(committed)) == sorted(t.unit for t in queue)
+            task = queue.pop(rng.randrange(len(queue)))
+            committed.add(task.unit)
+            event = flow.completed(task)
+            gate = jf.gate(event)
+            if gate is not None:
+                members.setdefault(gate.scope, set()).add(gate.member)
+                if len(members[gate.scope]) != gate.expected:
+                    continue
+            queue.extend(jf.next_tasks(event))
+        assert jf.outstanding(committed) == [] and f"train-e{jf.epochs - 1}" in committed
+
+
 def test_plain_pairs_skip_score_targets_and_train_after_every_fuse():
     jf = JobFlow(epochs=2, prompts=2, samples_per_prompt=4, pairs_per_prompt=2, batch_size=1, plain=True)
     order, finished = walk(jf)
@@ -100,6 +126,8 @@ def test_each_task_reports_its_own_event():
     assert flow.completed(TaskRef(FUSE, 1, 0, chunk=1)) == flow.Fused(1, 0, 1)
     assert flow.completed(TaskRef(SCORE_TARGETS, 1, 0, chunk=1)) == flow.TargetsScored(1, 0, 1)
     assert flow.completed(TaskRef(TRAIN, 1)) == flow.Trained(1)
+    assert flow.completed(flow.START) == flow.JobStarted() and flow.START.unit == "start_job"
+    assert TaskRef(SCORE_TARGETS, 1, 0, chunk=3).unit == "score_targets-e1-p0-c3"
 
 
 def test_flow_imports_no_infrastructure():

@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
+from services.state import JobStatus
 from services.state.memory import MemoryJobStore
 from services.state.redis import RedisJobStore
+from tests.integration.stack_helpers import small_job
 from workers.leases import Heartbeat, new_lease, unit_of
-from workers.redelivery import UNACKED, UNACKED_INDEX, Unacked, orphans
+from workers.redelivery import PRIORITY_SEP, UNACKED, UNACKED_INDEX, Unacked, lost, orphans
 
 
 def test_unit_names() -> None:
@@ -39,13 +41,17 @@ def test_heartbeat_keeps_the_lease_past_its_ttl_and_releases_it() -> None:
     assert state.acquire_lease("j1", other, 0.3) is None
 
 
-def _message(task: str, kwargs: dict, eta: datetime | None = None) -> str:
-    """An entry of kombu's `unacked` hash: [payload, exchange, routing_key], Celery protocol 2 body."""
+def _payload(task: str, kwargs: dict, eta: datetime | None = None) -> dict:
+    """A kombu message as its Redis transport stores it in a queue list (Celery protocol 2 body)."""
     body = base64.b64encode(json.dumps([[], kwargs, {}]).encode()).decode()
-    payload = {"body": body, "content-encoding": "utf-8", "content-type": "application/json",
-               "headers": {"task": task, "id": "tid", "eta": eta.isoformat() if eta else None},
-               "properties": {"body_encoding": "base64", "delivery_tag": "x"}}
-    return json.dumps([payload, "train", "train"])
+    return {"body": body, "content-encoding": "utf-8", "content-type": "application/json",
+            "headers": {"task": task, "id": "tid", "eta": eta.isoformat() if eta else None},
+            "properties": {"body_encoding": "base64", "delivery_tag": "x"}}
+
+
+def _message(task: str, kwargs: dict, eta: datetime | None = None) -> str:
+    """An entry of kombu's `unacked` hash: [payload, exchange, routing_key]."""
+    return json.dumps([_payload(task, kwargs, eta), "train", "train"])
 
 
 def test_unacked_message_parsed() -> None:
@@ -81,3 +87,30 @@ def test_sweep_picks_old_messages_without_a_live_lease(broker_db: redis.Redis) -
     assert state.acquire_lease("j1", new_lease("fuse-e0-p0-c0", "t", "w"), 30) is None
     assert [m.tag for m in orphans(broker_db, state, grace=10, now=now)] == ["dead"]
     assert {m.tag for m in orphans(broker_db, state, grace=10, now=now + 60)} == {"dead", "fresh", "waiting"}
+
+
+def test_a_stalled_job_s_unit_with_no_message_anywhere_is_lost(broker_db: redis.Redis) -> None:
+    """Sampling of a 1-prompt job with 4 batches: batch 0 committed, batch 1 queued (at a priority),
+    batch 2 delivered and unacked, batch 3's message gone (score-b0 queued too). Only batch 3 is lost,
+    and only once the job has made no progress for the grace period with nothing running."""
+    state = RedisJobStore(broker_db)
+    state.create_job("j1", "acme", small_job(samples=8, batch=2))
+    for unit in ("start_job", "sample-e0-p0-b0"):
+        state.commit_unit("j1", unit)
+    sample = {"job_id": "j1", "epoch": 0, "prompt": 0}
+    broker_db.lpush(f"sample{PRIORITY_SEP}3", json.dumps(_payload("dfusion.sample", {**sample, "batch": 1})))
+    broker_db.lpush("score", json.dumps(_payload("dfusion.score", {**sample, "batch": 0})))
+    broker_db.hset(UNACKED, "t2", _message("dfusion.sample", {**sample, "batch": 2}))
+    now = time.time()
+    assert lost(broker_db, state, grace=10, now=now) == []  # first sight: progress recorded
+    assert lost(broker_db, state, grace=10, now=now + 5) == []  # not stalled long enough
+    lease = new_lease("sample-e0-p0-b2", "t", "w")
+    assert state.acquire_lease("j1", lease, 30) is None
+    assert lost(broker_db, state, grace=10, now=now + 20) == []  # something runs: not stalled
+    state.release_lease("j1", lease)
+    assert [(j, t.unit) for j, t in lost(broker_db, state, grace=10, now=now + 20)] == [("j1", "sample-e0-p0-b3")]
+    assert lost(broker_db, state, grace=10, now=now + 25) == []  # checked once per grace period
+    state.commit_unit("j1", "sample-e0-p0-b1")  # progress restarts the clock
+    assert lost(broker_db, state, grace=10, now=now + 40) == []
+    state.set_status("j1", JobStatus.CANCELLED)  # an ended job is never checked
+    assert lost(broker_db, state, grace=10, now=now + 80) == []
