@@ -28,6 +28,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# Torch's default is one thread per core in every process. Two xdist workers on two cores, each
+# with two OpenMP threads, oversubscribe the cores: two golden checks side by side took 69.6 s
+# with two threads each and 19.5 s with one (`time` of two `dfusion golden-check` in parallel).
+# So each worker takes its share, before torch loads; subprocesses (the CLI, embedded runs)
+# inherit it. Only workers set it (the controller's environment is what they inherit), and a
+# value the user set wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+    if "torch" in sys.modules:  # a plugin loaded it first: its pool has already read the environment
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # `tests.infra` must import however pytest was launched (`pytest` alone does not put the repo on sys.path).
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
