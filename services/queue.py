@@ -98,7 +98,11 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_mutex_expire": 30,  # a sweep takes milliseconds
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
-        "retry_on_timeout": True,
+        # No `retry_on_timeout`: it gives redis-py's connections one retry of their own, and the
+        # worker's pub/sub read (remote control) then reconnects a connection Redis dropped,
+        # re-subscribes and blocks on it with no timeout. A Redis restart hung every worker that
+        # way (tests/reliability/test_rel_infra.py). Without it the error reaches kombu, whose
+        # consumer reconnects everything.
     }
 
 

@@ -27,13 +27,26 @@ def _mid_sampling(stack, job_id: str) -> None:
 
 
 def test_rel_redis_killed_and_restarted_mid_job(rstack):
+    """The workers are held (SIGSTOP) from before the kill until Redis answers again, so each finds
+    its broker connections dead only once Redis is back: the order a loaded machine can produce, and
+    the one that once hung a worker for good (redis-py retried its pub/sub read, re-subscribed on a
+    fresh connection and blocked there, so the worker never consumed again)."""
     spec = small_job()
     job_id = rstack.submit(spec)
     _mid_sampling(rstack, job_id)
-    redis = rstack.processes()["redis"]
-    os.kill(redis.pid, signal.SIGKILL)
-    wait_for(lambda: (p := rstack.processes()["redis"]).restarts == redis.restarts + 1 and p.alive, 30,
-             "the supervisor to restart Redis")
+    procs = rstack.processes()
+    redis, workers = procs["redis"], [procs[w].pid for w in WORKERS]
+    state = rstack.state()
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        os.kill(redis.pid, signal.SIGKILL)
+        wait_for(lambda: (p := rstack.processes()["redis"]).restarts == redis.restarts + 1 and p.alive, 30,
+                 "the supervisor to restart Redis")
+        wait_for(state.r.ping, 30, "Redis to answer")
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
     job = rstack.wait_job(job_id, timeout_s=240)  # the API authenticates with the token from before the crash
     assert job["status"] == "succeeded", job
     assert_exact_outputs(rstack, job_id, spec)
