@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -16,11 +17,13 @@ from workers import flow
 from workers.flow import JobFlow, TaskRef
 
 
-def walk(jf: JobFlow) -> tuple[list[TaskRef], int]:
-    """Every task a job enqueues, in FIFO order (the embedded runner's), and how many times the
-    job finished. Fan-ins as `JobStore.mark_done` counts them: distinct members per scope."""
+def walk(jf: JobFlow, pick: Callable[[int], int] = lambda n: 0,
+         check: Callable[[list[TaskRef], set[str]], None] | None = None) -> tuple[list[TaskRef], int]:
+    """Every task a job enqueues, in the order `pick` takes them from the queue (FIFO: the embedded
+    runner's), and how many times the job finished. Fan-ins as `JobStore.mark_done` counts them:
+    distinct members per scope. `check(queue, committed units)` runs before each task."""
     members: dict[str, set[str]] = {}
-    queue, order, finished = [], [], 0
+    queue, order, finished, committed = [], [], 0, set()
 
     def report(event: flow.Event) -> None:
         nonlocal finished
@@ -34,10 +37,14 @@ def walk(jf: JobFlow) -> tuple[list[TaskRef], int]:
                 return
         queue.extend(jf.next_tasks(event))
 
-    report(flow.JobStarted())
+    queue.append(flow.START)
     while queue:
-        task = queue.pop(0)
-        order.append(task)
+        if check is not None:
+            check(queue, committed)
+        task = queue.pop(pick(len(queue)))
+        committed.add(task.unit)
+        if task != flow.START:
+            order.append(task)
         report(flow.completed(task))
     return order, finished
 
@@ -66,22 +73,14 @@ def test_outstanding_tasks_are_those_enqueued_and_not_yet_committed(plain: bool)
     """`outstanding` replays the flow from the committed units alone; at every point of a run (in
     any completion order) it must name exactly the tasks enqueued and not yet finished."""
     jf = JobFlow(epochs=2, prompts=2, samples_per_prompt=4, pairs_per_prompt=3, batch_size=2, plain=plain)
+
+    def check(queue: list[TaskRef], committed: set[str]) -> None:
+        assert sorted(t.unit for t in jf.outstanding(committed)) == sorted(t.unit for t in queue)
+
     for seed in range(5):
-        rng = random.Random(seed)
-        members: dict[str, set[str]] = {}
-        queue, committed = [flow.START], set()
-        while queue:
-            assert sorted(t.unit for t in jf.outstanding(committed)) == sorted(t.unit for t in queue)
-            task = queue.pop(rng.randrange(len(queue)))
-            committed.add(task.unit)
-            event = flow.completed(task)
-            gate = jf.gate(event)
-            if gate is not None:
-                members.setdefault(gate.scope, set()).add(gate.member)
-                if len(members[gate.scope]) != gate.expected:
-                    continue
-            queue.extend(jf.next_tasks(event))
-        assert jf.outstanding(committed) == [] and f"train-e{jf.epochs - 1}" in committed
+        order, finished = walk(jf, random.Random(seed).randrange, check)
+        committed = {"start_job", *(t.unit for t in order)}
+        assert finished == 1 and jf.outstanding(committed) == []
 
 
 def test_plain_pairs_skip_score_targets_and_train_after_every_fuse():
