@@ -25,6 +25,7 @@ __all__ = ["Heartbeat", "new_lease", "unit_of"]
 
 log = logging.getLogger(__name__)
 
+
 def new_lease(unit: str, task_id: str, worker: str | None = None) -> Lease:
     """A lease for one execution of a task (its own token: a redelivered copy is another holder)."""
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"

@@ -81,9 +81,10 @@ class Stack:
         """Where a job stands, for a timeout's message: a CI log is all there is to read afterwards."""
         try:
             state = self.state()
-            jf = JobFlow.of(JobSpec.model_validate(state.get_job(job_id).spec))
+            job = state.get_job(job_id)
+            jf = JobFlow.of(JobSpec.model_validate(job.spec))
             committed = state.committed_units(job_id)
-            return (f"status {state.get_job(job_id).status.value}; counts {state.get_counts(job_id)}; "
+            return (f"status {job.status.value}; counts {state.get_counts(job_id)}; "
                     f"{len(committed)} units committed; outstanding {[t.unit for t in jf.outstanding(committed)]}; "
                     f"running {[lease.unit for lease in state.leases(job_id)]}; "
                     f"queued {Telemetry(state.r).queue_depths(QUEUES)}; unacked {state.r.hlen('unacked')}; "
