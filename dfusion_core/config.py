@@ -38,7 +38,8 @@ class FusionConfig(_Frozen):
     skip_first_steps: int = Field(2, ge=0, le=1000, description="noisiest steps left unfused (authors: 2)")
     skip_last_steps: int = Field(0, ge=0, le=1000, description="final steps left unfused (authors: 0)")
     mask_resolution: int | None = Field(
-        None, ge=1, le=512, description="side of the cross-attention maps averaged for the mask; None = latent side / 4"
+        None, ge=1, le=512, description="side of the cross-attention maps averaged for the mask; None = latent side / 4 for a UNet, the "
+        "token grid for a transformer"
     )
     mask_mode: MaskMode = Field(
         "absolute",
@@ -55,10 +56,6 @@ class FusionConfig(_Frozen):
         if self.blocks is not None and not (0 <= self.blocks[0] <= self.blocks[1]):
             raise ValueError(f"blocks must be (lo, hi) with 0 <= lo <= hi, got {self.blocks}")
         return self
-
-    def mask_side(self, latent_side: int) -> int:
-        """The side of the mask grid for latents `latent_side` wide: `mask_resolution`, or latent side / 4."""
-        return self.mask_resolution or max(1, int(latent_side) // 4)
 
     def fused_steps(self, num_steps: int) -> range:
         """Step indices (0 = noisiest) at which fusion is on."""

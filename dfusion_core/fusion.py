@@ -16,7 +16,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from dfusion_core import attention
 from dfusion_core.attention import FusionController
-from dfusion_core.blocks import resolve_blocks
+from dfusion_core.blocks import mask_side, resolve_blocks
 from dfusion_core.conditioning import Conditioning
 from dfusion_core.config import FusionConfig
 from dfusion_core.errors import ConfigError
@@ -66,7 +66,7 @@ def fuse(
         n=n,
         blocks=resolve_blocks(unet, config.blocks),
         steps=frozenset(config.fused_steps(num_steps)),
-        mask_resolution=config.mask_side(int(h)),
+        mask_resolution=mask_side(unet, int(h), config.mask_resolution),
         latent_hw=(int(h), int(w)),
         token_positions=token_positions,
         thresholds=thresholds,

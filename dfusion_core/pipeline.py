@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dfusion_core.blocks import mask_side
 from dfusion_core.config import FusionConfig, SamplingConfig
 from dfusion_core.errors import ConfigError
 from dfusion_core.fusion import fuse
@@ -144,7 +145,7 @@ def fuse_pairs(
                 kind="target", step_noise=b.step_noise, image=images[k],
             ),
             masks=result.masks[:, k],
-            mask_resolution=config.mask_side(model.latent_size),
+            mask_resolution=mask_side(model.unet, model.latent_size, config.mask_resolution),
         )
         for k, b in enumerate(bases)
     ]

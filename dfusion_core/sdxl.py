@@ -14,7 +14,7 @@ What differs from SD 1.x / 2.x, and where dfusion handles it:
   10 transformer layers), the mid block (32x32), up_blocks.0 (32x32) and up_blocks.1 (64x64):
   five blocks, 0..4, where SD 2.1 has seven.
 
-Fusion defaults for SDXL (`dfusion_core.blocks.default_fused_blocks`, `FusionConfig.mask_side`),
+Fusion defaults for SDXL (`dfusion_core.blocks.default_fused_blocks`, `blocks.mask_side`),
 the same rules as the authors' SD 2.1 settings, applied to SDXL's layout:
 
 - blocks 2..4 = the mid block and every decoder block with attention. The authors fuse SD 2.1's

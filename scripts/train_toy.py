@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, default=None,
                    help="start from these toy weights (a folder as load_toy reads); layers they lack keep their "
                         "fresh init, so a model grown by new attention layers trains on from the old one")
+    p.add_argument("--init-text", type=Path, default=None,
+                   help="start only the text encoder from these toy weights (the denoiser starts fresh)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -101,12 +104,33 @@ def _export(out: Path, unet, text, ema: dict, step: int, args: argparse.Namespac
     with torch.no_grad():
         for k, v in ema.items():
             named[k].copy_(v)
-    meta = {"step": step, "init": str(args.init) if args.init else None, "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
+    meta = {"architecture": "toy.model.ToyDiT(**TOY_DIT_CONFIG)", "config": toy_model.TOY_DIT_CONFIG,
+            "trained_by": _history(args) + [f"{_command()} (stopped at step {step})"],
+            "step": step, "init": str(args.init) if args.init else None,
+            "init_text": str(args.init_text) if args.init_text else None,
+            "batch": args.batch, "lr": args.lr, "ema": args.ema, "seed": args.seed,
+            "weights": f"EMA (decay {args.ema}), stored fp16",
             "heldout": "captions with tw.is_heldout(text) were never trained on"}
     toy_model.save_toy_weights(unet, text, out, meta)
     with torch.no_grad():
         for k, v in backup.items():
             named[k].copy_(v)
+
+
+def _command() -> str:
+    return "python scripts/train_toy.py " + " ".join(sys.argv[1:])
+
+
+def _history(args: argparse.Namespace) -> list[str]:
+    """The commands that made the --init weights (their meta.json), so a resumed model lists all of its own."""
+    source = args.init or args.init_text
+    meta = source / "meta.json" if source else None
+    if meta is None or not meta.is_file():
+        return []
+    previous = json.loads(meta.read_text()).get("trained_by", [])
+    if args.init_text and not args.init:
+        return [f"text encoder only: {c}" for c in previous]
+    return list(previous)
 
 
 def _named(unet, text) -> dict[str, torch.Tensor]:
@@ -120,6 +144,8 @@ def train(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     unet, text = toy_model.load_toy_modules(args.init, strict=False) if args.init else toy_model.build_toy_modules(seed=args.seed)
+    if args.init_text:
+        text.load_state_dict({k: v.float() for k, v in load_file(str(args.init_text / "text_encoder.safetensors")).items()})
     unet.to(device).train()
     text.to(device).train()
     tokenizer = load_tokenizer()

@@ -1,8 +1,12 @@
 """The toy world's model: pixel-space diffusion behind an exact, weightless "autoencoder".
 
-A `UNet2DConditionModel` on the 32x32x3 image folded space-to-depth into 12x16x16 and a small
-`CLIPTextModel` on the shipped CLIP BPE, behind `PixelVAE` (pixel_unshuffle / pixel_shuffle), so
-the rest of dfusion, which decodes latents through `model.vae`, needs no change. `build_toy` gives
+`ToyDiT`, a PixArt-alpha transformer (diffusers' `PixArtTransformer2DModel`: self-attention `attn1`
+and cross-attention `attn2` in every block, over 8x8 patch tokens at one resolution), on the 32x32x3
+image folded space-to-depth into 12x16x16, and a small `CLIPTextModel` on the shipped CLIP BPE,
+behind `PixelVAE` (pixel_unshuffle / pixel_shuffle), so the rest of dfusion, which decodes latents
+through `model.vae`, needs no change. No convolution sees more than its own 4x4-pixel patch, so
+where things are is decided by self-attention alone: what D-Fusion's fusion acts on. (The earlier
+toy UNet carried layout in its convolutions, and fusion barely moved its images: bench/RESULTS.md.) `build_toy` gives
 untrained weights from the configs; `load_toy` reads the shipped, trained weights
 (assets/toy/*.safetensors, stored in fp16), trained by scripts/train_toy.py. Built by name as the
 `toy` model (dfusion_core/registry.py).
@@ -17,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, PixArtTransformer2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -63,20 +68,47 @@ class PixelVAE(ModelMixin, ConfigMixin):
 LATENT_FACTOR = 2
 LATENT_CHANNELS = 3 * LATENT_FACTOR**2
 
-TOY_UNET_CONFIG: dict = {
+#: 8 blocks of width 128 over 8x8 tokens (2x2 patches of the 16x16 latent, 4x4 image pixels each):
+#: 2.3 M parameters, ~0.5 s a training step of 64 scenes on 2 CPU cores (scripts/train_toy.py).
+TOY_DIT_CONFIG: dict = {
     "sample_size": IMAGE_SIZE // LATENT_FACTOR,
     "in_channels": LATENT_CHANNELS,
-    "out_channels": LATENT_CHANNELS,
-    "layers_per_block": 1,
-    "block_out_channels": [48, 96, 96],
-    # attention at every level, 16x16 included: that is where layout and objects live, so the
-    # cross-attention maps can find the items and self-attention fusion can move them
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "cross_attention_dim": 64,
-    "attention_head_dim": 4,
-    "norm_num_groups": 16,
+    "out_channels": LATENT_CHANNELS,  # epsilon only, no learned variance
+    "patch_size": 2,
+    "num_layers": 8,
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "cross_attention_dim": 128,  # captions are projected to the model width (caption_channels -> 128)
+    "caption_channels": 64,
+    "norm_num_groups": 1,
 }
+
+
+class ToyDiT(PixArtTransformer2DModel, PeftAdapterMixin):
+    """PixArt-alpha's transformer, called the way dfusion calls a UNet:
+    `model(sample, timestep, encoder_hidden_states=...).sample`.
+
+    The layout dfusion reads (blocks.attention_blocks) is `transformer_blocks.{i}`, each with a
+    self-attention `attn1` and a cross-attention `attn2`, as in PixArt-alpha/Sigma checkpoints.
+    """
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        encoder_hidden_states: torch.Tensor | None = None,
+        added_cond_kwargs: dict | None = None,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        t = torch.as_tensor(timestep, device=sample.device)
+        if t.ndim == 0:
+            t = t.expand(sample.shape[0])
+        # no resolution / aspect-ratio embedding at this size (PixArt uses it only at 1024 px)
+        extra = added_cond_kwargs or {"resolution": None, "aspect_ratio": None}
+        return super().forward(sample, encoder_hidden_states=encoder_hidden_states, timestep=t,
+                               added_cond_kwargs=extra, return_dict=return_dict, **kwargs)
+
 
 TOY_TEXT_CONFIG: dict = {
     "vocab_size": 49408,
@@ -95,17 +127,17 @@ def toy_dir() -> Path:
     return Path(str(resources.files("dfusion_core") / "assets" / "toy"))
 
 
-def build_toy_modules(seed: int = 0) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Untrained UNet and text encoder from the configs under `seed` (forked RNG)."""
+def build_toy_modules(seed: int = 0) -> tuple[ToyDiT, CLIPTextModel]:
+    """Untrained denoiser and text encoder from the configs under `seed` (forked RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TOY_UNET_CONFIG)
+        unet = ToyDiT(**TOY_DIT_CONFIG)
         text = CLIPTextModel(CLIPTextConfig(**TOY_TEXT_CONFIG))
     return unet, text
 
 
 def assemble_toy(
-    unet: UNet2DConditionModel, text: CLIPTextModel, device: str | torch.device = "cpu",
+    unet: ToyDiT, text: CLIPTextModel, device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32, name: str = TOY,
 ) -> DiffusionModel:
     vae: Any = PixelVAE(factor=LATENT_FACTOR, block_out_channels=(LATENT_CHANNELS,) * (LATENT_FACTOR.bit_length()))
@@ -132,7 +164,7 @@ def save_toy_weights(unet: torch.nn.Module, text: torch.nn.Module, folder: str |
 
 def load_toy_modules(
     folder: str | Path | None = None, strict: bool = True
-) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+) -> tuple[ToyDiT, CLIPTextModel]:
     """Toy weights from `folder` (default: the shipped ones). `strict=False` lets weights of a smaller
     architecture seed a grown one (its extra layers keep their fresh init), as scripts/train_toy.py --init does."""
     from safetensors.torch import load_file

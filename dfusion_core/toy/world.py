@@ -32,7 +32,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = ("above", "below", "left of", "right of")
-MIN_HALF, MAX_HALF = 4, 6  # object half-extent in pixels (objects 9..13 px across)
+MIN_HALF, MAX_HALF = 5, 7  # object half-extent in pixels (objects 11..15 px across, 3-4 of the DiT's 4-pixel patches)
 HELDOUT_MOD = 7  # one caption in about seven is held out (a fixed hash split)
 
 #: Fusion settings for the toy model (FusionConfig fields), measured by bench/fusion_quality.py
