@@ -51,6 +51,14 @@ class SpecSummary(BaseModel):
     algorithm: str | None = None
     pairs: str | None = None
     pair_filter: str | None = None
+    preset: str | None = Field(None, description="the model's preset the job got under its own values (None: none)")
+    scorer: str | None = None
+    sampling: dict[str, Any] = Field(default_factory=dict, description="the sampling settings used")
+    fusion: dict[str, Any] = Field(default_factory=dict, description="the fusion settings used")
+    training: dict[str, Any] = Field(default_factory=dict, description="the training settings used")
+    eval_seeds: int | None = Field(None, description="samples per held-out prompt")
+    train_eval_seeds: int = Field(0, description="fresh seeds per prompt of the before/after evaluation on the "
+                                                 "job's own prompts (0: off)")
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> SpecSummary:
@@ -60,6 +68,9 @@ class SpecSummary(BaseModel):
             prompts=[p.text for p in s.prompts], samples_per_prompt=s.samples_per_prompt,
             epochs=s.epochs, total_samples=s.total_samples, expected_counts=s.expected_counts().total,
             algorithm=s.training.algorithm, pairs=s.training.pairs, pair_filter=s.training.pair_filter,
+            preset=s.preset, scorer=s.scorer, sampling=s.sampling.model_dump(mode="json"),
+            fusion=s.fusion.model_dump(mode="json"), training=s.training.model_dump(mode="json"),
+            eval_seeds=s.eval_seeds, train_eval_seeds=s.train_eval_seeds,
         )
 
 

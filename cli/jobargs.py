@@ -35,16 +35,21 @@ def read_prompts(path: Path) -> list[dict]:
 
 
 def add_job_flags(p: argparse.ArgumentParser, *, model_help: str, steps_help: str) -> None:
-    """--model, --revision, --variant, --samples-per-prompt, --epochs, --steps, --pairs, --algorithm, --seed."""
+    """--model, --revision, --variant, --samples-per-prompt, --epochs, --steps, --pairs, --algorithm, --seed,
+    --train-eval-seeds. A flag left out leaves its field out of the body (the model's preset, else the default)."""
     p.add_argument("--model", default="tiny", help=model_help)
     p.add_argument("--revision", default=None, help="Hub ids: branch, tag or commit (default: main)")
     p.add_argument("--variant", default=None, help="weights variant of the model's files, e.g. fp16")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="multiple of 4 (default: 8)")
     p.add_argument("--epochs", type=int, default=1, help="sample -> fuse -> train rounds (default: 1)")
     p.add_argument("--steps", type=int, default=None, help=steps_help)
-    p.add_argument("--pairs", choices=["fusion", "plain"], default="fusion", help="pair construction (ablation)")
+    p.add_argument("--pairs", choices=["fusion", "plain"], default=None,
+                   help="pair construction (ablation; default: fusion)")
     p.add_argument("--algorithm", default=None, help="trajectory_dpo | diffusion_dpo | ddpo | dpok")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-eval-seeds", type=int, default=None, metavar="N",
+                   help="score the job's own prompts with N fresh seeds each, trained against untrained on the "
+                        "same noise, every epoch (a paired 95%% CI); 0 = off (default: the model's preset, else 0)")
 
 
 def add_tracking_flag(p: argparse.ArgumentParser) -> None:
@@ -60,14 +65,17 @@ def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None
     """The job body the flags of `add_job_flags` describe; `model` overrides `--model`."""
     body: dict[str, Any] = {"prompts": prompts, "model": model or args.model,
                             "samples_per_prompt": args.samples_per_prompt, "epochs": args.epochs,
-                            "seed": args.seed, "training": {"pairs": args.pairs}}
+                            "seed": args.seed}
     for name in ("revision", "variant"):
         if getattr(args, name, None):
             body[name] = getattr(args, name)
+    if args.train_eval_seeds is not None:
+        body["train_eval_seeds"] = args.train_eval_seeds
+    training = {k: v for k, v in (("pairs", args.pairs), ("algorithm", args.algorithm)) if v}
+    if training:
+        body["training"] = training
     if getattr(args, "report_to", "none") != "none":
         body["report_to"] = args.report_to
-    if args.algorithm:
-        body["training"]["algorithm"] = args.algorithm
     if args.steps:
         body["sampling"] = {"num_steps": args.steps}
     return body

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from services.jobspec import JobSpec
 
 DEMO_PROMPTS = ["a cat eating a sandwich", "a red and woolen dog"]
+#: The train-caption evaluation of the last epoch (workers/publish.py), copied to the top of the summary line.
+EVAL_FIELDS = ("eval_score_base", "eval_score", "eval_diff_ci_low", "eval_diff_ci_high", "eval_samples")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,9 +39,11 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[JobSpec, dict[str, str]]:
-    """The job spec, and the local folders it names: a folder `--model` is registered as 'local'.
-    A Hub id ('owner/name') stays as it is; with HF_HUB_OFFLINE set it must be in the HF cache."""
+def build_spec(prompts: list[dict], args: argparse.Namespace,
+               fields: dict[str, Any] | None = None) -> tuple[JobSpec, dict[str, str]]:
+    """The job spec (the flags' body with `fields` over it, under the model's preset), and the
+    local folders it names: a folder `--model` is registered as 'local'. A Hub id ('owner/name')
+    stays as it is; with HF_HUB_OFFLINE set it must be in the HF cache."""
     from services.jobspec import JobSpec
     from services.modelcheck import check_models
     from services.settings import get_settings
@@ -52,7 +56,7 @@ def build_spec(prompts: list[dict], args: argparse.Namespace) -> tuple[JobSpec, 
         raise ConfigError("model", f"{model} is neither one of {', '.join(MODELS)}, a local diffusers folder "
                                    "nor a Hugging Face Hub id ('owner/name')")
     try:
-        spec = JobSpec.model_validate(job_body(prompts, args, model=model))
+        spec = JobSpec.model_validate({**job_body(prompts, args, model=model), **(fields or {})})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(".".join(map(str, err["loc"])) or "job", err["msg"]) from None
@@ -88,10 +92,34 @@ def execute(spec, models: dict[str, str], args: argparse.Namespace) -> int:
             result = run_embedded(spec, args.out, models=models, device=args.device, progress=update)
     summary = {"status": result.status, "out": str(result.out), "counts": result.counts,
                "metrics": result.metrics, "error": result.error}
+    last = result.metrics[-1] if result.metrics else {}
+    summary.update({k: last[k] for k in EVAL_FIELDS if k in last})
     print(json.dumps(summary))
     return 0 if result.status == "succeeded" else 1
 
 
+def epoch_metrics(out: Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics a run left in `out` (metrics.json)."""
+    path = out / "metrics.json"
+    return list(json.loads(path.read_text()).get("epochs") or []) if path.is_file() else []
+
+
+def eval_words(epochs: list[dict[str, Any]]) -> str | None:
+    """The last epoch's train-caption evaluation in words; None when the job ran none."""
+    m = epochs[-1] if epochs else {}
+    if m.get("eval_score") is None or m.get("eval_score_base") is None:
+        return None
+    diff = m["eval_score"] - m["eval_score_base"]
+    ci = (f", 95% CI {m['eval_diff_ci_low']:+.4f} to {m['eval_diff_ci_high']:+.4f}"
+          if m.get("eval_diff_ci_low") is not None and m.get("eval_diff_ci_high") is not None else "")
+    return (f"training prompts, fresh noise: {m['eval_score_base']:.4f} untrained -> {m['eval_score']:.4f} after "
+            f"{len(epochs)} epoch(s) ({diff:+.4f}{ci}) over {m.get('eval_samples')} paired samples")
+
+
 def run(args: argparse.Namespace) -> int:
     spec, models = build_spec(read_prompts(args.prompts), args)
-    return execute(spec, models, args)
+    code = execute(spec, models, args)
+    words = eval_words(epoch_metrics(args.out)) if code == 0 else None
+    if words:
+        print(words, file=sys.stderr)
+    return code

@@ -159,8 +159,8 @@ class Trainer:
             step=self.optimizer_step, loss=sums.pop("loss"),
             margin=sums.pop("margin"), grad_norm=grad_norm, num_pairs=n, extra=sums,
         )
-        log.info("train step %d: loss %.5f margin %.5f grad_norm %.4f", metrics.step, metrics.loss,
-                 metrics.margin, metrics.grad_norm)
+        log.info("train step %d: loss %.5f margin %.5f%s grad_norm %.4f", metrics.step, metrics.loss,
+                 metrics.margin, _reward_text(metrics.extra), metrics.grad_norm)
         return metrics
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -228,6 +228,14 @@ class Trainer:
             lp = lp.float().cpu()
             out += [_replace_old(p, lp[k], lp[b + k]) for k, p in enumerate(micro)]
         return out
+
+
+def _reward_text(extra: dict[str, float]) -> str:
+    """The preference losses' implicit reward in a step's log line: the share of its pairs whose
+    margin is above 0 and the mean margin (`objectives.reward_stats`); '' for the others."""
+    if "reward_accuracy" not in extra:
+        return ""
+    return f" reward_accuracy {extra['reward_accuracy']:.3f} reward_margin {extra.get('reward_margin', 0.0):.5f}"
 
 
 def _replace_old(pair: TrainPair, winner: torch.Tensor, loser: torch.Tensor) -> TrainPair:

@@ -96,10 +96,20 @@ def metrics_table(metrics: list[dict[str, Any]]) -> str:
         f"<td>{fmt(m.get('margin'))}</td><td>{fmt(m.get('mean_sample_score'))}</td>"
         f"<td>{fmt(m.get('pairs_trained'))} / {fmt(m.get('pairs_total'))}</td>"
         f"<td>{fmt(m.get('target_win_rate'))}</td><td>{fmt(m.get('mean_target_gain'))}</td>"
-        f"<td>{fmt(m.get('heldout_score'))}</td></tr>" for m in metrics)
+        f"<td>{fmt(m.get('heldout_score'))}</td><td>{_own_prompts(m)}</td></tr>" for m in metrics)
     return ("<table><tr><th>epoch</th><th>version</th><th>loss</th><th>margin</th>"
             "<th>mean sample score</th><th>pairs trained</th><th>target win rate</th><th>mean target gain</th>"
-            f"<th>held-out score</th></tr>{rows}</table>")
+            "<th>held-out score</th><th>own prompts, fresh noise: untrained → trained (95 % CI of the gain)</th>"
+            f"</tr>{rows}</table>")
+
+
+def _own_prompts(m: dict[str, Any]) -> str:
+    """The train-caption evaluation of an epoch (workers/publish.py `train_captions`), or a dash."""
+    if m.get("eval_score") is None:
+        return fmt(None)
+    lo, hi = m.get("eval_diff_ci_low"), m.get("eval_diff_ci_high")
+    ci = f" ({lo:+.4f} to {hi:+.4f})" if lo is not None and hi is not None else ""
+    return f"{fmt(m.get('eval_score_base'))} → {fmt(m['eval_score'])}{ci}"
 
 
 def write_report(path: Path, spec: JobSpec, samples: Sequence[SampleRecord], pairs: Sequence[PairRecord],

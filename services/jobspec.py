@@ -8,19 +8,23 @@ tokenizer and fail the job with a readable reason if a word does not map.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dfusion_core.config import FusionConfig, SamplingConfig, TrainingConfig
 from dfusion_core.hub import is_hub_id
 from dfusion_core.pairs import pairs_per_prompt
+from dfusion_core.presets import MODEL_PRESETS, NESTED, merge, preset_name
 from dfusion_core.registry import ModelRef
 
 MAX_PROMPT_CHARS = 300
 MAX_PROMPTS = 256
 MAX_SAMPLES_PER_PROMPT = 256
 MAX_EPOCHS = 100
+MAX_TRAIN_EVAL_SEEDS = 32
 #: The model and scorer of a job that names none: the random `tiny` pair (dfusion_core/registry.py).
 #: It takes any prompt and needs no weights, so a job checks the plumbing anywhere; its scores mean
 #: nothing. Alignment is measured with `toy` (toy-world captions only) or a real model (README).
@@ -119,7 +123,11 @@ class PromptSpec(BaseModel):
 
 
 class JobSpec(BaseModel):
-    """A whole job. Defaults are the authors' settings."""
+    """A whole job. Defaults are the authors' settings, under the model's preset
+    (`dfusion_core.presets.MODEL_PRESETS`): a job for a model with a preset gets the preset's values
+    for the fields it leaves out, key by key inside `sampling`, `fusion` and `training`, and names
+    the preset in `preset`. The validated spec holds the values used, so validating it again gives
+    the same spec."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -138,9 +146,43 @@ class JobSpec(BaseModel):
                                                      "id of a transformers CLIP model")
     eval_prompts: list[str] = Field(default_factory=list, max_length=64, description="held-out prompts; [] = shipped test split")
     eval_seeds: int = Field(2, ge=1, le=16, description="samples per held-out prompt")
+    train_eval_seeds: int = Field(
+        0, ge=0, le=MAX_TRAIN_EVAL_SEEDS,
+        description="before/after evaluation on the job's own prompts: each sampled with this many fresh seeds by "
+                    "every policy version and by the untrained model on the same noise (epoch metrics eval_score, "
+                    "eval_score_base and the paired 95 % CI of the difference); 0 = off")
+    preset: str | None = Field(
+        None, description="the model's preset applied under the job's own values (dfusion_core/presets.py); left "
+                          "out: the model's own, if it has one; null: none")
     report_to: str = Field("none", description="experiment tracking of the training steps, epoch scores and a "
                                                "few pairs: 'none', 'tensorboard', 'wandb' or 'mlflow' (each an "
                                                "optional extra; where the files go: README, Experiment tracking)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """The model's preset under the job's own values (a no-op on a spec validated before)."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        own = preset_name(data.get("model", DEFAULT_MODEL))
+        data.setdefault("preset", own)
+        if own is None or data["preset"] != own:
+            return data  # none asked for, or not the model's (refused below)
+        for key in NESTED:  # a config given as a model counts with the fields it was given
+            if isinstance(data.get(key), BaseModel):
+                data[key] = data[key].model_dump(exclude_unset=True)
+        return merge(MODEL_PRESETS[own], data)
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_of_the_model(cls, v: str | None, info: ValidationInfo) -> str | None:
+        own = preset_name(info.data.get("model"))
+        if v is not None and "model" in info.data and v != own:
+            has = f"has the preset {own!r}" if own else "has no preset"
+            raise ValueError(f"{v!r} does not apply to model {info.data['model']!r}, which {has}; "
+                             "leave preset out for the model's own, or set it to null for none")
+        return v
 
     @field_validator("model", "scorer")
     @classmethod

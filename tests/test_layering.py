@@ -59,7 +59,7 @@ def test_core_reads_no_environment() -> None:
 
 def test_config_registry_and_toy_world_are_torch_free() -> None:
     modules = ["dfusion_core.config", "dfusion_core.storage", "dfusion_core.errors", "dfusion_core.registry",
-               "dfusion_core.toy.world"]
+               "dfusion_core.toy.world", "dfusion_core.presets", "dfusion_core.stats"]
     assert "torch" not in _loaded(modules)
 
 

@@ -48,6 +48,11 @@ def checkpoint_key(job_id: str, version: int) -> str:
     return f"{job_prefix(job_id)}checkpoints/{version}/pytorch_lora_weights.safetensors"
 
 
+def train_eval_base_key(job_id: str) -> str:
+    """The untrained model's per-sample scores on the job's own prompts (the train-caption evaluation)."""
+    return f"{job_prefix(job_id)}eval/train_captions_base.json"
+
+
 def trainer_prefix(job_id: str) -> str:
     return f"{job_prefix(job_id)}trainer"
 

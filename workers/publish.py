@@ -1,5 +1,6 @@
 """What training an epoch publishes: LoRA version e+1 with its checkpoint record, its held-out
-score, and the epoch's metrics (one dict per epoch, `JobStore.append_metrics`).
+score, with `train_eval_seeds` its before/after score on the job's own prompts, and the epoch's
+metrics (one dict per epoch, `JobStore.append_metrics`).
 
 Every write is an overwrite under a key derived from (job, epoch), so the train stage may run
 this again on a redelivery.
@@ -7,6 +8,8 @@ this again on a redelivery.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +60,8 @@ def publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model: Any,
             metrics: dict[str, Any]) -> dict[str, Any]:
     """Policy version epoch+1: its LoRA object and checkpoint record, its held-out score beside the
     untrained model's on the same prompts and noise (`heldout_score_base`, measured at the first
-    epoch and repeated in every epoch's metrics), the metrics. Returns the metrics as published."""
+    epoch and repeated in every epoch's metrics), the train-caption evaluation (`train_captions`),
+    the metrics. Returns the metrics as published."""
     from dfusion_core.lora import adapters_disabled, lora_bytes
 
     version = epoch + 1
@@ -71,6 +75,7 @@ def publish(ctx: Context, job_id: str, spec: JobSpec, epoch: int, model: Any,
     if metrics["heldout_score_base"] is None:
         with adapters_disabled(model.unet):
             metrics["heldout_score_base"] = heldout(ctx, spec, model)
+    metrics.update(train_captions(ctx, job_id, spec, model, version))
     ctx.state.append_metrics(job_id, metrics)
     return metrics
 
@@ -82,6 +87,41 @@ def heldout(ctx: Context, spec: JobSpec, model: Any) -> float:
     prompts = spec.eval_prompts or [p.text for p in load_prompts(split="test")][:4]
     seeds = [keys.derive_seed(spec.seed, "eval", i) for i in range(spec.eval_seeds)]
     return float(evaluate(model, ctx.runtime.scorer(spec.scorer), prompts, seeds, spec.sampling))
+
+
+def train_captions(ctx: Context, job_id: str, spec: JobSpec, model: Any, version: int) -> dict[str, Any]:
+    """The before/after evaluation on the job's own prompts with fresh noise, {} when
+    `train_eval_seeds` is 0. Every distinct prompt is sampled with `train_eval_seeds` seeds (derived
+    under their own label: noise no sample of the job was drawn from, the same every epoch) by the
+    current weights and by the untrained model (adapters off; its per-sample scores are measured
+    once, stored, and reused by every epoch). Sample i of both is one (prompt, noise), so the
+    difference is paired: `eval_diff_ci_low` / `_high` bound the mean of eval_score - eval_score_base
+    (95 %, Student's t over the `eval_samples` pairs; None with a single pair)."""
+    if not spec.train_eval_seeds:
+        return {}
+    from dfusion_core.evaluation import evaluate_scores
+    from dfusion_core.lora import adapters_disabled
+    from dfusion_core.stats import paired_ci
+
+    prompts = list(dict.fromkeys(p.text for p in spec.prompts))
+    seeds = [keys.derive_seed(spec.seed, "train_eval", i) for i in range(spec.train_eval_seeds)]
+    scorer = ctx.runtime.scorer(spec.scorer)
+
+    def scores() -> list[float]:
+        return [float(x) for x in evaluate_scores(model, scorer, prompts, seeds, spec.sampling,
+                                                  policy_version=version)]
+
+    key = keys.train_eval_base_key(job_id)  # written by epoch 0 (over any older run's), read by the later ones
+    base = json.loads(ctx.store.get(key)) if version > 1 and ctx.store.exists(key) else None
+    if not isinstance(base, list) or len(base) != len(prompts) * len(seeds):
+        with adapters_disabled(model.unet):
+            base = scores()
+        ctx.store.put(key, json.dumps(base).encode(), "application/json")
+    after = scores()
+    ci = paired_ci(after, base)
+    lo, hi = (None if math.isnan(ci[k]) else ci[k] for k in ("lo", "hi"))  # NaN: one pair, no interval
+    return {"eval_score_base": _mean(base), "eval_score": _mean(after), "eval_diff_ci_low": lo,
+            "eval_diff_ci_high": hi, "eval_samples": len(after)}
 
 
 def _mean(xs: Sequence[float]) -> float | None:

@@ -146,3 +146,26 @@ def test_each_algorithm_gets_its_own_beta_over_http(client: TestClient, acme: di
     assert betas == {"dpo": 2500.0, "traj": 0.1, "explicit": 300.0}
     r = client.post("/v1/jobs", json={**valid_body(), "training": {"beta": -1}}, headers=acme)
     assert r.status_code == 422 and "beta" in r.text
+
+
+def test_a_toy_job_shows_its_preset_and_the_values_used(client: TestClient, acme: dict, state: RedisJobStore) -> None:
+    """A `toy` job gets the toy preset under its own values; the job view names the preset and shows
+    the settings used (the stored spec holds them, so the workers run the same)."""
+    from dfusion_core.config import FusionConfig, TrainingConfig
+    from dfusion_core.toy import world
+
+    body = valid_body(model="toy", prompts=[{"text": "a red circle above a blue square",
+                                             "items": ["circle", "square"], "mask_thresholds": [0.5, 0.5]}],
+                      fusion={"skip_first_steps": 3}, training={"lora_rank": 2})
+    job_id = client.post("/v1/jobs", json=body, headers=acme).json()["id"]
+    spec = client.get(f"/v1/jobs/{job_id}", headers=acme).json()["spec"]
+    assert spec["preset"] == "toy" and spec["scorer"] == "toy" and spec["train_eval_seeds"] > 0
+    assert spec["fusion"] == FusionConfig(**{**world.TOY_FUSION, "skip_first_steps": 3}).model_dump(mode="json")
+    assert spec["training"] == TrainingConfig(**{**world.TOY_TRAINING, "lora_rank": 2}).model_dump(mode="json")
+    assert state.get_job(job_id).spec["fusion"] == spec["fusion"]
+    tiny = client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
+    spec = client.get(f"/v1/jobs/{tiny}", headers=acme).json()["spec"]
+    assert (spec["preset"], spec["scorer"], spec["train_eval_seeds"]) == (None, "tiny", 0)
+    assert spec["fusion"] == FusionConfig().model_dump(mode="json")
+    bad = client.post("/v1/jobs", json=valid_body(preset="toy"), headers=acme)
+    assert bad.status_code == 422 and "preset" in bad.text

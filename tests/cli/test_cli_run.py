@@ -30,13 +30,14 @@ def _run_tiny(out: Path, *flags: str, timeout: int) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 2-epoch tiny run with `--report-to tensorboard` (when the tracking extra is installed),
-    read by the two tests below: one run instead of two."""
+    """One 2-epoch tiny run with the train-caption evaluation (3 seeds) and `--report-to tensorboard`
+    (when the tracking extra is installed), read by the tests below: one run instead of three."""
     out = tmp_path_factory.mktemp("tiny") / "run"
     tracking = ["--report-to", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
-    proc = _run_tiny(out, "--epochs", "2", *tracking, timeout=600)
+    proc = _run_tiny(out, "--epochs", "2", "--train-eval-seeds", "3", *tracking, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (out / "stdout.txt").write_text(proc.stdout)
+    (out / "stderr.txt").write_text(proc.stderr)
     return out
 
 
@@ -57,6 +58,27 @@ def test_run_leaves_trained_checkpoints_and_metrics(tiny_run: Path) -> None:
         assert m["optimizer_steps"] == (1 if m["pairs_trained"] else 0) and "mean_target_gain" in m
     assert metrics["epochs"][0]["pairs_trained"] >= 1  # version 1 is trained, as checked above
     assert (out / "report.html").read_text().count('class="pair"') == 4
+
+
+def test_run_evaluates_on_its_own_prompts_with_fresh_noise(tiny_run: Path) -> None:
+    """`--train-eval-seeds 3`: every epoch scores the job's prompt with 3 fresh seeds, trained against
+    the untrained model (measured once) on the same noise, with a paired 95 % CI; the summary line
+    carries the last epoch's, the last stderr line says it in words."""
+    epochs = json.loads((tiny_run / "metrics.json").read_text())["epochs"]
+    assert len(epochs) == 2 and epochs[0]["eval_score_base"] == epochs[1]["eval_score_base"]
+    base = json.loads((tiny_run / "eval" / "train_captions_base.json").read_text())
+    assert len(base) == 3 and epochs[0]["eval_score_base"] == pytest.approx(sum(base) / 3)
+    for m in epochs:
+        diff = m["eval_score"] - m["eval_score_base"]
+        assert m["eval_samples"] == 3 and m["eval_diff_ci_low"] <= diff <= m["eval_diff_ci_high"]
+        assert m["eval_diff_ci_low"] < m["eval_diff_ci_high"]  # trained weights: the three differences differ
+    summary = json.loads((tiny_run / "stdout.txt").read_text().strip().splitlines()[-1])
+    for name in ("eval_score_base", "eval_score", "eval_diff_ci_low", "eval_diff_ci_high", "eval_samples"):
+        assert summary[name] == epochs[-1][name]
+    last = (tiny_run / "stderr.txt").read_text().strip().splitlines()[-1]
+    assert last.startswith(f"training prompts, fresh noise: {epochs[-1]['eval_score_base']:.4f} untrained -> "
+                           f"{epochs[-1]['eval_score']:.4f} after 2 epoch(s)")
+    assert f"95% CI {epochs[-1]['eval_diff_ci_low']:+.4f} to {epochs[-1]['eval_diff_ci_high']:+.4f}" in last
 
 
 def test_run_names_the_bad_field(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -28,11 +30,18 @@ def plain_pairs() -> list[TrainPair]:
     return [TrainPair(s[0], s[1], 1.0, 0.0), TrainPair(s[2], s[3], 0.8, 0.1)]
 
 
-def test_trajectory_dpo_lowers_loss_and_raises_margin(plain_pairs):
+def test_trajectory_dpo_lowers_loss_and_raises_margin(plain_pairs, caplog):
     trainer = Trainer(models.build_tiny(), TrainingConfig(learning_rate=1e-2, beta=1.0, batch_pairs=1, grad_accum=2))
     before = trajectory_dpo_eval(trainer, plain_pairs)
     assert before.loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-6)  # B = 0 at start
-    metrics = [trainer.train_step(plain_pairs) for _ in range(3)]
+    with caplog.at_level(logging.INFO, logger="dfusion_core.training"):
+        metrics = [trainer.train_step(plain_pairs) for _ in range(3)]
+    # the step log shows the implicit reward: at step 1 every margin is 0 (ties count half), then it learns
+    assert metrics[0].extra["reward_accuracy"] == 0.5 and metrics[0].extra["reward_margin"] == 0.0
+    assert metrics[-1].extra["reward_accuracy"] == 1.0 and metrics[-1].extra["reward_margin"] > 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train step")]
+    assert len(lines) == 3 and all("reward_accuracy" in line and "reward_margin" in line for line in lines)
+    assert f"reward_accuracy 1.000 reward_margin {metrics[-1].extra['reward_margin']:.5f}" in lines[-1]
     after = trajectory_dpo_eval(trainer, plain_pairs)
     assert after.loss.item() < before.loss.item() - 1e-3
     assert after.margin.item() > before.margin.item()

@@ -1,0 +1,68 @@
+"""Job presets per model: the settings a job for a model gets unless the job gives its own.
+
+One explicit table, `MODEL_PRESETS`, keyed by model name (as `registry.MODELS`). A preset holds
+JobSpec fields: top-level values (`scorer`, `eval_prompts`, `eval_seeds`, `train_eval_seeds`)
+and the nested configs (`sampling`, `fusion`, `training`) as dicts of their fields. `merge`
+lays a job's own values over its model's preset: a value the job gives wins, and a nested config
+is merged key by key, so the job's keys win over the preset's and the preset's over the config's
+defaults. `services.jobspec.JobSpec` applies it when a job is validated and records the preset's
+name in the spec.
+
+Torch-free: the API validates jobs with it. The toy values come from `toy/world.py`, where they
+are measured (`TOY_FUSION`, `TOY_TRAINING`, and `TOY_SAMPLING` / `TOY_EVAL` when it defines them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dfusion_core.toy import world as toyworld
+
+#: The nested configs of a job, merged key by key.
+NESTED = ("sampling", "fusion", "training")
+
+#: Toy sampling (SamplingConfig fields) while `toy/world.py` defines no `TOY_SAMPLING`: none of its
+#: own, i.e. the SD defaults (20 DDIM steps, CFG 5, eta 1).
+TOY_SAMPLING_DEFAULT: dict[str, Any] = {}
+
+#: Toy evaluation (JobSpec fields) while `toy/world.py` defines no `TOY_EVAL` (whose keys win over
+#: these): every held-out caption once, and the before/after score on the job's own captions with
+#: 8 fresh seeds each (`train_eval_seeds`; 4 captions x 8 = 32 paired samples).
+TOY_EVAL_DEFAULT: dict[str, Any] = {
+    "eval_prompts": toyworld.heldout_captions(),
+    "eval_seeds": 1,
+    "train_eval_seeds": 8,
+}
+
+
+def _toy() -> dict[str, Any]:
+    return {
+        "scorer": toyworld.TOY,
+        "sampling": dict(getattr(toyworld, "TOY_SAMPLING", TOY_SAMPLING_DEFAULT)),
+        "fusion": dict(toyworld.TOY_FUSION),
+        "training": dict(toyworld.TOY_TRAINING),
+        **TOY_EVAL_DEFAULT,
+        **getattr(toyworld, "TOY_EVAL", {}),
+    }
+
+
+#: model name -> its preset. A model without an entry (`tiny`, local folders, Hub ids) gets the
+#: JobSpec defaults, which are the authors' settings for SD 2.1-base.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {toyworld.TOY: _toy()}
+
+
+def preset_name(model: object) -> str | None:
+    """The preset a job for `model` gets: its name, or None when the model has none."""
+    return model if isinstance(model, str) and model in MODEL_PRESETS else None
+
+
+def merge(preset: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's values over the preset's: the job's top-level values win; a nested config the job
+    gives as a mapping is merged key by key (its keys win). A nested value that is not a mapping is
+    left for validation to refuse."""
+    out = {**preset, **job}
+    for name in NESTED:
+        if name in preset and isinstance(job.get(name), Mapping):
+            out[name] = {**preset[name], **job[name]}
+    return out
