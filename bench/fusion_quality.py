@@ -15,7 +15,8 @@ own image. Reports, over all pairs:
 - the IoU of the reference's union item mask, per denoising step, with the true union of the
   caption's two objects in the reference image (`toy.scorer.object_masks`).
 
-Gate for the toy world: gain >= +0.10 and distance ratio <= 0.5. Writes summary.json under --out;
+Gate for the toy world: gain >= +0.10 with its 95 % CI above zero, P(target > base) >= 0.5, and
+distance ratio <= 0.5 (the target stays nearer its base than the reference is). Writes summary.json under --out;
 the last stdout line is the summary, and one line reads exactly
 `fusion target gain: +0.12 (95% CI +0.09 to +0.15), P(target>base) 0.64`.
 """
@@ -46,7 +47,7 @@ from dfusion_core.toy import model as toy_model  # noqa: E402
 from dfusion_core.toy import scorer as toy_scorer  # noqa: E402
 from dfusion_core.toy import world as tw  # noqa: E402
 
-GAIN_GATE, DISTANCE_GATE = 0.10, 0.5
+GAIN_GATE, WIN_GATE, DISTANCE_GATE = 0.10, 0.5, 0.5
 
 
 def fusion_config(args: argparse.Namespace) -> FusionConfig:
@@ -133,8 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.verbose:
             print(f"{c + 1}/{len(captions)} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     summary = summarise(rows)
-    summary["gate"] = {"gain_at_least": GAIN_GATE, "distance_ratio_at_most": DISTANCE_GATE,
-                       "passed": summary["gain"]["mean"] >= GAIN_GATE and summary["distance_ratio"] <= DISTANCE_GATE}
+    summary["gate"] = {"gain_at_least": GAIN_GATE, "gain_ci_above": 0.0, "p_target_beats_base_at_least": WIN_GATE,
+                       "distance_ratio_at_most": DISTANCE_GATE,
+                       "passed": summary["gain"]["mean"] >= GAIN_GATE and summary["gain"]["lo"] > 0
+                       and summary["p_target_beats_base"] >= WIN_GATE and summary["distance_ratio"] <= DISTANCE_GATE}
     summary["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     summary["fusion"] = fusion.model_dump(mode="json")
     summary["wall_s"] = round(time.time() - t0, 1)

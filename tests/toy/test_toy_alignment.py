@@ -38,21 +38,30 @@ def test_fusion_quality_reduced(tmp_path, capsys):
 def test_alignment_bench_reduced(tmp_path, capsys):
     torch.set_num_threads(1)
     summary = _bench("alignment").main([
-        "--seeds", "0", "1", "--prompts", "1", "--val-prompts", "1", "--val-seeds", "1", "--samples", "4",
-        "--epochs", "1", "--steps", "3", "--batch", "4", "--eval-batch", "4", "--batch-pairs", "1",
+        "--seeds", "0", "1", "--prompts", "1", "--val-seeds", "1", "--samples", "4",
+        "--epochs", "2", "--steps", "3", "--batch", "4", "--eval-batch", "4", "--batch-pairs", "1",
         "--steps-per-epoch", "1", "--lrs", "1e-3", "--eval-prompts", "2", "--eval-seeds", "1",
         "--train-eval-seeds", "1", "--threads", "1", "--out", str(tmp_path)])
-    assert set(summary["differences"]) == {"plain-none", "fusion-none", "fusion-plain"}
+    for split in ("train_captions", "heldout"):
+        assert set(summary[split]["differences"]) == {"plain-none", "fusion-none", "fusion-plain"}
+        for ci in summary[split]["differences"].values():
+            assert ci["n"] == 2 and ci["lo"] <= ci["mean"] <= ci["hi"]
+        assert {arm: len(c) for arm, c in summary[split]["curves"].items()} == {"none": 3, "plain": 3, "fusion": 3}
     for seed in summary["per_seed"]:
-        assert set(seed["heldout"]) == {"none", "plain", "fusion"}
+        for split in ("train_captions", "heldout"):
+            curves = seed["curves"][split]
+            # epoch 0 is the untrained model on the same noise for every arm
+            assert curves["plain"][0] == curves["fusion"][0] == curves["none"][0]
+            assert seed["final"][split] == {arm: c[-1] for arm, c in curves.items()}
         # every arm is scored on the same held-out captions and noise: the untrained model once for all
-        assert seed["heldout"]["none"] == summary["per_seed"][0]["heldout"]["none"]
+        assert seed["curves"]["heldout"]["none"] == summary["per_seed"][0]["curves"]["heldout"]["none"]
         # equal budgets: one optimizer step per epoch in both trained arms (a filtered-out epoch takes none)
         assert all(e["optimizer_steps"] in (0, 1) for arm in seed["jobs"].values() for e in arm["epochs"])
-    for ci in summary["differences"].values():
-        assert ci["n"] == 2 and ci["lo"] <= ci["mean"] <= ci["hi"]
     lines = capsys.readouterr().out
-    for name in summary["differences"]:
-        assert re.search(rf"^paired difference {name}: [+-]\d\.\d{{3}} \(95% CI [+-]\d\.\d{{3}} to [+-]\d\.\d{{3}}\)$",
-                         lines, re.M), lines
-    assert (tmp_path / "alignment.svg").read_text().startswith("<svg")
+    number = r"[+-]\d\.\d{3}"
+    for name in summary["train_captions"]["differences"]:
+        for prefix in ("", "held-out "):
+            assert re.search(rf"^{prefix}paired difference {name}: {number} \(95% CI {number} to {number}\)$",
+                             lines, re.M), lines
+    svg = (tmp_path / "alignment.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 6 and svg.count("<polygon") == 6
