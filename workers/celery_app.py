@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from celery import Task
@@ -23,7 +24,7 @@ import workers.telemetry  # noqa: F401  (Celery signals: job/task ids on log rec
 from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN, get_app, send, worker_argv
 from services.settings import get_settings
 from services.state.redis import open_state
-from services.state.types import StateUnavailable
+from services.state.types import LeaseLost, StateUnavailable
 from services.storage import StorageUnavailable, open_store
 from workers import leases, redelivery, stages
 from workers.runtime import Runtime, pick_device
@@ -76,6 +77,13 @@ def _run(task: Task, stage: Callable[..., None], job_id: str, **kwargs: Any) -> 
     extra = {"job_id": job_id, "task_id": task.request.id}
     try:
         computed = _once(task, stage, job_id, kwargs, extra)
+    except LeaseLost as exc:
+        # Another delivery took the unit over (or will: re-queued, so the unit keeps a message
+        # should nobody hold it). Nothing of this run was stored past the loss; the job goes on.
+        countdown = _requeue(task, job_id, kwargs)
+        log.warning("%s lost its lease on %s and stopped, its writes refused (%s); re-queued in %g s",
+                    task.name, leases.unit_of(task.name, kwargs), exc, countdown, extra=extra)
+        return
     except TRANSIENT as exc:
         settings = get_settings()
         if task.request.retries >= settings.task_max_retries:
@@ -103,7 +111,8 @@ def _once(task: Task, stage: Callable[..., None], job_id: str, kwargs: dict[str,
 
     Done means done: a committed unit returns at once. A unit whose lease is alive is another
     delivery's: this one re-queues itself with a countdown (so the unit still has a message if
-    that holder dies) and returns. Otherwise the stage runs under the lease, then commits.
+    that holder dies) and returns. Otherwise the stage runs under the lease, its state and object
+    writes fenced by it (workers.leases), then commits, fenced too: LeaseLost once it is lost.
     """
     ctx, settings = context(), get_settings()
     unit = leases.unit_of(task.name, kwargs)
@@ -112,19 +121,30 @@ def _once(task: Task, stage: Callable[..., None], job_id: str, kwargs: dict[str,
     lease = leases.new_lease(unit, task.request.id, f"{task.request.hostname}:{os.getpid()}")
     holder = ctx.state.acquire_lease(job_id, lease, settings.lease_ttl_s)
     if holder is not None:
-        countdown = settings.lease_ttl_s / 2
-        task.apply_async(kwargs={"job_id": job_id, **kwargs}, countdown=countdown)
+        countdown = _requeue(task, job_id, kwargs)
         return _duplicate(task, unit, f"running on {holder.worker} (task {holder.task_id}); "
                                       f"re-queued in {countdown:g} s", extra)
-    with leases.Heartbeat(ctx.state, job_id, lease, settings.lease_ttl_s):
+    with leases.Heartbeat(ctx.state, job_id, lease, settings.lease_ttl_s) as beat:
+        fenced = replace(ctx, state=ctx.state.fenced(job_id, lease), store=leases.FencedStore(ctx.store, beat))
         if ctx.state.unit_committed(job_id, unit):  # its holder committed between the check and the lease
             return _duplicate(task, unit, "already committed", extra)
         log.info("%s %s start", task.name, kwargs, extra=extra)
         if pause := settings.test_stage_sleep.get(workers.telemetry.stage_of(task.name)):
             time.sleep(pause)  # tests only: a task longer than the visibility timeout
-        stage(ctx, job_id, **kwargs)
-        ctx.state.commit_unit(job_id, unit)
+        try:
+            stage(fenced, job_id, **kwargs)
+        except Exception:
+            beat.check()  # a stale delivery's error is not the job's to fail on: LeaseLost instead
+            raise
+        fenced.state.commit_unit(job_id, unit)
     return True
+
+
+def _requeue(task: Task, job_id: str, kwargs: dict[str, Any]) -> float:
+    """Send the task again after half a lease TTL: the unit keeps a message whoever ends up with it."""
+    countdown = get_settings().lease_ttl_s / 2
+    task.apply_async(kwargs={"job_id": job_id, **kwargs}, countdown=countdown)
+    return countdown
 
 
 def _duplicate(task: Task, unit: str, reason: str, extra: dict[str, Any]) -> bool:

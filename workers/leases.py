@@ -1,4 +1,5 @@
-"""A running task's lease on its unit of work, renewed on a heartbeat thread.
+"""A running task's lease on its unit of work, renewed on a heartbeat thread, and the fence it puts
+around the task's writes.
 
 Each task computes one unit (`unit_of`: `train-e0`, `sample-e0-p1-b2`). Before any work the task
 wrapper (workers.celery_app) checks that the unit is not committed, then takes its lease; while
@@ -6,6 +7,13 @@ the stage runs, `Heartbeat` renews the lease every ttl/3 seconds, and on the way
 A second delivery of the unit finds the lease alive and does not compute (it re-queues itself);
 a dead worker stops renewing, so its lease expires within `ttl` and the next delivery takes over
 (workers.redelivery brings that delivery on the Redis broker; RabbitMQ returns it at once).
+
+A process can also stall past the TTL and wake up (a long pause, a frozen VM, SIGSTOP): by then
+another delivery may hold the unit, or have finished it and released the lease. A lapsed lease is
+therefore never taken again, and the stage runs fenced: its job-state writes go through
+`JobStore.fenced` (the lease checked in each write's own Lua script or transaction) and its object
+writes through `FencedStore` (the lease renewed just before each put). The first write after the
+loss raises LeaseLost, which ends the task without a trace in the job.
 """
 
 from __future__ import annotations
@@ -18,10 +26,11 @@ import time
 import uuid
 from types import TracebackType
 
-from services.state import JobStore, Lease, StateError
+from dfusion_core.storage import BlobStore
+from services.state import JobStore, Lease, LeaseLost, StateError
 from workers.flow import unit_of
 
-__all__ = ["Heartbeat", "new_lease", "unit_of"]
+__all__ = ["FencedStore", "Heartbeat", "new_lease", "unit_of"]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +43,8 @@ def new_lease(unit: str, task_id: str, worker: str | None = None) -> Lease:
 
 class Heartbeat:
     """Keeps `lease` alive while the block runs: renews it every ttl/3 on a daemon thread and
-    releases it on exit. An expired lease is taken again; one taken over (this process stalled past
-    the TTL and another delivery started) is logged: both may then compute, and the commits keep the outputs exact."""
+    releases it on exit. A renewal that finds the lease gone or another's sets `lost` for good:
+    the thread stops, and `check` raises LeaseLost from then on."""
 
     def __init__(self, state: JobStore, job_id: str, lease: Lease, ttl_s: float) -> None:
         self.state, self.job_id, self.lease, self.ttl_s = state, job_id, lease, ttl_s
@@ -50,21 +59,68 @@ class Heartbeat:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._stop.set()
-        self._thread.join()
+        # A renewal in flight ends within the client's socket timeout; the thread is a daemon and
+        # stops after it, so the task does not wait on it past a TTL.
+        self._thread.join(self.ttl_s)
         try:
             self.state.release_lease(self.job_id, self.lease)
         except StateError as e:  # it expires by itself within the TTL
             log.warning("lease on %s not released: %s", self.lease.unit, e, extra={"job_id": self.job_id})
 
+    def check(self) -> None:
+        """Renew the lease now, or raise LeaseLost: the guard before a write no Redis script can
+        fence (an object put). StateUnavailable when Redis cannot say: no write either way."""
+        if not self.lost and not self.state.renew_lease(self.job_id, self.lease, self.ttl_s):
+            self._lose()
+        if self.lost:
+            raise LeaseLost(f"job {self.job_id}: the lease on {self.lease.unit} was lost")
+
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
             try:
-                renewed = (self.state.renew_lease(self.job_id, self.lease, self.ttl_s)
-                           or self.state.acquire_lease(self.job_id, self.lease, self.ttl_s) is None)
-            except StateError as e:  # Redis away for a moment: the next beat tries again
+                renewed = self.state.renew_lease(self.job_id, self.lease, self.ttl_s)
+            # Redis away or refusing writes (READONLY after a failover): the next beat tries again.
+            # Whatever it is, the thread must live: a dead one lets the lease lapse unseen.
+            except Exception as e:  # noqa: BLE001
                 log.warning("lease on %s not renewed: %s", self.lease.unit, e, extra={"job_id": self.job_id})
                 continue
-            if not renewed and not self.lost:
-                self.lost = True
-                log.warning("lease on %s taken over by another delivery; finishing anyway", self.lease.unit,
-                            extra={"job_id": self.job_id})
+            if not renewed:
+                self._lose()
+                return
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            log.warning("lease on %s lapsed (not renewed within its TTL): the unit is another delivery's "
+                        "now; this one's writes are refused", self.lease.unit, extra={"job_id": self.job_id})
+
+
+class FencedStore:
+    """The object store for a task under `beat`: each put or delete goes out only right after the
+    lease was renewed (`Heartbeat.check`), so a task that lost its unit stores nothing more.
+
+    No Redis script can cover an object write: a put already past its check when the process
+    stalls still lands, late. It lands at the unit's deterministic key (workers.keys) with what the
+    unit computes from committed inputs and seeds derived from the job's: on the same kind of device,
+    the very bytes the winner stored there, as a crash rerun's are.
+    """
+
+    def __init__(self, store: BlobStore, beat: Heartbeat) -> None:
+        self.store, self.beat = store, beat
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.beat.check()
+        self.store.put(key, data, content_type)
+
+    def delete(self, key: str) -> None:
+        self.beat.check()
+        self.store.delete(key)
+
+    def get(self, key: str) -> bytes:
+        return self.store.get(key)
+
+    def exists(self, key: str) -> bool:
+        return self.store.exists(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self.store.list(prefix)

@@ -94,14 +94,29 @@ def task_of(payload: dict[str, Any]) -> tuple[str, str, float | None] | None:
 
 
 def orphans(r: Any, state: JobStore, grace: float, now: float | None = None) -> list[Unacked]:
-    """Unacked dfusion task messages whose worker no longer holds (or never took) their unit."""
+    """Unacked dfusion task messages whose worker no longer holds (or never took) their unit.
+
+    Every due message is read, BATCH at a time, oldest first: the oldest are the healthy long
+    tasks, and a dead worker's message may come after any number of them. A message acked between
+    two pages shifts the rest down by one, so one may be skipped: the next sweep finds it.
+    """
     now = time.time() if now is None else now
-    rows = r.zrangebyscore(UNACKED_INDEX, "-inf", now - grace, start=0, num=BATCH, withscores=True)
-    if not rows:
-        return []
+    live: dict[str, set[str]] = {}
+    out, start = [], 0
+    while True:
+        rows = r.zrangebyscore(UNACKED_INDEX, "-inf", now - grace, start=start, num=BATCH, withscores=True)
+        if rows:
+            out += _orphaned(r, state, rows, now, grace, live)
+        if len(rows) < BATCH:
+            return out
+        start += BATCH
+
+
+def _orphaned(r: Any, state: JobStore, rows: list[tuple[str, float]], now: float, grace: float,
+              live: dict[str, set[str]]) -> list[Unacked]:
+    """The orphans among one page of `unacked_index` rows; `live` caches each job's leased units."""
     raws = r.hmget(UNACKED, [tag for tag, _ in rows])
     messages = [Unacked.parse(tag, at, raw) for (tag, at), raw in zip(rows, raws, strict=True) if raw is not None]
-    live: dict[str, set[str]] = {}
     out = []
     for msg in messages:
         if msg is None:

@@ -20,6 +20,7 @@ from services.state.types import (
     JobRecord,
     JobStatus,
     Lease,
+    LeaseLost,
     StateError,
     StateUnavailable,
     TooManyJobs,
@@ -27,5 +28,5 @@ from services.state.types import (
 
 __all__ = [
     "COUNTER_NAMES", "TRANSITIONS", "InvalidTransition", "JobExists", "JobNotFound", "JobRecord", "JobStatus",
-    "JobStore", "Lease", "StateError", "StateUnavailable", "TooManyJobs",
+    "JobStore", "Lease", "LeaseLost", "StateError", "StateUnavailable", "TooManyJobs",
 ]

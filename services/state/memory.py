@@ -3,15 +3,17 @@
 Laid out like the Redis backend's keys (a header per job, per-job tables created on first write),
 so it answers as Redis does: the same id checks and errors, `max_active`, empty reads of unknown
 jobs, and records stored as the same canonical JSON (what goes in comes back as Redis would
-return it). A lock makes each operation atomic, as a Lua script or transaction is in Redis.
+return it). A lock makes each operation atomic, as a Lua script or transaction is in Redis, and a
+fenced write checks its lease under the same lock.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 
 from services.state.types import (
     COUNTER_NAMES,
@@ -22,6 +24,7 @@ from services.state.types import (
     JobRecord,
     JobStatus,
     Lease,
+    LeaseLost,
     StateError,
     TooManyJobs,
     check_counter,
@@ -45,6 +48,22 @@ class MemoryJobStore:
         self._fired: set[tuple[str, str]] = set()
         self._units: set[tuple[str, str]] = set()  # (job id, unit) committed
         self._leases: dict[tuple[str, str], tuple[Lease, float]] = {}  # (job id, unit) -> (holder, expiry)
+        self._fencing: tuple[str, Lease] | None = None  # (job id, lease) of a store from `fenced`
+
+    def fenced(self, job_id: str, lease: Lease) -> Self:
+        """This store's tables under its lock, its writes to `job_id` fenced by `lease`."""
+        view = copy.copy(self)
+        view._fencing = (check_id("job_id", job_id), lease)
+        return view
+
+    def _check_fence(self, job_id: str) -> None:
+        """Under the lock, before a write: LeaseLost when the fencing lease is no longer live and ours."""
+        if self._fencing is None:
+            return
+        fenced_job, lease = self._fencing
+        assert job_id == fenced_job, f"a store fenced for job {fenced_job} wrote to job {job_id}"
+        if self._live((job_id, lease.unit)) != lease:
+            raise LeaseLost(f"job {job_id}: the lease on {lease.unit} is no longer held by this task")
 
     def _head(self, job_id: str) -> dict[str, str]:
         try:
@@ -104,6 +123,7 @@ class MemoryJobStore:
         status = JobStatus(status)
         with self._lock:
             head = self._head(job_id)
+            self._check_fence(job_id)
             current = JobStatus(head["status"])
             if current != status:
                 if status not in TRANSITIONS[current]:
@@ -127,13 +147,15 @@ class MemoryJobStore:
             for store in (self._tables, self._done, self._leases):
                 for key in [k for k in store if k[0] == job_id]:
                     del store[key]
-            self._fired = {k for k in self._fired if k[0] != job_id}
-            self._units = {k for k in self._units if k[0] != job_id}
+            # in place: stores from `fenced` share these sets
+            self._fired.difference_update({k for k in self._fired if k[0] == job_id})
+            self._units.difference_update({k for k in self._units if k[0] == job_id})
 
     # --- counters and metrics ---
     def incr_count(self, job_id: str, name: str, n: int = 1) -> int:
         check_counter(name)
         with self._lock:
+            self._check_fence(job_id)
             counts = self._table(job_id, "counts")
             counts[name] = counts.get(name, 0) + n
             return int(counts[name])
@@ -146,6 +168,7 @@ class MemoryJobStore:
     def append_metrics(self, job_id: str, metrics: dict[str, Any]) -> None:
         epoch = metrics_epoch(metrics)
         with self._lock:
+            self._check_fence(job_id)
             self._table(job_id, "metrics")[str(epoch)] = dumps(metrics)
 
     def get_metrics(self, job_id: str) -> list[dict[str, Any]]:
@@ -159,6 +182,7 @@ class MemoryJobStore:
 
     def advance_policy(self, job_id: str, expected: int, new: int) -> bool:
         with self._lock:
+            self._check_fence(job_id)
             head = self._head(job_id)
             if int(head["policy_version"]) != int(expected):
                 return False
@@ -168,6 +192,7 @@ class MemoryJobStore:
     # --- insert-once records ---
     def _insert(self, job_id: str, kind: str, rid: str, record: dict[str, Any], counter: str) -> bool:
         with self._lock:
+            self._check_fence(job_id)
             self._head(job_id)
             table = self._table(job_id, kind)
             if rid in table:
@@ -179,6 +204,7 @@ class MemoryJobStore:
 
     def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
         with self._lock:
+            self._check_fence(job_id)
             raw = self._peek(job_id, kind).get(rid)
             if raw is None:
                 raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
@@ -229,6 +255,7 @@ class MemoryJobStore:
         key = (check_id("job_id", job_id), check_id("scope", scope))
         check_expected(expected)
         with self._lock:
+            self._check_fence(job_id)
             members = self._done.setdefault(key, set())
             members.add(member)
             if len(members) >= expected and key not in self._fired:
@@ -244,6 +271,7 @@ class MemoryJobStore:
     def commit_unit(self, job_id: str, unit: str) -> bool:
         key = (check_id("job_id", job_id), check_id("unit", unit))
         with self._lock:
+            self._check_fence(job_id)
             first = key not in self._units
             self._units.add(key)
             return first

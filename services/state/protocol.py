@@ -14,6 +14,9 @@ Rules both keep:
 - `mark_done` is True exactly once per scope, for the call that completes it.
 - A unit of work (`workers.leases.unit_of`) is committed once; while it runs, one lease names its
   holder and lives `ttl_s` past its last renewal.
+- A store from `fenced(job_id, lease)` writes to that job only while `lease` is live and its
+  holder's, checked in the same atomic step as the write: otherwise the write raises LeaseLost and
+  changes nothing. Its reads, and its lease calls, are the plain store's.
 """
 
 from __future__ import annotations
@@ -124,4 +127,10 @@ class JobStore(Protocol):
 
     def leases(self, job_id: str) -> list[Lease]:
         """The job's live leases (its running units), by unit."""
+        ...
+
+    def fenced(self, job_id: str, lease: Lease) -> JobStore:
+        """This store for the task holding `lease`: each write to `job_id` (status, counters,
+        metrics, policy, records, fan-in, commits) is made only while the lease is still its own,
+        else LeaseLost. A stalled task that lost its unit to another delivery can then change nothing."""
         ...

@@ -2,8 +2,9 @@
 
 Workers are redelivered (acks_late), so every write here is idempotent or checked: records are
 insert-once with their counters bumped in the same atomic step, fan-in fires exactly once, status
-moves only along allowed transitions, and the policy version advances by compare-and-set. Keys
-come from services.state.keys.
+moves only along allowed transitions, and the policy version advances by compare-and-set. A
+store from `fenced` writes only while a task's lease holds, checked in the write's own script or
+transaction (services.state.scripts.FENCE). Keys come from services.state.keys.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.state.types import (
     JobNotFound,
     JobRecord,
     JobStatus,
+    LeaseLost,
     StateError,
     TooManyJobs,
     check_counter,
@@ -38,6 +40,11 @@ from services.state.types import (
 )
 
 __all__ = ["RedisJobStore", "mapped", "open_state"]
+
+#: A reply takes milliseconds; without a timeout a peer that vanished without closing the connection
+#: blocks the caller for good, a lease's heartbeat included (redis-py then retries a few times).
+SOCKET_TIMEOUT_S = 5.0
+
 
 class RedisJobStore(RedisCoordination):
     """JobStore on Redis; one instance per process wraps one Redis connection pool. Fan-in, unit
@@ -56,7 +63,8 @@ class RedisJobStore(RedisCoordination):
 
     @classmethod
     def from_url(cls, url: str) -> RedisJobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3, health_check_interval=30))
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3,
+                                        socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=30))
 
     # --- jobs ---
     @mapped
@@ -108,9 +116,10 @@ class RedisJobStore(RedisCoordination):
         status = JobStatus(status)
         allowed = [s.value for s, targets in TRANSITIONS.items() if status in targets]
         job = self.get_job(job_id)
+        fence, holder = self._fence(job_id)
         rc, cur = self._transition(
-            keys=[keys.job(job_id), keys.tenant(job.tenant, "active")],
-            args=[status.value, repr(time.time()), error or "", int(status.terminal), job_id, *allowed],
+            keys=[fence, keys.job(job_id), keys.tenant(job.tenant, "active")],
+            args=[holder, status.value, repr(time.time()), error or "", int(status.terminal), job_id, *allowed],
         )
         if rc == -1:
             raise JobNotFound(job_id)
@@ -142,7 +151,7 @@ class RedisJobStore(RedisCoordination):
     # --- counters and metrics ---
     @mapped
     def incr_count(self, job_id: str, name: str, n: int = 1) -> int:
-        return int(self.r.hincrby(keys.job(job_id, "counts"), check_counter(name), n))
+        return int(self._write(job_id, "HINCRBY", keys.job(job_id, "counts"), check_counter(name), n))
 
     @mapped
     def get_counts(self, job_id: str) -> dict[str, int]:
@@ -152,7 +161,7 @@ class RedisJobStore(RedisCoordination):
     @mapped
     def append_metrics(self, job_id: str, metrics: dict[str, Any]) -> None:
         """Record one epoch's metrics; `metrics["epoch"]` (int) keys it, so a redelivery overwrites."""
-        self.r.hset(keys.job(job_id, "metrics"), str(metrics_epoch(metrics)), dumps(metrics))
+        self._write(job_id, "HSET", keys.job(job_id, "metrics"), str(metrics_epoch(metrics)), dumps(metrics))
 
     @mapped
     def get_metrics(self, job_id: str) -> list[dict[str, Any]]:
@@ -171,7 +180,8 @@ class RedisJobStore(RedisCoordination):
     @mapped
     def advance_policy(self, job_id: str, expected: int, new: int) -> bool:
         """Set the policy version to `new` only if it is still `expected`; False means someone did."""
-        rc = self._cas_policy(keys=[keys.job(job_id)], args=[int(expected), int(new)])
+        fence, holder = self._fence(job_id)
+        rc = self._cas_policy(keys=[fence, keys.job(job_id)], args=[holder, int(expected), int(new)])
         if rc == -1:
             raise JobNotFound(job_id)
         return rc == 1
@@ -201,12 +211,16 @@ class RedisJobStore(RedisCoordination):
     def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
         """Merge `updates` into record `rid`; True when `updates` set field `first` for the first time
         (then `counter` += 1 in the same transaction). WATCH/MULTI rather than Lua so floats
-        round-trip exactly through Python's json."""
+        round-trip exactly through Python's json; a fenced store watches its lease too, so the
+        transaction applies only while the lease it read is still the one in Redis."""
         key, counts = keys.job(job_id, kind), keys.job(job_id, "counts")
+        fence, holder = self._fence(job_id)
         was_first = False
 
         def txn(pipe: redis.client.Pipeline) -> None:
             nonlocal was_first
+            if holder and pipe.get(fence) != holder:
+                raise LeaseLost(f"{kind[:-1]} {rid} of job {job_id}: the lease on this unit is no longer held")
             raw = pipe.hget(key, rid)
             if raw is None:
                 raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
@@ -217,7 +231,7 @@ class RedisJobStore(RedisCoordination):
             if was_first and counter:
                 pipe.hincrby(counts, counter, 1)
 
-        self.r.transaction(txn, key)
+        self.r.transaction(txn, key, *([fence] if holder else []))
         return was_first
 
     @mapped
@@ -246,8 +260,9 @@ class RedisJobStore(RedisCoordination):
         return [json.loads(raw[k]) for k in sorted(raw, key=int)]
 
     def _insert(self, job_id: str, kind: str, rid: str, record: dict[str, Any], counter: str) -> bool:
-        rc = int(self._put_once(keys=[keys.job(job_id), keys.job(job_id, kind), keys.job(job_id, "counts")],
-                                args=[rid, dumps(record), counter]))
+        fence, holder = self._fence(job_id)
+        rc = int(self._put_once(keys=[fence, keys.job(job_id), keys.job(job_id, kind), keys.job(job_id, "counts")],
+                                args=[holder, rid, dumps(record), counter]))
         if rc == -1:
             raise JobNotFound(job_id)
         return rc == 1

@@ -6,21 +6,35 @@ redis.py holds job records, this file what workers use to agree on who does what
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import redis
 
 from services.state import keys
-from services.state.scripts import ACQUIRE_LEASE, MARK_DONE, RELEASE_LEASE, RENEW_LEASE
-from services.state.types import Lease, StateUnavailable, check_expected, check_id, check_ttl
+from services.state.scripts import ACQUIRE_LEASE, MARK_DONE, RELEASE_LEASE, RENEW_LEASE, WRITE
+from services.state.types import (
+    Lease,
+    LeaseLost,
+    StateError,
+    StateUnavailable,
+    check_expected,
+    check_id,
+    check_ttl,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Errors Redis answers while it cannot take writes for a while (a replica after a failover, memory
+#: full): as transient as a lost connection.
+_REFUSALS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)
+
 
 def mapped(fn: F) -> F:
-    """Redis connection failures surface as StateUnavailable (Celery's autoretry target)."""
+    """Redis's errors as ours: unreachable or refusing writes for a while is StateUnavailable
+    (Celery's autoretry target), a fenced write refused is LeaseLost, any other error StateError."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -28,20 +42,48 @@ def mapped(fn: F) -> F:
             return fn(*args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             raise StateUnavailable(f"{fn.__name__}: cannot reach Redis: {e}") from e
+        except _REFUSALS as e:
+            raise StateUnavailable(f"{fn.__name__}: Redis refused: {e}") from e
+        except redis.exceptions.ResponseError as e:
+            if str(e).startswith("LEASELOST"):
+                raise LeaseLost(f"{fn.__name__}: {str(e).removeprefix('LEASELOST ')}") from None
+            raise StateError(f"{fn.__name__}: Redis error: {e}") from e
 
     return wrapper  # type: ignore[return-value]
 
 
 class RedisCoordination:
-    """Fan-in, unit commits and leases on the client `self.r` (set by the store)."""
+    """Fan-in, unit commits, leases and write fencing on the client `self.r` (set by the store)."""
 
     r: Any
+    _fencing: tuple[str, Lease] | None = None  # (job id, lease) of a store from `fenced`
 
     def _register_coordination(self, client: redis.Redis) -> None:
         self._mark_done = client.register_script(MARK_DONE)
         self._acquire = client.register_script(ACQUIRE_LEASE)
         self._renew = client.register_script(RENEW_LEASE)
         self._release = client.register_script(RELEASE_LEASE)
+        self._write_script = client.register_script(WRITE)
+
+    # --- fencing ---
+    def fenced(self, job_id: str, lease: Lease) -> Self:
+        """This store on the same connections, its writes to `job_id` fenced by `lease`."""
+        view = copy.copy(self)
+        view._fencing = (check_id("job_id", job_id), lease)
+        return view
+
+    def _fence(self, job_id: str) -> tuple[str, str]:
+        """KEYS[1] and ARGV[1] of a fenced script (scripts.FENCE) writing to `job_id`."""
+        if self._fencing is None:
+            return keys.job(job_id), ""
+        fenced_job, lease = self._fencing
+        assert job_id == fenced_job, f"a store fenced for job {fenced_job} wrote to job {job_id}"
+        return keys.lease(job_id, lease.unit), lease.dump()
+
+    def _write(self, job_id: str, command: str, key: str, *args: str | int) -> Any:
+        """One write command (HINCRBY, HSET, SADD) on a key of `job_id`, fenced like the scripts."""
+        fence, holder = self._fence(job_id)
+        return self._write_script(keys=[fence, key], args=[holder, command, *args])
 
     # --- fan-in ---
     @mapped
@@ -52,7 +94,9 @@ class RedisCoordination:
         member (before or after completion) never enqueue it twice.
         """
         scope_key = keys.job(job_id, "done", check_id("scope", scope))
-        fired = int(self._mark_done(keys=[scope_key, f"{scope_key}:fired"], args=[member, check_expected(expected)]))
+        fence, holder = self._fence(job_id)
+        fired = int(self._mark_done(keys=[fence, scope_key, f"{scope_key}:fired"],
+                                    args=[holder, member, check_expected(expected)]))
         return fired == 1
 
     @mapped
@@ -63,7 +107,7 @@ class RedisCoordination:
     # --- units of work: commits and leases ---
     @mapped
     def commit_unit(self, job_id: str, unit: str) -> bool:
-        return int(self.r.sadd(keys.job(job_id, "units"), check_id("unit", unit))) == 1
+        return int(self._write(job_id, "SADD", keys.job(job_id, "units"), check_id("unit", unit))) == 1
 
     @mapped
     def unit_committed(self, job_id: str, unit: str) -> bool:

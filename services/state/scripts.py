@@ -1,4 +1,17 @@
-"""The Lua scripts of services.state.redis: each is one atomic step on a job's keys."""
+"""The Lua scripts of services.state.redis: each is one atomic step on a job's keys.
+
+The scripts that write what a task computes begin with FENCE: KEYS[1] is the unit's lease and
+ARGV[1] the task's holder, and the write happens only while that lease is the task's
+(`JobStore.fenced`). Unfenced calls pass the job's header key and '' there.
+"""
+
+# KEYS[1]: lease. ARGV[1]: holder ('' = unfenced). Refused with a LEASELOST error, not a return
+# code, so every fenced script refuses the same way whatever it returns.
+FENCE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('LEASELOST the lease on this unit is no longer held by this task')
+end
+"""
 
 # KEYS: job, tenant_jobs, tenant_active. ARGV: job_id, tenant, spec, now, max_active (-1 = none)
 CREATE = """
@@ -12,47 +25,52 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS: job, tenant_active. ARGV: new, now, error, terminal(0/1), job_id, allowed-from...
-TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
+# KEYS: fence, job, tenant_active. ARGV: holder, new, now, error, terminal(0/1), job_id, allowed-from...
+TRANSITION = FENCE + """
+local cur = redis.call('HGET', KEYS[2], 'status')
 if not cur then return {-1, ''} end
-if cur == ARGV[1] then return {0, cur} end
-for i = 6, #ARGV do
+if cur == ARGV[2] then return {0, cur} end
+for i = 7, #ARGV do
   if ARGV[i] == cur then
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2], 'error', ARGV[3])
-    if ARGV[4] == '1' then redis.call('SREM', KEYS[2], ARGV[5]) end
+    redis.call('HSET', KEYS[2], 'status', ARGV[2], 'updated_at', ARGV[3], 'error', ARGV[4])
+    if ARGV[5] == '1' then redis.call('SREM', KEYS[3], ARGV[6]) end
     return {1, cur}
   end
 end
 return {-2, cur}
 """
 
-# KEYS: job, records, counts. ARGV: id, json, counter ('' = none). -1 no job, 1 inserted, 0 existed
-PUT_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
-  if ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[3], 1) end
+# KEYS: fence, job, records, counts. ARGV: holder, id, json, counter ('' = none). -1 no job, 1 inserted, 0 existed
+PUT_ONCE = FENCE + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 1 then
+  if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[4], 1) end
   return 1
 end
 return 0
 """
 
-# KEYS: job. ARGV: expected, new
-CAS_POLICY = """
-local cur = redis.call('HGET', KEYS[1], 'policy_version')
+# KEYS: fence, job. ARGV: holder, expected, new
+CAS_POLICY = FENCE + """
+local cur = redis.call('HGET', KEYS[2], 'policy_version')
 if not cur then return -1 end
-if tonumber(cur) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'policy_version', ARGV[2])
+if tonumber(cur) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], 'policy_version', ARGV[3])
 return 1
 """
 
-# KEYS: members, fired. ARGV: member, expected
-MARK_DONE = """
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) and redis.call('SETNX', KEYS[2], '1') == 1 then
+# KEYS: fence, members, fired. ARGV: holder, member, expected
+MARK_DONE = FENCE + """
+redis.call('SADD', KEYS[2], ARGV[2])
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) and redis.call('SETNX', KEYS[3], '1') == 1 then
   return 1
 end
 return 0
+"""
+
+# KEYS: fence, key. ARGV: holder, command (HINCRBY, HSET or SADD), its arguments after the key
+WRITE = FENCE + """
+return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
 """
 
 # KEYS: lease, lease_units. ARGV: holder, ttl_ms, unit. nil when taken (or ours), else the holder

@@ -27,6 +27,11 @@ class StateUnavailable(StateError):
     """Redis could not be reached: transient, worth retrying."""
 
 
+class LeaseLost(StateError):
+    """A fenced write refused: the task's lease on its unit expired or passed to another delivery,
+    so what it computed is no longer its to store (`JobStore.fenced`)."""
+
+
 class JobNotFound(StateError, KeyError):
     """No job with this id."""
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -24,15 +26,19 @@ from dataclasses import replace
 import pytest
 
 from services.queue import QUEUES, worker_command
+from services.state import keys as state_keys
 from tests.integration.stack_helpers import (
+    Event,
     Stack,
     assert_exact_outputs,
     kill_mid_task,
     running_stack,
+    signal_all,
     small_job,
     task_events,
     wait_for,
 )
+from workers import keys
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +151,50 @@ def test_rel_trainer_killed_mid_task_other_worker_redoes_it(lstack: Stack) -> No
 def _assert_trained_once_after_kill(stack: Stack, job_id: str, offsets: dict[str, int]) -> None:
     """Two starts (the killed one, the takeover); the killed one died before writing anything."""
     _assert_trained_once(stack, job_id, offsets, starts=2)
+
+
+def test_rel_stalled_trainer_writes_nothing_once_replaced(lstack: Stack) -> None:
+    """A trainer frozen (SIGSTOP) mid-training past its lease's TTL is replaced: the other trainer
+    takes the unit over and finishes the job. Thawed, the stale one is fenced out: it changes no
+    job state in Redis (not even to the same value) and stores no object over the winner's."""
+    if lstack.facts["broker"] != "redis":
+        pytest.skip("RabbitMQ keeps a frozen consumer's message while its connection lives: nothing takes over")
+    offsets = {w: lstack.log_size(w) for w in TRAINERS}
+    spec = small_job(samples=4, batch=4)
+    job_id = lstack.submit(spec)
+
+    def train_start() -> tuple[str, Event] | None:
+        return next(((w, e) for w in TRAINERS for e in task_events(lstack, w, offsets[w])
+                     if e.task == "dfusion.train" and e.kind == "start"), None)
+
+    stale, start = wait_for(train_start, 240, "a train task to start")
+    time.sleep(max(0.0, start.ts + SLEEP_S + 0.5 - time.time()))  # past its stage sleep: training
+    frozen, frozen_at = lstack.pool_children(stale), time.time()
+    signal_all(frozen, signal.SIGSTOP)
+    try:
+        job = lstack.wait_job(job_id, timeout_s=240)
+        assert job["status"] == "succeeded", job
+        other = next(w for w in TRAINERS if w != stale)
+        assert any(e.task == "dfusion.train" and e.kind == "start" and e.ts > frozen_at
+                   for e in task_events(lstack, other, offsets[other])), "train-e0 ended before it was frozen"
+        state, store = lstack.state(), lstack.store()
+        wait_for(lambda: not state.leases(job_id), 30, "the replacement to release its lease")
+        state.r.config_set("notify-keyspace-events", "KA")
+        events = state.r.pubsub()
+        events.psubscribe(f"__keyspace@0__:{state_keys.job(job_id)}*")
+        objects = {k: store.get(k) for k in store.list(keys.job_prefix(job_id))}
+        thawed_at = lstack.log_size(stale)
+    finally:
+        signal_all(frozen, signal.SIGCONT)
+    ended = wait_for(lambda: re.search(r"lost its lease on train-e0|dfusion\.train \{[^}]*\} done",
+                                       lstack.log_since(stale, thawed_at)), 120, "the stale trainer to end its task")
+    time.sleep(1.0)
+    writes = []
+    while (msg := events.get_message(timeout=0.5)) is not None:
+        if msg["type"] == "pmessage":
+            writes.append((msg["channel"].split(":", 1)[1], msg["data"]))
+    events.close()
+    assert writes == [], f"the stale trainer wrote job state: {writes}"
+    assert {k: store.get(k) for k in store.list(keys.job_prefix(job_id))} == objects
+    assert "lost its lease" in ended.group(0)
+    assert_exact_outputs(lstack, job_id, spec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -17,6 +18,7 @@ from services.state import (
     JobStatus,
     JobStore,
     Lease,
+    LeaseLost,
     StateError,
     TooManyJobs,
 )
@@ -331,3 +333,49 @@ def test_lease_expires_without_renewal(store: JobStore, job: str) -> None:
     assert not store.renew_lease(job, dead, 5)
     assert store.acquire_lease(job, next_, 5) is None
     assert store.leases(job)[1] == next_
+
+
+def _fenced_writes(job: str, n: int) -> list[Callable[[JobStore], object]]:
+    """One call of every write a stage makes, the n-th variant of each (n changes what it writes)."""
+    return [
+        lambda s: s.set_status(job, [S.RUNNING, S.SUCCEEDED][n]),
+        lambda s: s.incr_count(job, "trained_steps", 1 + n),
+        lambda s: s.append_metrics(job, {"epoch": 0, "loss": 1.0 + n}),
+        lambda s: s.advance_policy(job, n, n + 1),
+        lambda s: s.put_sample(job, f"s{n}", {"seed": n}),
+        lambda s: s.update_sample(job, "s0", {"score": 0.5 + n}),
+        lambda s: s.put_pair(job, f"k{n}", {"base": "s0"}),
+        lambda s: s.update_pair(job, "k0", {"target_score": 0.25 + n}),
+        lambda s: s.put_checkpoint(job, 1 + n, {"key": f"lora/{1 + n}"}),
+        lambda s: s.mark_done(job, "e0-p000", f"b{n}", 2),
+        lambda s: s.commit_unit(job, f"sample-e0-p0-b{n}"),
+    ]
+
+
+def _job_state(store: JobStore, job: str) -> tuple:
+    return (store.get_job(job), store.get_counts(job), store.get_metrics(job), store.list_samples(job),
+            store.list_pairs(job), store.list_checkpoints(job), store.done_count(job, "e0-p000"),
+            store.committed_units(job))
+
+
+@pytest.mark.parametrize("loss", ["taken over", "lapsed"])
+def test_fenced_writes_only_while_the_lease_is_held(store: JobStore, job: str, loss: str) -> None:
+    """A stage's store, fenced by its task's lease: every write goes through while the lease is the
+    task's; once it lapsed or another delivery took it, each raises LeaseLost and changes nothing."""
+    mine = _lease(token="mine")
+    assert store.acquire_lease(job, mine, 0.5 if loss == "lapsed" else 5) is None
+    fenced = store.fenced(job, mine)
+    for write in _fenced_writes(job, 0):
+        write(fenced)
+    assert fenced.get_job(job).policy_version == 1 and fenced.leases(job) == [mine]
+    if loss == "lapsed":
+        time.sleep(0.7)
+    else:
+        store.release_lease(job, mine)
+        assert store.acquire_lease(job, _lease(token="theirs"), 5) is None
+    before = _job_state(store, job)
+    for write in _fenced_writes(job, 1):
+        with pytest.raises(LeaseLost):
+            write(fenced)
+    assert _job_state(store, job) == before
+    store.commit_unit(job, "sample-e0-p0-b1")  # the store it was made from is not fenced

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
 
 from devstack.procs import free_port
 from dfusion_core.errors import ConfigError
-from services.state import StateUnavailable
+from services.state import StateError, StateUnavailable
 from services.state.redis import RedisJobStore
 from services.state.tokens import TokenStore, hash_token
+from tests.infra import run_redis
 
 
 def test_every_key_is_under_the_prefix(redis_store: RedisJobStore) -> None:
@@ -61,3 +63,20 @@ def test_delete_job_removes_all_keys(redis_store: RedisJobStore) -> None:
     redis_store.mark_done(job, "x", "a", 1)
     redis_store.delete_job(job)
     assert not list(redis_store.r.scan_iter(match=f"*{job}*"))
+
+
+def test_redis_errors_are_state_errors(tmp_path: Path) -> None:
+    """What Redis answers with an error is ours too: READONLY (a replica after a failover) is
+    transient, StateUnavailable; a key of the wrong type is a StateError, not worth retrying."""
+    with run_redis(tmp_path) as url, redis.Redis.from_url(url) as admin:
+        st = RedisJobStore.from_url(url)
+        job = uuid.uuid4().hex
+        st.create_job(job, "acme", {})
+        admin.set(f"dfusion:job:{{{job}}}:counts", "not a hash")
+        with pytest.raises(StateError) as info:
+            st.incr_count(job, "samples")
+        assert not isinstance(info.value, StateUnavailable) and "WRONGTYPE" in str(info.value)
+        admin.replicaof("127.0.0.1", free_port())
+        with pytest.raises(StateUnavailable, match="READONLY|read only"):
+            st.put_sample(job, "s0", {})
+        admin.execute_command("REPLICAOF", "NO", "ONE")

@@ -6,16 +6,21 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
 
-from services.state import JobStatus
+from devstack.procs import free_port
+from dfusion_core.storage import LocalDirStore
+from services.state import JobStatus, LeaseLost
 from services.state.memory import MemoryJobStore
 from services.state.redis import RedisJobStore
-from tests.integration.stack_helpers import small_job
-from workers.leases import Heartbeat, new_lease, unit_of
+from tests.infra import run_redis
+from tests.integration.stack_helpers import small_job, wait_for
+from workers.leases import FencedStore, Heartbeat, new_lease, unit_of
 from workers.redelivery import PRIORITY_SEP, UNACKED, UNACKED_INDEX, Unacked, lost, orphans
 
 
@@ -39,6 +44,48 @@ def test_heartbeat_keeps_the_lease_past_its_ttl_and_releases_it() -> None:
     assert not beat.lost
     assert state.leases("j1") == []
     assert state.acquire_lease("j1", other, 0.3) is None
+
+
+def test_a_lost_lease_is_never_taken_again() -> None:
+    """A renewal that finds the lease gone (this process stalled past the TTL; another delivery
+    may have run the unit and released it meanwhile) leaves it gone: the beat stops, and every
+    check from then on raises LeaseLost."""
+    state = MemoryJobStore()
+    state.create_job("j1", "acme", {})
+    mine = new_lease("train-e0", "t1", "w1")
+    assert state.acquire_lease("j1", mine, 0.3) is None
+    with Heartbeat(state, "j1", mine, 0.3) as beat:
+        beat.check()
+        state.release_lease("j1", mine)  # what its expiry does, without the wait
+        wait_for(lambda: beat.lost, 2, "the heartbeat to find its lease gone")
+        time.sleep(0.3)  # beats it would have made
+        assert state.leases("j1") == []
+        with pytest.raises(LeaseLost):
+            beat.check()
+
+
+def test_fenced_store_puts_only_while_the_lease_is_held(redis_url: str, tmp_path: Path) -> None:
+    """Object writes cannot be in a Lua script: each one renews the lease first. Once another
+    delivery holds the unit, a stale task's put or delete raises LeaseLost and the winner's object
+    keeps its bytes."""
+    state, store = RedisJobStore.from_url(redis_url), LocalDirStore(tmp_path)
+    job = uuid.uuid4().hex
+    state.create_job(job, "acme", {})
+    stale, winner = new_lease("train-e0", "t1", "w1"), new_lease("train-e0", "t2", "w2")
+    assert state.acquire_lease(job, stale, 5) is None
+    with Heartbeat(state, job, stale, 5) as beat:
+        fenced = FencedStore(store, beat)
+        fenced.put("a", b"stale")
+        state.release_lease(job, stale)  # its expiry, while the process stalls
+        assert state.acquire_lease(job, winner, 5) is None
+        store.put("a", b"winner")
+        with pytest.raises(LeaseLost):
+            fenced.put("a", b"stale again")
+        with pytest.raises(LeaseLost):
+            fenced.delete("a")
+        assert fenced.get("a") == b"winner" and fenced.list() == ["a"]
+    assert state.leases(job) == [winner]
+    state.delete_job(job)
 
 
 def _payload(task: str, kwargs: dict, eta: datetime | None = None) -> dict:
@@ -114,3 +161,36 @@ def test_a_stalled_job_s_unit_with_no_message_anywhere_is_lost(broker_db: redis.
     assert lost(broker_db, state, grace=10, now=now + 40) == []
     state.set_status("j1", JobStatus.CANCELLED)  # an ended job is never checked
     assert lost(broker_db, state, grace=10, now=now + 80) == []
+
+
+def test_sweep_pages_past_the_oldest_hundred_messages(broker_db: redis.Redis) -> None:
+    """Healthy long tasks are the oldest unacked messages: 120 of them, with live leases, must not
+    hide the 30 newer messages whose workers died (the sweep once read only the 100 oldest)."""
+    state = RedisJobStore(broker_db)
+    state.create_job("j1", "acme", {})
+    now = time.time()
+    for i in range(150):
+        kwargs = {"job_id": "j1", "epoch": 0, "prompt": i, "batch": 0}
+        broker_db.zadd(UNACKED_INDEX, {f"t{i}": now - 600 + i})
+        broker_db.hset(UNACKED, f"t{i}", _message("dfusion.sample", kwargs))
+        if i < 120:
+            assert state.acquire_lease("j1", new_lease(unit_of("dfusion.sample", kwargs), f"t{i}", "w"), 30) is None
+    assert [m.tag for m in orphans(broker_db, state, grace=10, now=now)] == [f"t{i}" for i in range(120, 150)]
+
+
+def test_heartbeat_outlives_redis_refusing_writes(tmp_path: Path) -> None:
+    """Redis answering a renewal with an error (READONLY: a replica after a failover) costs that
+    beat only: the thread goes on, and renews the lease once Redis takes writes again."""
+    with run_redis(tmp_path) as url, redis.Redis.from_url(url) as admin:
+        state = RedisJobStore.from_url(url)
+        state.create_job("j1", "acme", {})
+        lease, ttl = new_lease("train-e0", "t1", "w1"), 1.5
+        assert state.acquire_lease("j1", lease, ttl) is None
+        with Heartbeat(state, "j1", lease, ttl) as beat:
+            admin.replicaof("127.0.0.1", free_port())  # a replica of nothing: writes are answered READONLY
+            wait_for(lambda: admin.info("errorstats").get("errorstat_READONLY"), 5, "a renewal to be refused")
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+            time.sleep(2 * ttl)  # the lease lives on renewals only
+            assert state.leases("j1") == [lease]
+            assert not beat.lost
+        assert state.leases("j1") == []
