@@ -8,11 +8,13 @@ import importlib
 import logging
 import sys
 
+from dfusion_core.quiet import quiet_third_party
+
 # subcommand -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "golden-check": ("cli.golden", "check parity with the authors' code on a golden case"),
     "run": ("cli.run", "run a whole job in this process (local files, no Redis)"),
-    "demo": ("cli.demo", "run the embedded demo on the tiny model"),
+    "demo": ("cli.demo", "run a whole job on the shipped toy model, before and after training"),
     "worker": ("cli.worker", "start a Celery worker for some queues"),
     "stack": ("cli.stack", "start/stop/inspect the local development stack"),
     "token": ("cli.token", "manage API tokens: dfusion token create --tenant NAME"),
@@ -25,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    quiet_third_party()
     parser = argparse.ArgumentParser(prog="dfusion", description="D-Fusion alignment of text-to-image models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
