@@ -69,7 +69,7 @@ def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None
     for name in ("revision", "variant"):
         if getattr(args, name, None):
             body[name] = getattr(args, name)
-    if args.train_eval_seeds is not None:
+    if getattr(args, "train_eval_seeds", None) is not None:
         body["train_eval_seeds"] = args.train_eval_seeds
     training = {k: v for k, v in (("pairs", args.pairs), ("algorithm", args.algorithm)) if v}
     if training:

@@ -12,10 +12,13 @@ from types import SimpleNamespace
 import pytest
 from celery.exceptions import Reject, Retry
 
+from dfusion_core.storage import LocalDirStore
 from services.state.memory import MemoryJobStore
 from services.state.types import StateUnavailable
 from services.storage import StorageUnavailable
 from workers import celery_app
+from workers.runtime import Runtime
+from workers.stages import Context
 
 
 class FakeTask:
@@ -40,10 +43,12 @@ def _raising(exc: Exception):
 
 
 @pytest.fixture
-def failures(monkeypatch):
+def failures(monkeypatch, tmp_path):
     failed: list[tuple[str, str]] = []
-    state = MemoryJobStore()  # the wrapper's done-check and lease; the stages here only raise
-    monkeypatch.setattr(celery_app, "context", lambda: SimpleNamespace(state=state))
+    # the wrapper's done-check, lease and fenced state and store are real; the stages here only raise
+    ctx = Context(state=MemoryJobStore(), store=LocalDirStore(tmp_path), dispatch=lambda name, **kw: None,
+                  runtime=Runtime(models={}))
+    monkeypatch.setattr(celery_app, "context", lambda: ctx)
     monkeypatch.setattr(celery_app, "fail_job", lambda job_id, reason: failed.append((job_id, reason)))
     return failed
 
