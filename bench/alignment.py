@@ -256,7 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-seeds", type=int, default=4, help="validation seeds per caption (learning-rate search)")
     p.add_argument("--samples", type=int, default=8, help="samples per caption per epoch (multiple of 4)")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--steps", type=int, default=8, help="DDIM steps for sampling, fusion, training and evaluation")
+    p.add_argument("--steps", type=int, default=tw.TOY_SAMPLING["num_steps"],
+                   help="DDIM steps for sampling, fusion, training and evaluation")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--batch", type=int, default=8, help="samples per UNet call in the jobs")
     p.add_argument("--eval-batch", type=int, default=32, help="samples per UNet call in the evaluation")

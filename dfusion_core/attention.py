@@ -128,10 +128,16 @@ class FusionController:
         h, w = self._layer_hw(tokens)
         return h == self.mask_resolution and h * w == tokens
 
-    def record_cross(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
-        """query [B, heads, L, d], key [B, heads, S, d]: accumulate the reference's item probabilities."""
+    def record_cross(self, query: torch.Tensor, key: torch.Tensor, scale: float,
+                     bias: torch.Tensor | None = None) -> None:
+        """query [B, heads, L, d], key [B, heads, S, d]: accumulate the reference's item probabilities.
+        `bias` [B, heads, 1 or L, S] is the layer's attention mask as added to the scores (a
+        denoiser that masks caption padding, as PixArt does): the probabilities are the layer's own."""
         rows = self._slices("ref")[1]  # conditional half only
-        probs = torch.softmax((query[rows].float() @ key[rows].float().transpose(-1, -2)) * scale, dim=-1)
+        scores = (query[rows].float() @ key[rows].float().transpose(-1, -2)) * scale
+        if bias is not None:
+            scores = scores + bias[rows].float()
+        probs = torch.softmax(scores, dim=-1)
         probs = probs.mean(dim=1)  # over heads: [n, L, S]
         layer = torch.stack(
             [torch.stack([probs[k][:, toks].sum(-1) for toks in self.token_positions[k]], -1) for k in range(self.n)]
@@ -237,7 +243,7 @@ class FusionAttnProcessor:
 
         if ctl is not None:
             if is_cross and ctl.records(query.shape[2]):
-                ctl.record_cross(query, key, attn.scale)
+                ctl.record_cross(query, key, attn.scale, attention_mask)
             elif not is_cross and self.block is not None and ctl.fusing(self.block):
                 key, value = ctl.fuse_kv(self.name, key, value)
 

@@ -9,7 +9,7 @@ defaults. `services.jobspec.JobSpec` applies it when a job is validated and reco
 name in the spec.
 
 Torch-free: the API validates jobs with it. The toy values come from `toy/world.py`, where they
-are measured (`TOY_FUSION`, `TOY_TRAINING`, and `TOY_SAMPLING` / `TOY_EVAL` when it defines them).
+are measured (`TOY_SAMPLING`, `TOY_FUSION`, `TOY_TRAINING`).
 """
 
 from __future__ import annotations
@@ -22,28 +22,23 @@ from dfusion_core.toy import world as toyworld
 #: The nested configs of a job, merged key by key.
 NESTED = ("sampling", "fusion", "training")
 
-#: Toy sampling (SamplingConfig fields) while `toy/world.py` defines no `TOY_SAMPLING`: none of its
-#: own, i.e. the SD defaults (20 DDIM steps, CFG 5, eta 1).
-TOY_SAMPLING_DEFAULT: dict[str, Any] = {}
-
-#: Toy evaluation (JobSpec fields) while `toy/world.py` defines no `TOY_EVAL` (whose keys win over
-#: these): every held-out caption once, and the before/after score on the job's own captions with
-#: 8 fresh seeds each (`train_eval_seeds`; 4 captions x 8 = 32 paired samples).
-TOY_EVAL_DEFAULT: dict[str, Any] = {
+#: Toy evaluation (JobSpec fields): every held-out caption once, and the before/after score on the
+#: job's own captions with 16 fresh seeds each (`train_eval_seeds`; 4 captions x 16 = 64 paired samples:
+#: the scores move in steps of 0.2, so fewer leave the interval wide).
+TOY_EVAL: dict[str, Any] = {
     "eval_prompts": toyworld.heldout_captions(),
     "eval_seeds": 1,
-    "train_eval_seeds": 8,
+    "train_eval_seeds": 16,
 }
 
 
 def _toy() -> dict[str, Any]:
     return {
         "scorer": toyworld.TOY,
-        "sampling": dict(getattr(toyworld, "TOY_SAMPLING", TOY_SAMPLING_DEFAULT)),
+        "sampling": dict(toyworld.TOY_SAMPLING),
         "fusion": dict(toyworld.TOY_FUSION),
         "training": dict(toyworld.TOY_TRAINING),
-        **TOY_EVAL_DEFAULT,
-        **getattr(toyworld, "TOY_EVAL", {}),
+        **TOY_EVAL,
     }
 
 

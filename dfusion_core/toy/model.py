@@ -2,7 +2,7 @@
 
 `ToyDiT`, a PixArt-alpha transformer (diffusers' `PixArtTransformer2DModel`: self-attention `attn1`
 and cross-attention `attn2` in every block, over 8x8 patch tokens at one resolution), on the 32x32x3
-image folded space-to-depth into 12x16x16, and a small `CLIPTextModel` on the shipped CLIP BPE,
+image folded space-to-depth into 12x16x16, and a small CLIP text encoder (`ToyTextEncoder`) on the shipped CLIP BPE,
 behind `PixelVAE` (pixel_unshuffle / pixel_shuffle), so the rest of dfusion, which decodes latents
 through `model.vae`, needs no change. No convolution sees more than its own 4x4-pixel patch, so
 where things are is decided by self-attention alone: what D-Fusion's fusion acts on. (The earlier
@@ -106,8 +106,31 @@ class ToyDiT(PixArtTransformer2DModel, PeftAdapterMixin):
             t = t.expand(sample.shape[0])
         # no resolution / aspect-ratio embedding at this size (PixArt uses it only at 1024 px)
         extra = added_cond_kwargs or {"resolution": None, "aspect_ratio": None}
+        if encoder_hidden_states is not None and kwargs.get("encoder_attention_mask") is None:
+            # PixArt attends only to the caption's real tokens (its T5 attention mask). ToyTextEncoder
+            # zeroes the padding rows, so they are found here wherever the conditioning comes from.
+            kwargs["encoder_attention_mask"] = (encoder_hidden_states.abs().amax(dim=-1) > 0).to(sample.dtype)
         return super().forward(sample, encoder_hidden_states=encoder_hidden_states, timestep=t,
                                added_cond_kwargs=extra, return_dict=return_dict, **kwargs)
+
+
+class ToyTextEncoder(CLIPTextModel):
+    """CLIP's text transformer whose hidden states after the first end-of-text token are zero.
+
+    CLIP pads with its end-of-text token, and through causal attention every padding row carries a
+    summary of the whole caption: a denoiser can read the caption there without ever attending to
+    a word, and then its cross-attention maps locate nothing (measured on the toy DiT at 4,350
+    training steps: item-word probability 0.054 on the objects' cells, 0.055 elsewhere). Zero rows
+    are padding to ToyDiT, which masks them as PixArt masks T5's padding.
+    """
+
+    def forward(self, input_ids: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        out = super().forward(input_ids, *args, **kwargs)
+        if input_ids is not None:
+            eos = input_ids == self.config.eos_token_id
+            keep = (eos.long().cumsum(dim=1) - eos.long()) == 0  # up to and including the first end token
+            out.last_hidden_state = out.last_hidden_state * keep[..., None].to(out.last_hidden_state.dtype)
+        return out
 
 
 TOY_TEXT_CONFIG: dict = {
@@ -127,12 +150,12 @@ def toy_dir() -> Path:
     return Path(str(resources.files("dfusion_core") / "assets" / "toy"))
 
 
-def build_toy_modules(seed: int = 0) -> tuple[ToyDiT, CLIPTextModel]:
+def build_toy_modules(seed: int = 0) -> tuple[ToyDiT, ToyTextEncoder]:
     """Untrained denoiser and text encoder from the configs under `seed` (forked RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = ToyDiT(**TOY_DIT_CONFIG)
-        text = CLIPTextModel(CLIPTextConfig(**TOY_TEXT_CONFIG))
+        text = ToyTextEncoder(CLIPTextConfig(**TOY_TEXT_CONFIG))
     return unet, text
 
 
@@ -164,7 +187,7 @@ def save_toy_weights(unet: torch.nn.Module, text: torch.nn.Module, folder: str |
 
 def load_toy_modules(
     folder: str | Path | None = None, strict: bool = True
-) -> tuple[ToyDiT, CLIPTextModel]:
+) -> tuple[ToyDiT, ToyTextEncoder]:
     """Toy weights from `folder` (default: the shipped ones). `strict=False` lets weights of a smaller
     architecture seed a grown one (its extra layers keep their fresh init), as scripts/train_toy.py --init does."""
     from safetensors.torch import load_file

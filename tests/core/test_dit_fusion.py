@@ -95,3 +95,26 @@ def test_masked_keys_and_values_come_from_the_reference(dit, sampling, monkeypat
                 assert not torch.allclose(mine[:, mask], theirs[:, mask])  # the blend changed something
         checked += 1
     assert checked == len(fused_blocks) * len(config.fused_steps(sampling.num_steps))
+
+
+def test_the_denoiser_sees_only_the_caption_s_own_tokens(dit):
+    """ToyTextEncoder zeroes every row after the first end-of-text token, and ToyDiT masks zero rows
+    as PixArt masks T5's padding: what stands in the padding rows cannot change the output."""
+    ids = dit.tokenizer([PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = dit.text_encoder(ids)[0]
+    real = [len(dit.tokenizer(PROMPT).input_ids), 2]  # BOS, words, EOS; "" is BOS, EOS
+    for row, n in enumerate(real):
+        assert hidden[row, :n].abs().amax(-1).min() > 0 and not hidden[row, n:].any()
+    x = torch.randn(2, 12, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500, 20])
+    noisy = hidden.clone()
+    noisy[0, real[0]:] = torch.randn_like(noisy[0, real[0]:])
+    with torch.no_grad():
+        plain = dit.unet(x, t, encoder_hidden_states=hidden).sample
+        mask = (noisy.abs().amax(-1) > 0).float()
+        mask[0, real[0]:] = 0  # the same rows masked, different values in them
+        masked = dit.unet(x, t, encoder_hidden_states=noisy, encoder_attention_mask=mask).sample
+        unmasked = dit.unet(x, t, encoder_hidden_states=noisy).sample  # nonzero padding is attended to
+    assert_close(masked, plain)
+    assert (unmasked - plain).abs().max() > 1e-4
