@@ -30,9 +30,10 @@ def test_run_and_submit_build_the_same_job() -> None:
 
 
 def test_defaults_leave_the_spec_defaults() -> None:
+    """Flags left out stay out of the body (epochs too): the model's preset, else the spec's defaults."""
     args = build_parser().parse_args(["submit", "p.jsonl", "--eval-prompt", "a dog", "--eval-seeds", "1"])
     assert submit_body(PROMPTS, args) == {
-        "prompts": PROMPTS, "model": "tiny", "samples_per_prompt": 8, "epochs": 1, "seed": 0,
+        "prompts": PROMPTS, "model": "tiny", "samples_per_prompt": 8, "seed": 0,
         "eval_prompts": ["a dog"], "eval_seeds": 1}
 
 

@@ -33,7 +33,7 @@ def test_captions_and_split():
     # every colour-shape binding and relation of the held-out split is seen in training, in other combinations
     seen = {(c.colour_a, c.shape_a) for c in map(tw.parse_caption, train)}
     assert all((c.colour_a, c.shape_a) in seen for c in map(tw.parse_caption, held))
-    assert tw.parse_caption("a red circle above a blue square").items == ["circle", "square"]
+    assert tw.parse_caption("a red circle above a blue square").items == ["red circle", "blue square"]
 
 
 @pytest.mark.parametrize("bad", ["a purple circle above a blue square", "a red circle above a red square",
