@@ -130,7 +130,7 @@ class ToyTextEncoder(CLIPTextModel):
     def forward(self, input_ids: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         out = super().forward(input_ids, *args, **kwargs)
         if input_ids is not None:
-            eos = input_ids.eq(self.config.eos_token_id).long()
+            eos = input_ids.eq(TOY_TEXT_CONFIG["eos_token_id"]).long()
             keep = (eos.cumsum(dim=1) - eos) == 0  # up to and including the first end token
             out.last_hidden_state = out.last_hidden_state * keep[..., None].to(out.last_hidden_state.dtype)
         return out
