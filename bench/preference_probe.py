@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.toy_facts import FACTS, sample_facts  # noqa: E402
 from dfusion_core import pipeline  # noqa: E402
 from dfusion_core.config import SamplingConfig, TrainingConfig  # noqa: E402
 from dfusion_core.lora import adapters_disabled  # noqa: E402
@@ -36,19 +37,12 @@ from dfusion_core.toy import scorer as toy_scorer  # noqa: E402
 from dfusion_core.toy import world as tw  # noqa: E402
 from dfusion_core.training import Trainer, TrainPair  # noqa: E402
 
-FACTS = ("colour_a", "shape_a", "colour_b", "shape_b", "relation")
 EVAL_SEEDS = [10_000 + k for k in range(4)]
 
 
 def facts(model, captions: list[str], sampling: SamplingConfig) -> np.ndarray:
     """[len(captions) * len(EVAL_SEEDS), 5] booleans as floats, caption-major."""
-    jobs = [(c, s) for c in captions for s in EVAL_SEEDS]
-    out = []
-    for k in range(0, len(jobs), sampling.batch_size):
-        chunk = jobs[k : k + sampling.batch_size]
-        trajs = pipeline.sample(model, [c for c, _ in chunk], sampling, seeds=[s for _, s in chunk])
-        out += [toy_scorer.caption_facts(t.image.numpy(), c) for t, (c, _) in zip(trajs, chunk, strict=True)]
-    return np.asarray(out, float)
+    return sample_facts(model, captions, EVAL_SEEDS, sampling).reshape(-1, len(FACTS))
 
 
 def paired(before: np.ndarray, after: np.ndarray) -> dict:

@@ -43,16 +43,22 @@ def test_trained_model_beats_untrained_on_heldout_captions():
     assert good > bad + 0.2, (good, bad)
 
 
-def test_fusion_moves_the_base_toward_the_reference_and_keeps_it_near():
-    """The toy preset's fusion acts on the DiT's images (the old toy UNet's targets moved 0.03 from
-    their bases): each target differs from its base, and stays nearer to it than the reference is."""
+def _toy_preset_pairs():
+    """Four held-out captions: references (seeds 11..14), bases (21..24) and their fusion under the
+    toy preset's settings, 10 DDIM steps."""
     model = load_model("toy")
     config = SamplingConfig(num_steps=10, guidance_scale=5.0, eta=1.0, batch_size=4)
     prompts = CAPTIONS[:4]
     refs = pipeline.sample(model, prompts, config, seeds=[11, 12, 13, 14])
     bases = pipeline.sample(model, prompts, config, seeds=[21, 22, 23, 24])
     items = [map_items(model.tokenizer, p, tw.parse_caption(p).items, [0.5] * 2) for p in prompts]
-    fused = pipeline.fuse_pairs(model, refs, bases, items, FusionConfig(**tw.TOY_FUSION))
+    return prompts, refs, bases, pipeline.fuse_pairs(model, refs, bases, items, FusionConfig(**tw.TOY_FUSION))
+
+
+def test_fusion_moves_the_base_toward_the_reference_and_keeps_it_near():
+    """The toy preset's fusion acts on the DiT's images (the old toy UNet's targets moved 0.03 from
+    their bases): each target differs from its base, and stays nearer to it than the reference is."""
+    prompts, refs, bases, fused = _toy_preset_pairs()
 
     def dist(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a.float() - b.float()).abs().mean() / 255)
@@ -69,19 +75,13 @@ def test_fusion_masks_land_on_the_named_objects():
     """Over every fused step, not only the last: the toy preset's item masks (each object's colour and
     shape words) overlap the caption's objects in the reference image better than covering everything,
     or than the same mask mirrored, would."""
-    model = load_model("toy")
-    config = SamplingConfig(num_steps=10, guidance_scale=5.0, eta=1.0, batch_size=4)
-    prompts = CAPTIONS[:4]
-    refs = pipeline.sample(model, prompts, config, seeds=[11, 12, 13, 14])
-    bases = pipeline.sample(model, prompts, config, seeds=[21, 22, 23, 24])
-    items = [map_items(model.tokenizer, p, tw.parse_caption(p).items, [0.5] * 2) for p in prompts]
-    fusion = FusionConfig(**tw.TOY_FUSION)
-    fused = pipeline.fuse_pairs(model, refs, bases, items, fusion)
+    prompts, refs, _, fused = _toy_preset_pairs()
+    fusion, steps = FusionConfig(**tw.TOY_FUSION), 10
     ious, full, mirrored = [], [], []
     for ref, pair, prompt in zip(refs, fused, prompts, strict=True):
         truth = toy_scorer.object_masks(ref.image.numpy(), prompt).any(0)
         full.append(toy_scorer.mask_iou(torch.ones(pair.mask_resolution**2, 1), pair.mask_resolution, truth))
-        for step in fusion.fused_steps(config.num_steps):
+        for step in fusion.fused_steps(steps):
             m = pair.masks[step]
             ious.append(toy_scorer.mask_iou(m, pair.mask_resolution, truth))
             flipped = m.reshape(pair.mask_resolution, pair.mask_resolution, -1).flip(0, 1).reshape(m.shape)
