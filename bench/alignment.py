@@ -267,8 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3],
                    help="learning rates searched per arm on the validation split (one value: no search)")
     p.add_argument("--eval-prompts", type=int, default=46, help="held-out captions scored (46 = all)")
-    p.add_argument("--eval-seeds", type=int, default=8, help="evaluation seeds per held-out caption")
-    p.add_argument("--train-eval-seeds", type=int, default=4, help="fresh seeds per training caption")
+    p.add_argument("--eval-seeds", type=int, default=4, help="evaluation seeds per held-out caption")
+    p.add_argument("--train-eval-seeds", type=int, default=8, help="fresh seeds per training caption")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "alignment")
     return p.parse_args(argv)
