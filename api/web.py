@@ -5,7 +5,8 @@ API and the object proxy already accept; `/` lists the tenant's jobs; `/jobs/{id
 per stage (refreshed by a small inline script polling `/v1/jobs/{id}`), training curves, score
 histograms per epoch, every pair as base | reference + mask | target, and the sample gallery.
 `/jobs/{id}/pairs.parquet` is the pair dataset (services.export). Nothing is fetched from the
-network: the HTML pieces are the `reports` package's (torch-free), styles and script are inline.
+network: the HTML pieces are the `reports` package's (torch-free), styles inline, and the charts
+are Vega-Lite specs drawn by the vendored Vega scripts this app serves under `/static/vendor/`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 
 from api.deps import TOKEN_COOKIE, SettingsDep, StateDep, StoreDep, TokensDep, resolve_tenant
 from api.routes.jobs import object_url
 from api.schemas import JobSummary
 from dfusion_core.errors import ConfigError
+from reports import charts
 from reports import job as report
 from reports.html import escape as _e
 from reports.html import page
@@ -67,6 +70,7 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(LoginRequired, to_login)
     app.include_router(router)
+    app.mount(charts.VENDOR_URL, StaticFiles(directory=charts.vendor_dir()), name="vendor")
 
 
 def _html(title: str, body: str, status: int = 200, head: str = "") -> HTMLResponse:
@@ -181,12 +185,13 @@ def job_page(job_id: str, tenant: PageTenant, state: StateDep) -> HTMLResponse:
         f"policy version {s.policy_version}</p>"
         f"<h2>Progress</h2>{report.progress_bars(state.get_counts(job.job_id), report.stage_totals(s.spec.expected_counts))}"
         f"<h2>Training</h2>{report.metrics_table(metrics)}{report.curves(metrics)}"
-        f"<p>checkpoints: {ckpts} · <a id='export' href='/jobs/{_e(s.id)}/pairs.parquet'>pairs as Parquet</a></p>"
+        f"<p>checkpoints: {ckpts} · <a id='export' href='/jobs/{_e(s.id)}/pairs.parquet'>pairs as Parquet</a>"
+        f" · <a id='compare' href='/jobs/{_e(s.id)}/compare'>compare the trained policy with its base</a></p>"
         f"<h2>Pairs ({len(pairs)})</h2>{report.pair_rows(pairs, url)}"
         f"<h2>Scores</h2>{report.score_histograms(samples) if samples else ''}"
         f"<h2>Samples ({len(samples)})</h2>{report.gallery(samples, url)}")
     live = "" if s.status.terminal else _LIVE % (json.dumps(s.id), json.dumps(report.STAGES), len(metrics))
-    return _html(f"dfusion: job {s.id[:12]}", body + live)
+    return _html(f"dfusion: job {s.id[:12]}", body + live, head=charts.linked_scripts())
 
 
 @router.get("/jobs/{job_id}/pairs.parquet")

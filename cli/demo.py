@@ -2,11 +2,12 @@
 
 Default: the shipped toy-world model (coloured shapes, `dfusion_core/toy/`) on four toy captions,
 with the toy preset (`dfusion_core/presets.py`: its exact scorer, fusion and training settings, the
-held-out captions and the before/after evaluation on the job's own captions). It ends by printing
-the held-out score of the untrained and the trained model on the same noise, then the score on the
-job's captions with fresh noise, untrained against trained, with the paired 95 % CI of the
-difference. `--model tiny` runs the random tiny model on two of the paper's prompts instead
-(machinery only: its images are noise).
+held-out captions and the before/after evaluation on the job's own captions). It ends with a short
+summary in words (`summary_lines`: what fusion gained, the score on the job's captions with fresh
+noise, untrained against trained, with the paired 95 % CI of the difference, the held-out score on
+the same noise, and where the report is), then the final JSON line that `dfusion run` prints too.
+`--model tiny` runs the random tiny model on two of the paper's prompts instead (machinery only:
+its images are noise).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.run import DEMO_PROMPTS, add_job_arguments, build_spec, epoch_metrics, eval_words, execute
+from cli.run import DEMO_PROMPTS, add_job_arguments, build_spec, execute, finish
 
 TOY_PROMPTS = [
     "a red circle above a blue square",
@@ -29,6 +30,9 @@ TOY_PROMPTS = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_job_arguments(p)
     p.set_defaults(out=Path("demo-run"), epochs=2, model="toy")
+    p.epilog = ("The demo's own defaults: --model toy (the shipped toy-world model, on four toy captions with the "
+                "toy preset's settings: 10 DDIM steps, its scorer, fusion and training), --epochs 2, --out demo-run. "
+                "--model tiny runs the random tiny model on two of the paper's prompts (machinery only).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,14 +51,41 @@ def run(args: argparse.Namespace) -> int:
         # a held-out check per policy version that fits the demo's few-minute budget on 2 cores
         fields = {"eval_prompts": [r.text for r in load_prompts(split="test")][:2], "eval_seeds": 1}
     spec, models = build_spec(prompts, args, fields)
-    code = execute(spec, models, args)
-    metrics = epoch_metrics(args.out) if code == 0 else []
-    before, after = (metrics[-1].get("heldout_score_base"), metrics[-1].get("heldout_score")) if metrics else (None, None)
-    if before is not None and after is not None:
-        print(f"held-out score (same prompts and noise): {before:.4f} untrained, {after:.4f} after "
-              f"{len(metrics)} epoch(s) ({after - before:+.4f})", file=sys.stderr)
-    print(f"open {args.out / 'report.html'} to see the pairs", file=sys.stderr)
-    words = eval_words(metrics)
-    if words:
-        print(words, file=sys.stderr)
-    return code
+    summary = execute(spec, models, args)
+    print("\n".join(summary_lines(summary, args.out)), file=sys.stderr)
+    return finish(summary)
+
+
+def summary_lines(summary: dict[str, Any], out: Path) -> list[str]:
+    """The run in words, for a person: what fusion gained, what training changed (with the CI),
+    where to look."""
+    metrics = summary["metrics"]
+    if summary["status"] != "succeeded" or not metrics:
+        return [f"dfusion demo: {summary['status']}: {summary.get('error') or 'no epoch finished'}"]
+    last, lines = metrics[-1], [f"dfusion demo: {len(metrics)} epoch(s) trained"]
+    pairs = sum(m.get("pairs_total") or 0 for m in metrics)
+    gains = [m["mean_target_gain"] for m in metrics if m.get("mean_target_gain") is not None]
+    if gains:
+        lines.append(f"  fusion: {pairs} pairs; fused targets scored {sum(gains) / len(gains):+.4f} above their bases "
+                     "on average")
+    base, after, lo, hi = (last.get(k) for k in ("eval_score_base", "eval_score", "eval_diff_ci_low",
+                                                  "eval_diff_ci_high"))
+    if base is not None and after is not None:
+        ci = f", 95 % CI {lo:+.4f} to {hi:+.4f}" if lo is not None and hi is not None else ""
+        lines.append(f"  own captions, fresh noise: {base:.4f} untrained -> {after:.4f} trained ({after - base:+.4f}{ci}, "
+                     f"{last.get('eval_samples')} paired samples): {_verdict(lo, hi)}")
+    held_base, held = last.get("heldout_score_base"), last.get("heldout_score")
+    if held_base is not None and held is not None:
+        lines.append(f"  held-out captions, same noise: {held_base:.4f} untrained -> {held:.4f} trained "
+                     f"({held - held_base:+.4f})")
+    lines.append(f"  report: {out / 'report.html'} (pairs, charts); LoRA: {out / 'checkpoints'}/"
+                 f"{last.get('policy_version')}")
+    return lines
+
+
+def _verdict(lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None:
+        return "no CI measured"
+    if lo > 0:
+        return "improved"
+    return "got worse" if hi < 0 else "no clear change (the CI includes 0)"

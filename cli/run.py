@@ -33,10 +33,11 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     add_job_flags(p, model_help="'tiny' (random), 'tiny-sdxl' (random, SDXL layout), 'toy' (the shipped toy-world "
                              "model), a local diffusers folder or a Hugging Face Hub id ('owner/name', through the "
                              "HF cache) of an SD 1.x / 2.x or SDXL pipeline",
-                  steps_help="DDIM steps (default: 20)")
+                  steps_help="DDIM steps (default: the model's preset, else 20)")
     p.add_argument("--device", default=None, help="cuda:N or cpu (default: the GPU if any)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default: runs/latest)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress: neither bars on a terminal nor progress lines in a log")
 
 
 def build_spec(prompts: list[dict], args: argparse.Namespace,
@@ -64,38 +65,26 @@ def build_spec(prompts: list[dict], args: argparse.Namespace,
     return spec, models
 
 
-def execute(spec, models: dict[str, str], args: argparse.Namespace) -> int:
+def execute(spec, models: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """Run the job in this process, with a progress bar per stage (plain lines when stderr is not a
+    terminal); the summary that `finish` prints as the final JSON line."""
+    from cli.progress import stage_progress
     from workers.embedded import run_embedded
 
-    if args.no_progress or not sys.stderr.isatty():
-        result = run_embedded(spec, args.out, models=models, device=args.device)
-    else:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskID,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        with Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn()) as bar:
-            ids: dict[str, TaskID] = {}
-
-            def update(counts: dict[str, int], totals: dict[str, int]) -> None:
-                for name in ("samples", "scored", "pairs", "trained_steps"):
-                    if name not in ids:
-                        ids[name] = bar.add_task(name.replace("_", " "), total=totals[name] or None)
-                    bar.update(ids[name], completed=counts[name])
-
-            result = run_embedded(spec, args.out, models=models, device=args.device, progress=update)
+    with stage_progress(enabled=not args.no_progress) as progress:
+        result = run_embedded(spec, args.out, models=models, device=args.device, progress=progress)
     summary = {"status": result.status, "out": str(result.out), "counts": result.counts,
                "metrics": result.metrics, "error": result.error}
     last = result.metrics[-1] if result.metrics else {}
     summary.update({k: last[k] for k in EVAL_FIELDS if k in last})
-    print(json.dumps(summary))
-    return 0 if result.status == "succeeded" else 1
+    return summary
+
+
+def finish(summary: dict[str, Any]) -> int:
+    """Print the summary as the final JSON line (after any words on stderr); the exit code."""
+    sys.stderr.flush()
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["status"] == "succeeded" else 1
 
 
 def epoch_metrics(out: Path) -> list[dict[str, Any]]:
@@ -118,8 +107,8 @@ def eval_words(epochs: list[dict[str, Any]]) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     spec, models = build_spec(read_prompts(args.prompts), args)
-    code = execute(spec, models, args)
-    words = eval_words(epoch_metrics(args.out)) if code == 0 else None
+    summary = execute(spec, models, args)
+    words = eval_words(epoch_metrics(args.out)) if summary["status"] == "succeeded" else None
     if words:
         print(words, file=sys.stderr)
-    return code
+    return finish(summary)

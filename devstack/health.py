@@ -14,13 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+from devstack.procs import ProcessInfo
 from dfusion_core.errors import DFusionError
-
-if TYPE_CHECKING:
-    from devstack.stack import ProcessInfo
 
 PROBE_TIMEOUT_S = 2.0  # per probe: a healthy local service answers in milliseconds
 INSPECT_TIMEOUT_S = 1.0  # Celery collects worker replies for this long

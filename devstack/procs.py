@@ -130,6 +130,19 @@ class ProcessSpec:
     cwd: str | None = None
 
 
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One managed process as `stack status` reports it."""
+
+    name: str
+    pid: int | None
+    queues: list[str]
+    alive: bool
+    command: list[str] = field(default_factory=list)
+    port: int | None = None
+    restarts: int = 0
+
+
 def spawn(spec: ProcessSpec, log_dir: Path) -> subprocess.Popen[bytes]:
     """Start `spec` in its own session (so signals reach its children), logging to log_dir/name.log."""
     log_dir.mkdir(parents=True, exist_ok=True)

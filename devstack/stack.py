@@ -20,13 +20,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from devstack.health import ServiceHealth, probe_stack, wait_healthy
 from devstack.plan import default_specs
-from devstack.procs import ProcessSpec, pid_alive, spawn, terminate
+from devstack.procs import ProcessInfo, ProcessSpec, pid_alive, spawn, terminate
 from services.queue import QUEUES
 from services.settings import Settings
 
@@ -34,19 +34,6 @@ logger = logging.getLogger(__name__)
 
 PLAN_FILE, STATE_FILE, SUPERVISOR = "plan.json", "stack.json", "supervisor"
 RESTART_BACKOFF_S = 1.0
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    """One managed process as `stack status` reports it."""
-
-    name: str
-    pid: int | None
-    queues: list[str]
-    alive: bool
-    command: list[str] = field(default_factory=list)
-    port: int | None = None
-    restarts: int = 0
 
 
 def _write_json(path: Path, data: Any) -> None:

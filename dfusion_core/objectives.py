@@ -10,21 +10,34 @@ from `gen`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import torch
 
 from dfusion_core import losses, pipeline
+from dfusion_core.bundle import DiffusionModel
+from dfusion_core.config import TrainingConfig
 from dfusion_core.lora import adapters_disabled
-from dfusion_core.trajectories import Trajectory
-
-if TYPE_CHECKING:
-    from dfusion_core.training import Trainer, TrainPair
+from dfusion_core.trajectories import TrainPair, Trajectory
 
 CLIP_RANGE = 1e-4  # DDPO / DPOK ratio clip (ddpo-pytorch default)
 ADV_CLIP_MAX = 5.0  # DDPO / DPOK advantage clip (ddpo-pytorch default)
 
 StepLoss = Callable[[int, torch.Tensor], losses.LossOutput]
+
+
+class Trainer(Protocol):
+    """What a loss here needs of `dfusion_core.training.Trainer`, which implements it."""
+
+    model: DiffusionModel
+    config: TrainingConfig
+
+    def autocast(self) -> AbstractContextManager[None]: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def trained_steps(self, first: Trajectory, gen: torch.Generator) -> list[int]: ...
 
 
 def micro_batch(trainer: Trainer, pairs: list[TrainPair], gen: torch.Generator, weight: float) -> dict[str, float]:

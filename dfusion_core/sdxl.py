@@ -5,7 +5,7 @@ What differs from SD 1.x / 2.x, and where dfusion handles it:
 - Two text encoders. The UNet's cross-attention reads both encoders' penultimate hidden states,
   concatenated along the feature axis (768 + 1280 = 2048 in SDXL base); the second encoder's
   pooled, projected output and six size numbers (original size, crop top-left, target size) go
-  in as `added_cond_kwargs` (`encode_sdxl`, `dfusion_core.conditioning.Conditioning`). With no
+  in as `added_cond_kwargs` (`dfusion_core.bundle.encode_sdxl`, `dfusion_core.conditioning.Conditioning`). With no
   negative prompt the unconditional branch is all zeros (`force_zeros_for_empty_prompt`).
   Both tokenizers split a prompt into the same tokens, so an item word has the same token
   positions in the two encoders' sequences and the fusion mask reads them unchanged.
@@ -40,17 +40,19 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from dfusion_core.conditioning import Conditioning
-from dfusion_core.models import (
+from dfusion_core.bundle import (
     SD_SCHEDULER_CONFIG,
     TINY_TEXT_CONFIG,
     TINY_UNET_CONFIG,
     TINY_VAE_CONFIG,
     DiffusionModel,
     assemble,
+    encode_sdxl,
     load_tokenizer,
-    token_ids,
+    time_ids,
 )
+
+__all__ = ["TINY_SDXL", "build_tiny_sdxl", "encode_sdxl", "sdxl_parts", "time_ids", "to_sdxl_pipeline"]
 
 TINY_SDXL = "tiny-sdxl"
 TINY_SDXL_SEED = 0
@@ -84,30 +86,6 @@ def build_tiny_sdxl(device: str | torch.device = "cpu", dtype: torch.dtype = tor
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_SDXL_TEXT2_CONFIG))
     return assemble(unet, vae, text_encoder, load_tokenizer(), DDIMScheduler(**SD_SCHEDULER_CONFIG), TINY_SDXL,
                     device, dtype, text_encoder_2=text_encoder_2, tokenizer_2=load_tokenizer(), zero_uncond=True)
-
-
-def time_ids(model: DiffusionModel, n: int) -> torch.Tensor:
-    """SDXL's micro-conditioning [n, 6]: (original h, w, crop top, left, target h, w), all at the output
-    size, as `StableDiffusionXLPipeline` sends them when none are given."""
-    side = model.latent_size * model.vae_scale
-    return torch.tensor([[side, side, 0, 0, side, side]], dtype=model.dtype, device=model.device).repeat(n, 1)
-
-
-@torch.no_grad()
-def encode_sdxl(model: DiffusionModel, prompts: list[str]) -> Conditioning:
-    """`StableDiffusionXLPipeline.encode_prompt` for one prompt per row (no clip skip): both
-    encoders' penultimate hidden states, concatenated; the second encoder's pooled projection."""
-    if model.tokenizer_2 is None or model.text_encoder_2 is None:
-        raise ValueError("an SDXL model needs its second tokenizer and text encoder")
-    hidden, pooled = [], None
-    for tokenizer, encoder in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
-        out = encoder(token_ids(tokenizer, prompts, model.device), output_hidden_states=True)
-        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds come first
-            pooled = out[0]
-        hidden.append(out.hidden_states[-2])
-    if pooled is None:
-        raise ValueError("an SDXL model needs a second text encoder with a projection (CLIPTextModelWithProjection)")
-    return Conditioning(torch.cat(hidden, dim=-1).to(model.dtype), pooled.to(model.dtype), time_ids(model, len(prompts)))
 
 
 def to_sdxl_pipeline(model: DiffusionModel):  # -> StableDiffusionXLPipeline

@@ -5,7 +5,8 @@ from a CPU generator seeded from (trainer seed, optimizer step), so a step's upd
 the weights, the optimizer state, the optimizer step and the pairs: resuming from a checkpoint
 reproduces an uninterrupted run exactly. Nothing touches the global RNG.
 
-The losses themselves, per algorithm, are in dfusion_core/objectives.py.
+The losses themselves, per algorithm, are in dfusion_core/objectives.py; the pair it trains on,
+`TrainPair`, is in dfusion_core/trajectories.py (both below this module).
 """
 
 from __future__ import annotations
@@ -24,27 +25,9 @@ from dfusion_core.config import TrainingConfig
 from dfusion_core.errors import ConfigError
 from dfusion_core.lora import add_lora, has_lora, lora_parameters
 from dfusion_core.models import DiffusionModel
-from dfusion_core.trajectories import Trajectory
+from dfusion_core.trajectories import TrainPair, Trajectory
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class TrainPair:
-    """One preference pair. D-Fusion: winner = the fused target trajectory, loser = its base
-    (same prompt, x_T and z_t). Rewards are the scorer's values (used by DDPO / DPOK).
-
-    winner_old_log_probs / loser_old_log_probs [T] | None: plain-policy log-probs from before this
-    epoch's updates (PPO's "old" policy); `Trainer.train_epoch` fills them, else each step recomputes.
-    """
-
-    winner: Trajectory
-    loser: Trajectory
-    winner_reward: float = 0.0
-    loser_reward: float = 0.0
-    winner_old_log_probs: torch.Tensor | None = None
-    loser_old_log_probs: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The typed trajectory record and its safetensors byte format (core defines it; services move bytes)."""
+"""The typed trajectory record, the preference pair the trainer takes, and the trajectory's safetensors
+byte format (core defines it; services move bytes)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,23 @@ class Trajectory:
             )
         except KeyError as exc:
             raise TrajectoryError(f"trajectory is missing {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TrainPair:
+    """One preference pair. D-Fusion: winner = the fused target trajectory, loser = its base
+    (same prompt, x_T and z_t). Rewards are the scorer's values (used by DDPO / DPOK).
+
+    winner_old_log_probs / loser_old_log_probs [T] | None: plain-policy log-probs from before this
+    epoch's updates (PPO's "old" policy); `Trainer.train_epoch` fills them, else each step recomputes.
+    """
+
+    winner: Trajectory
+    loser: Trajectory
+    winner_reward: float = 0.0
+    loser_reward: float = 0.0
+    winner_old_log_probs: torch.Tensor | None = None
+    loser_old_log_probs: torch.Tensor | None = None
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""A job's report pieces: pairs as base | reference (mask overlaid) | target, scores, curves,
-progress, and `write_report` for report.html of a run.
+"""A job's report pieces: pairs as base | reference (mask overlaid) | target, scores, curves
+(Vega-Lite charts, `reports.charts`), progress, and `write_report` for report.html of a run.
 
 Images are referenced by URL or relative path; torch-free (records in, text out), so the run's
 report.html (workers) and the API's pages (api/web.py) share them.
@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reports.html import escape, fmt, histogram, line_chart, page
+from reports import charts
+from reports.html import escape, fmt, page
 from services.jobspec import JobSpec
 from services.records import PairRecord, SampleRecord
 
@@ -20,16 +21,10 @@ STAGES = ("samples", "scored", "pairs", "trained_steps")
 
 
 def curves(metrics: list[dict[str, Any]]) -> str:
-    versions = [float(m["policy_version"]) for m in metrics]
-    held = [m.get("heldout_score") for m in metrics]
-    base = metrics[0].get("heldout_score_base") if metrics else None
-    held_x = ([0.0] if base is not None else []) + versions
-    held_y = ([base] if base is not None else []) + held
-    return ('<div class="charts">'
-            + line_chart("DPO loss per policy version", versions, [m.get("loss") for m in metrics])
-            + line_chart("preference margin per policy version", versions, [m.get("margin") for m in metrics])
-            + line_chart("held-out alignment per policy version", held_x, held_y)
-            + "</div>")
+    """Base vs trained (with the CI where measured), the fusion gain, the loss and the margin."""
+    if not metrics:
+        return '<p class="muted">No epoch has finished yet: its curves appear here when one has.</p>'
+    return charts.embed_all(charts.training_charts(metrics))
 
 
 def _trained(p: PairRecord) -> str:
@@ -67,9 +62,8 @@ def gallery(samples: Sequence[SampleRecord], url: Callable[[str], str]) -> str:
 
 def score_histograms(samples: Sequence[SampleRecord]) -> str:
     epochs = sorted({s.epoch for s in samples})
-    return '<div class="charts">' + "".join(
-        histogram(f"sample scores, epoch {e}", [s.score for s in samples if s.epoch == e and s.score is not None])
-        for e in epochs) + "</div>"
+    return charts.embed_all([
+        charts.score_histogram(e, [s.score for s in samples if s.epoch == e and s.score is not None]) for e in epochs])
 
 
 def stage_totals(expected: dict[str, int]) -> dict[str, int | None]:
@@ -121,4 +115,4 @@ def write_report(path: Path, spec: JobSpec, samples: Sequence[SampleRecord], pai
         f"<h2>Training</h2>{metrics_table(metrics)}{curves(metrics)}"
         f"<h2>Pairs</h2>{pair_rows(pairs, url)}<h2>Scores</h2>{score_histograms(samples)}"
         f"<h2>Samples</h2>{gallery(samples, url)}")
-    path.write_text(page("dfusion run", body))
+    path.write_text(page("dfusion run", body, head=charts.inline_scripts()))

@@ -1,10 +1,12 @@
 """Dependencies point inward (STYLE, "Layers point one way"): core loads no infrastructure,
-services and the API process never load torch, the embedded runner needs no Redis client.
+services and the API process never load torch, the embedded runner needs no Redis client, and no
+two modules import each other, directly or round a longer loop.
 
 Module lists are walked from the packages, so a new module is covered the day it is added; the
 names below only make sure the walk still finds the ones this test was written for.
 """
 
+import ast
 import pkgutil
 import subprocess
 import sys
@@ -80,3 +82,82 @@ def test_api_and_remote_cli_do_not_import_torch(modules: list[str]) -> None:
 
 def test_workers_stages_and_embedded_runner_need_no_api_nor_redis() -> None:
     assert not _loaded(["workers.stages", "workers.embedded"]) & {"redis", "fastapi", "starlette", "api", "cli"}
+
+
+# --- import cycles ---------------------------------------------------------------------------------
+PACKAGES = ("dfusion_core", "services", "workers", "api", "cli", "reports", "devstack")
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the packages by dotted name (a package by its own name)."""
+    out = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `name` imports anywhere in its text: at the top, under TYPE_CHECKING or
+    inside a function alike, since an import moved into a function hides a cycle, it does not end it."""
+    out: set[str] = set()
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                if node.level else node.module or ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                out.add(sub if sub in modules else base)
+    return (out & modules.keys()) - {name}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The graph's strongly connected components of two or more modules (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_import_cycles_are_found() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles() -> None:
+    """A module that needs a name from one that imports it gets the name moved below both
+    (`devstack.procs.ProcessInfo`, `dfusion_core.bundle`, `trajectories.TrainPair`, `workers.context`)."""
+    modules = _modules()
+    assert {"devstack.stack", "dfusion_core.sdxl", "workers.publish", "workers.stages.training"} <= modules.keys()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert graph["workers.stages"] >= {"workers.stages.training"}  # the walk sees package imports
+    assert import_cycles(graph) == []

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from services.jobspec import JobSpec
 from services.records import CheckpointRecord, PairRecord, SampleRecord
 from workers import keys
-
-if TYPE_CHECKING:
-    from workers.stages import Context
+from workers.context import Context
 
 
 def epoch_metrics(

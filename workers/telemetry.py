@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from typing import Any
 
 from celery.signals import (
@@ -187,7 +188,14 @@ def _reset_after_fork(**_: Any) -> None:
 
 def _worker_ready(**_: Any) -> None:
     install_logging()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        log.info("worker runs as root: fine in a throwaway sandbox; the compose image runs it as uid 10001")
 
+
+# Celery's nine-line SecurityWarning for a root worker (with pickle refused, as here, it only
+# warns): `_worker_ready` says it in one line of ours instead.
+warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges",
+                        module="celery.platforms")
 
 # Handlers only: importing this module changes no logging outside a Celery worker.
 before_task_publish.connect(on_publish, weak=False)

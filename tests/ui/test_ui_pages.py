@@ -58,7 +58,15 @@ def test_job_page_shows_progress_pairs_histograms_and_curves(stack, tiny_job):
         assert "sample scores, epoch 0" in html
         for curve in ("DPO loss", "preference margin", "held-out alignment"):
             assert f"{curve} per policy version" in html
-        assert "<script" not in html  # a finished job needs no polling
+        # the charts: Vega-Lite specs with their series, drawn by the scripts the API serves itself
+        for chart in ("chart-heldout", "chart-fusion-gain", "chart-loss", "chart-margin", "chart-scores-0"):
+            assert f'data-chart="{chart}"' in html
+        assert '"series":"untrained (adapters off)"' in html and '"series":"trained"' in html
+        for script in ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js"):
+            assert f'<script src="/static/vendor/{script}">' in html
+            served = c.get(f"/static/vendor/{script}")
+            assert served.status_code == 200 and "javascript" in served.headers["content-type"]
+        assert "setTimeout(poll" not in html  # a finished job needs no polling
         assert "http://" not in html.replace(stack.api, "") and "https://" not in html  # nothing remote
 
 

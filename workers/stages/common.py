@@ -5,33 +5,23 @@ and the embedded runner)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from dfusion_core.errors import TrajectoryError
-from dfusion_core.storage import BlobStore
 from dfusion_core.trajectories import Trajectory
 from services.jobspec import JobSpec
 from services.state import JobStatus, JobStore
 from services.storage import io_timer
+from workers.context import Context, Dispatch
 from workers.flow import Event, JobFlow, sent_scope
-from workers.runtime import Runtime
+
+__all__ = ["Context", "Dispatch", "advance", "fail_job", "failure_reason", "fan_in", "get_all", "job_spec",
+           "load_trajectory", "put_all", "sent"]
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[..., None]  # dispatch(task_name, **kwargs)
-
 #: The longest failure reason stored on a job.
 MAX_REASON = 2000
-
-
-@dataclass
-class Context:
-    state: JobStore  # RedisJobStore in the Celery workers, MemoryJobStore in the embedded runner
-    store: BlobStore
-    dispatch: Dispatch
-    runtime: Runtime
 
 
 def job_spec(ctx: Context, job_id: str) -> JobSpec | None:
