@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import errors, web
+from api import errors, web, web_compare
 from api.deps import settings_of
 from api.metrics import ApiMetrics
 from api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from api.routes import health, jobs, objects
+from api.routes import compare, health, jobs, objects
 from services.settings import Settings
 
 DESCRIPTION = """D-Fusion preference alignment for text-to-image diffusion, as a job queue.
@@ -32,8 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(objects.router)
+    app.include_router(compare.router)
     app.include_router(health.router)
     web.install(app)  # the web UI: /login, /, /jobs/{id}
+    app.include_router(web_compare.router)  # /jobs/{id}/compare
     # Outermost last: metrics see every response, including the body limit's 413.
     app.add_middleware(BodyLimitMiddleware, max_bytes=lambda: settings_of(app).max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -98,6 +98,13 @@ class Client:
     def post_json(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         return self._request("POST", path, what, json=body).json()
 
+    def get_bytes(self, url: str, what: str) -> bytes:
+        """The bytes at `url` (a proxy path)."""
+        return self._request("GET", url, what).content
+
+    def delete_json(self, path: str, what: str, **params: Any) -> dict[str, Any]:
+        return self._request("DELETE", path, what, params=params).json()
+
     def download(self, url: str, dest: Path, what: str) -> int:
         """Write the bytes at `url` (a proxy path) to `dest`; returns their size."""
         data = self._request("GET", url, what).content
@@ -111,6 +118,10 @@ class Client:
 
     def records(self, job_id: str, kind: str) -> list[dict[str, Any]]:
         return self.get_json(f"/v1/jobs/{_job_path(job_id)}/{kind}", f"job {job_id}")["data"]
+
+    def compare(self, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Start a compare of the job's policy with its base: {"id", "status", "url"}."""
+        return self.post_json(f"/v1/jobs/{_job_path(job_id)}/compare", body, f"compare for job {job_id}")
 
 
 def _job_path(job_id: str) -> str:

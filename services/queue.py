@@ -28,6 +28,7 @@ SCORE = "dfusion.score"  # a batch of samples
 SCORE_TARGETS = "dfusion.score_targets"  # the fused targets of a chunk of pairs
 FUSE = "dfusion.fuse"
 TRAIN = "dfusion.train"  # one unit per epoch
+COMPARE = "dfusion.compare"  # a trained policy beside its base (services.compare); not part of a job's flow
 
 # task name -> queue
 ROUTES = {
@@ -37,6 +38,7 @@ ROUTES = {
     SCORE_TARGETS: "score",
     FUSE: "fuse",
     TRAIN: "train",
+    COMPARE: "sample",  # it samples: where the models are loaded
 }
 
 

@@ -42,12 +42,15 @@ def sent_scope(scope: str) -> str:
 
 #: Task kwargs that name a unit, in the order they appear in its name (job_id names the job).
 UNIT_ARGS = (("epoch", "e"), ("prompt", "p"), ("batch", "b"), ("chunk", "c"))
+#: Task kwargs that name a unit by an id, appended as they are: `compare-<id>` (not a unit of the flow).
+UNIT_IDS = ("compare_id",)
 
 
 def unit_of(task_name: str, kwargs: dict[str, Any]) -> str:
     """The unit a task computes: `sample-e0-p1-b2` for dfusion.sample(epoch=0, prompt=1, batch=2)."""
     parts = [task_name.removeprefix("dfusion.")]
     parts += [f"{short}{int(kwargs[arg])}" for arg, short in UNIT_ARGS if arg in kwargs]
+    parts += [str(kwargs[arg]) for arg in UNIT_IDS if arg in kwargs]
     return "-".join(parts)
 
 

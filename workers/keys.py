@@ -70,3 +70,13 @@ def train_unit(epoch: int) -> str:
 def trainer_state_prefix(job_id: str, epoch: int) -> str:
     """Where train(epoch) saves the trainer (LoRA + optimizer state) that train(epoch + 1) resumes."""
     return f"{trainer_prefix(job_id)}/{train_unit(epoch)}"
+
+
+def compare_image_key(job_id: str, compare_id: str, seed: int, role: str) -> str:
+    """A compare's image of one seed: `role` is `base` or `trained` (services.compare)."""
+    return f"{job_prefix(job_id)}compare/{compare_id}/s{seed}.{role}.png"
+
+
+def compare_mask_key(job_id: str, compare_id: str, seed: int, item: int) -> str:
+    """The trained model's mask of item `item` (its index in the request) for one seed of a compare."""
+    return f"{job_prefix(job_id)}compare/{compare_id}/s{seed}.mask{item}.png"

@@ -24,6 +24,13 @@ from workers import keys
 
 log = logging.getLogger(__name__)
 
+def configure_sim(denoiser_ms: float, scorer_ms: float) -> None:
+    """The waits of the `sim` model and scorer this process builds (Settings.sim_denoiser_ms, sim_scorer_ms)."""
+    from dfusion_core.sim import SimTiming, set_default_timing
+
+    set_default_timing(SimTiming(denoiser_s=denoiser_ms / 1000.0, scorer_s=scorer_ms / 1000.0))
+
+
 def pick_device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
@@ -75,6 +82,7 @@ class Runtime:
         tag = ("policy", job_id, version)
         if self._loaded.get(ref) == tag:
             return model
+        self._loaded.pop(ref, None)  # until the new weights are in: a failed load must not leave the old tag
         if version == 0:
             if has_lora(model.unet):
                 model.unet.delete_adapters(ADAPTER)

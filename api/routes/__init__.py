@@ -1,1 +1,1 @@
-"""One router per resource: jobs (and their records), objects, health/metrics."""
+"""One router per resource: jobs (and their records), objects, compare (a policy beside its base), health/metrics."""

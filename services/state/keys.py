@@ -22,6 +22,11 @@ def lease(job_id: str, unit: str) -> str:
     """`dfusion:job:{<id>}:lease:<unit>`: the unit's holder, with a TTL (unit names are check_id'd)."""
     return job(job_id, "lease", unit)
 
+def compares(job_id: str) -> str:
+    """`dfusion:job:{<id>}:compares`: compare id -> its record (a part of the job: deleted with it)."""
+    return job(job_id, "compares")
+
+
 def tenant(name: str, part: str) -> str:
     """The tenant's `jobs` index (a sorted set by creation time), `active` set or `tokens` set."""
     return f"{PREFIX}:tenant:{check_id('tenant', name)}:{part}"

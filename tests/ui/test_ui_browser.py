@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.stack_helpers import TINY_JOB
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
@@ -63,8 +65,14 @@ def test_job_page_in_chromium_shows_pair_triplets_with_masks(stack, tiny_job, br
     assert browser.find_element(By.ID, "status").text == "succeeded"
     assert browser.find_element(By.ID, "progress-pairs").get_attribute("value") == str(n)
     epochs = tiny_job.job["spec"]["epochs"]
+    # the Vega-Lite charts, drawn by the vendored scripts once the page has loaded
+    charts = len(browser.find_elements(By.CSS_SELECTOR, "script[data-chart]"))
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".vega svg[aria-label]")) == charts)
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg[aria-label^='sample scores']")) == epochs  # one per epoch
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg[aria-label$='per policy version']")) == 3
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg[aria-label='fusion gain per epoch']")) == 1
+    legend = browser.find_element(By.ID, "chart-heldout").text
+    assert "untrained (adapters off)" in legend and "trained" in legend  # base vs trained on one chart
 
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, min(int(height) + 40, 6000))
@@ -74,3 +82,42 @@ def test_job_page_in_chromium_shows_pair_triplets_with_masks(stack, tiny_job, br
 
     browser.get(f"{stack.api}/")  # the cookie carries over: the jobs list
     assert tiny_job.id[:12] in browser.find_element(By.ID, "jobs").text
+
+
+_COMPARE_IMAGES = """return Array.from(document.querySelectorAll('tr.compare-row img')).map(
+  i => [i.className, i.complete && i.naturalWidth > 0]);"""
+
+
+def test_compare_page_in_chromium_shows_base_beside_trained(stack, tiny_job, browser, tmp_path):
+    """From the job page to its compare page: submit the form, wait for the worker, and every seed's
+    base and trained image and item mask must have loaded beside their scores."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{stack.api}/login?next=/jobs/{tiny_job.id}")
+    browser.find_element(By.ID, "token").send_keys(stack.token)
+    browser.find_element(By.ID, "login").click()
+    WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(f"/jobs/{tiny_job.id}"))
+    browser.find_element(By.ID, "compare").click()
+    WebDriverWait(browser, 30).until(lambda d: d.current_url.endswith(f"/jobs/{tiny_job.id}/compare"))
+    assert browser.find_element(By.ID, "prompt").get_attribute("value") == tiny_job.job["spec"]["prompts"][0]
+    assert browser.find_element(By.ID, "version").get_attribute("value") == "2"  # the latest by default
+    seeds = browser.find_element(By.ID, "seeds")
+    seeds.clear()
+    seeds.send_keys("2")
+    browser.find_element(By.ID, "compare-submit").click()
+    WebDriverWait(browser, 300).until(lambda d: d.find_element(By.ID, "compare-status").text == "succeeded")
+    WebDriverWait(browser, 30).until(lambda d: all(ok for _, ok in d.execute_script(_COMPARE_IMAGES)))
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.compare-row")
+    assert [r.get_attribute("data-seed") for r in rows] == ["0", "1"]
+    kinds = [cls for cls, _ in browser.execute_script(_COMPARE_IMAGES)]
+    items = len(TINY_JOB["prompts"][0]["items"])  # the form is pre-filled with the job's first prompt and items
+    assert [kinds.count(k) for k in ("base", "trained", "mask")] == [2, 2, 2 * items]
+    for cls in ("base-score", "trained-score"):
+        assert all(float(e.text) == float(e.text) for e in browser.find_elements(By.CLASS_NAME, cls))
+    assert browser.find_element(By.ID, "trained-mean").text not in ("", "–")
+
+    shot = tmp_path / "compare_page.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5_000
+    print(f"\ncompare page screenshot: {shot}")
