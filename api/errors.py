@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dfusion_core.errors import BlobNotFound, ConfigError, DFusionError
+from services.compare import CompareNotFound, JobNotFinished, TooManyCompares
+from services.retention import PurgeRefused
 from services.state.types import (
     InvalidTransition,
     JobExists,
@@ -40,6 +42,10 @@ class QueueUnavailable(DFusionError):
 #: Most specific first: the first isinstance match wins.
 STATUS_FOR: list[tuple[type[Exception], int]] = [
     (JobNotFound, 404),
+    (CompareNotFound, 404),
+    (JobNotFinished, 409),
+    (TooManyCompares, 429),
+    (PurgeRefused, 409),
     (BlobNotFound, 404),
     (TooManyJobs, 429),
     (InvalidTransition, 409),

@@ -28,6 +28,15 @@ class JobCreated(BaseModel):
     status: JobStatus
 
 
+class JobPurged(BaseModel):
+    """Answer to a purge (`DELETE /v1/jobs/{id}?purge=true`): the job is gone, with its objects."""
+
+    id: str
+    status: JobStatus = Field(description="the status the job had when it was purged")
+    purged: bool = True
+    objects: int = Field(description="objects removed from the store")
+
+
 class Counts(BaseModel):
     samples: int = 0
     scored: int = 0
@@ -169,3 +178,53 @@ class Health(BaseModel):
     status: str
     redis: str
     storage: str
+
+
+# --- compare: a trained policy beside its base (services.compare) ---------------------------------
+class CompareCreated(BaseModel):
+    """Answer to POST /v1/jobs/{id}/compare: the compare's id and where to read it."""
+
+    id: str
+    status: str = Field(description="queued | running | succeeded | failed")
+    url: str = Field(description="GET it until its status is succeeded or failed")
+
+
+class MaskPublic(BaseModel):
+    item: str = Field(description="the item word")
+    url: str = Field(description="proxy path of the trained model's binary item mask (PNG, white = item)")
+
+
+class SeedComparePublic(BaseModel):
+    """One seed: the base and the trained image from the same noise, with their scores."""
+
+    seed: int
+    base_image_url: str
+    trained_image_url: str
+    base_score: float
+    trained_score: float
+    masks: list[MaskPublic] = Field(default_factory=list, description="one per item, in the request's order")
+
+
+class ComparePublic(BaseModel):
+    """GET /v1/jobs/{id}/compare/{compare_id}."""
+
+    id: str
+    job_id: str
+    status: str = Field(description="queued | running | succeeded | failed")
+    prompt: str
+    items: list[str]
+    mask_thresholds: list[float] = Field(description="the thresholds used (mask_mode 'absolute'; the relative "
+                                                     "modes ignore them)")
+    seeds: list[int]
+    version: int = Field(description="the policy version compared with the base (version 0)")
+    created_at: float
+    updated_at: float
+    error: str | None = None
+    results: list[SeedComparePublic] = Field(default_factory=list, description="one per seed once succeeded")
+    base_mean_score: float | None = None
+    trained_mean_score: float | None = None
+
+
+class ComparesPublic(BaseModel):
+    data: list[ComparePublic]
+    count: int

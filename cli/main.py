@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("cli.pairs", "download a job's pairs (base, reference, target, mask) into a folder"),
     "checkpoint": ("cli.checkpoint", "download a policy version's LoRA weights"),
     "export": ("cli.export", "a job's pairs as a Parquet DPO dataset (datasets.load_dataset-ready)"),
+    "purge": ("cli.purge", "remove ended jobs' objects and keys: dfusion purge JOB, or --expired"),
+    "compare": ("cli.compare", "a finished job's trained policy beside its base on the same noise, as a PNG"),
 }
 
 

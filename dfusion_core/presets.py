@@ -43,9 +43,16 @@ def _toy() -> dict[str, Any]:
     }
 
 
+#: The `sim` model (dfusion_core/sim.py, which imports torch; its name is restated here): its own
+#: scorer, and masks cut by quantile, since a random model's item maps are flat and absolute
+#: thresholds would give empty masks. Everything else keeps the authors' sizes (20 steps, batches
+#: of 8), which is what a sim job is for: timing the system at the paper's shapes.
+SIM = "sim"
+SIM_PRESET: dict[str, Any] = {"scorer": SIM, "fusion": {"mask_mode": "quantile", "mask_level": 0.5}}
+
 #: model name -> its preset. A model without an entry (`tiny`, local folders, Hub ids) gets the
 #: JobSpec defaults, which are the authors' settings for SD 2.1-base.
-MODEL_PRESETS: dict[str, dict[str, Any]] = {toyworld.TOY: _toy()}
+MODEL_PRESETS: dict[str, dict[str, Any]] = {toyworld.TOY: _toy(), SIM: SIM_PRESET}
 
 
 def preset_name(model: object) -> str | None:

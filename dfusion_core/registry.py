@@ -5,6 +5,7 @@
 | `tiny` | random weights from configs (`models`)       | random tiny CLIP (`scoring`)                |
 | `tiny-sdxl` | random SDXL-layout weights from configs (`sdxl`) | (use `tiny`)                    |
 | `toy`  | the shipped, trained toy model (`toy.model`) | the exact toy-world scorer (`toy.scorer`)   |
+| `sim`  | a tiny denoiser that waits like a GPU kernel (`sim`) | waits, then scores brightness (`sim`) |
 
 Anything else is a local folder or a Hugging Face Hub id (`owner/name`, resolved through the HF
 cache, `dfusion_core.hub`): a diffusers SD 1.x / 2.x or SDXL pipeline for models; a transformers CLIP model
@@ -62,6 +63,12 @@ def _toy_model(device: torch.device | str, dtype: torch.dtype) -> DiffusionModel
     return load_toy(device, dtype)
 
 
+def _sim_model(device: torch.device | str, dtype: torch.dtype) -> DiffusionModel:
+    from dfusion_core.sim import build_sim
+
+    return build_sim(device, dtype)
+
+
 def _tiny_scorer(device: torch.device | str, dtype: torch.dtype) -> Scorer:
     from dfusion_core.scoring import build_tiny_scorer
 
@@ -74,8 +81,15 @@ def _toy_scorer(device: torch.device | str, dtype: torch.dtype) -> Scorer:
     return build_toy_scorer(device, dtype)
 
 
-MODELS: dict[str, ModelBuilder] = {"tiny": _tiny_model, "tiny-sdxl": _tiny_sdxl_model, "toy": _toy_model}
-SCORERS: dict[str, ScorerFactory] = {"tiny": _tiny_scorer, "toy": _toy_scorer}
+def _sim_scorer(device: torch.device | str, dtype: torch.dtype) -> Scorer:
+    from dfusion_core.sim import build_sim_scorer
+
+    return build_sim_scorer(device, dtype)
+
+
+MODELS: dict[str, ModelBuilder] = {"tiny": _tiny_model, "tiny-sdxl": _tiny_sdxl_model, "toy": _toy_model,
+                                   "sim": _sim_model}
+SCORERS: dict[str, ScorerFactory] = {"tiny": _tiny_scorer, "toy": _toy_scorer, "sim": _sim_scorer}
 
 
 def register_scorer(name: str) -> Callable[[ScorerFactory], ScorerFactory]:

@@ -132,7 +132,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     prompts: list[PromptSpec] = Field(..., min_length=1, max_length=MAX_PROMPTS)
-    model: str = Field(DEFAULT_MODEL, description="'tiny', 'tiny-sdxl', 'toy', a model name registered in the workers' settings "
+    model: str = Field(DEFAULT_MODEL, description="'tiny', 'tiny-sdxl', 'toy', 'sim', a model name registered in the workers' settings "
                                                    "or a Hugging Face Hub id ('owner/name') of an SD 1.x / 2.x or SDXL pipeline")
     revision: str | None = Field(None, description="Hub ids: the branch, tag or commit to load; None = main")
     variant: str | None = Field(None, description="weights variant of the model's files, e.g. 'fp16'; None = the default")
@@ -142,7 +142,7 @@ class JobSpec(BaseModel):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    scorer: str = Field(DEFAULT_SCORER, description="alignment scorer: 'tiny', 'toy', a registered name or the Hub "
+    scorer: str = Field(DEFAULT_SCORER, description="alignment scorer: 'tiny', 'toy', 'sim', a registered name or the Hub "
                                                      "id of a transformers CLIP model")
     eval_prompts: list[str] = Field(default_factory=list, max_length=64, description="held-out prompts; [] = shipped test split")
     eval_seeds: int = Field(2, ge=1, le=16, description="samples per held-out prompt")

@@ -72,6 +72,27 @@ class Settings(BaseSettings):
     test_stage_sleep: dict[str, float] = Field(
         default_factory=dict, description="tests only: stage -> seconds each of its tasks sleeps inside its lease"
     )
+    sim_denoiser_ms: float = Field(
+        default=60.0, ge=0, le=60000,
+        description="the `sim` model (dfusion_core/sim.py): milliseconds each denoiser call waits, using no CPU",
+    )
+    sim_scorer_ms: float = Field(
+        default=20.0, ge=0, le=60000, description="the `sim` scorer: milliseconds each scoring call waits"
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0, le=36500,
+        description="purge a succeeded, failed or cancelled job's objects and keys this many days after it ended "
+                    "(the workers sweep every retention_sweep_s); None = keep every job until purged by hand",
+    )
+    retention_sweep_s: float = Field(
+        default=600.0, ge=1, le=7 * 24 * 3600, description="seconds between retention sweeps (one worker sweeps)"
+    )
+    queued_per_job: int = Field(
+        default=2, ge=0, le=100000,
+        description="tasks of one job waiting in a stage's queue at a time; its other ready tasks are held in "
+                    "Redis and enter one per task of it a worker takes, so the queue serves active jobs in turn "
+                    "(docs/fairness.md); 0 = no limit: one first-in-first-out queue per stage",
+    )
     task_max_retries: int = Field(default=5, ge=0)
     device: str | None = Field(default=None, description="torch device of a worker (cuda:N, cpu); None = the GPU if any")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per worker process; None = torch's default")

@@ -100,6 +100,10 @@ class Telemetry:
             argv += [name, int(n)]
         self._produced(keys=[self._k(f"seen:{job_id}"), self._k("produced")], args=argv)
 
+    def forget_job(self, job_id: str) -> None:
+        """Drop the job's high-water mark (a purge; the totals it fed stay, as a counter's do)."""
+        self.r.delete(self._k(f"seen:{job_id}"))
+
     def record_overhead(self, stage: str, queue_s: float, storage_s: float, total_s: float) -> None:
         """One task's infrastructure time: idle-worker queue latency and object-store I/O."""
         row = json.dumps({"stage": stage, "queue_s": queue_s, "storage_s": storage_s, "total_s": total_s})

@@ -21,13 +21,26 @@ from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 
 import workers.telemetry  # noqa: F401  (Celery signals: job/task ids on log records, task metrics to Redis)
-from services.queue import FUSE, SAMPLE, SCORE, SCORE_TARGETS, START_JOB, TRAIN, get_app, send, worker_argv
+from services.queue import (
+    COMPARE,
+    FUSE,
+    SAMPLE,
+    SCORE,
+    SCORE_TARGETS,
+    START_JOB,
+    TRAIN,
+    get_app,
+    send,
+    worker_argv,
+)
 from services.settings import get_settings
+from services.state.compares import open_compares
 from services.state.redis import open_state
 from services.state.types import LeaseLost, StateUnavailable
 from services.storage import StorageUnavailable, open_store
-from workers import leases, redelivery, stages
-from workers.runtime import Runtime, pick_device
+from workers import compare as compares
+from workers import fairness, leases, redelivery, retention, stages
+from workers.runtime import Runtime, configure_sim, pick_device
 
 log = logging.getLogger(__name__)
 app = get_app()
@@ -48,10 +61,11 @@ def context() -> stages.Context:
                 import torch
 
                 torch.set_num_threads(settings.torch_threads)
+            configure_sim(settings.sim_denoiser_ms, settings.sim_scorer_ms)
             _ctx = stages.Context(
                 state=open_state(settings.redis_url),
                 store=open_store(settings),
-                dispatch=lambda name, **kw: send(app, name, **kw),
+                dispatch=fairness.for_settings(settings, lambda name, **kw: send(app, name, **kw)),
                 runtime=Runtime(models=dict(settings.models), device=pick_device(settings.device),
                                 hub=settings.hub()),
             )
@@ -66,6 +80,10 @@ def _reset_after_fork(**_: Any) -> None:
     if settings.broker() == settings.redis_url:  # RabbitMQ returns a dead consumer's messages itself
         state = open_state(settings.redis_url)
         redelivery.Sweeper(app, state.r, state, settings.lease_ttl_s).start()
+    if settings.retention_days:
+        state = open_state(settings.redis_url)
+        retention.RetentionSweeper(state.r, state, open_store(settings), settings.retention_days,
+                                   settings.retention_sweep_s).start()
 
 
 def fail_job(job_id: str, reason: str) -> None:
@@ -115,6 +133,8 @@ def _once(task: Task, stage: Callable[..., None], job_id: str, kwargs: dict[str,
     writes fenced by it (workers.leases), then commits, fenced too: LeaseLost once it is lost.
     """
     ctx, settings = context(), get_settings()
+    if isinstance(ctx.dispatch, fairness.FairDispatch):
+        ctx.dispatch.started(task.name, job_id, kwargs)  # the job's next held task takes this one's place
     unit = leases.unit_of(task.name, kwargs)
     if ctx.state.unit_committed(job_id, unit):
         return _duplicate(task, unit, "already committed", extra)
@@ -181,6 +201,13 @@ def fuse(self: Task, job_id: str, epoch: int, prompt: int, chunk: int) -> None:
 @app.task(name=TRAIN, bind=True)
 def train(self: Task, job_id: str, epoch: int) -> None:
     _run(self, stages.train, job_id, epoch=epoch)
+
+
+@app.task(name=COMPARE, bind=True)
+def compare(self: Task, job_id: str, compare_id: str) -> None:
+    """A policy beside its base (workers/compare.py): its own unit `compare-<id>`, never the job's failure."""
+    store = open_compares(get_settings().redis_url)
+    _run(self, lambda ctx, j, **kw: compares.compare(ctx, j, compares=store, **kw), job_id, compare_id=compare_id)
 
 
 def worker_main(queues: list[str], concurrency: int = 1, loglevel: str = "INFO") -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from services.jobspec import JobSpec
 from services.queue import QUEUES, send
 from services.state import JobStore, StateError
+from services.state.admission import held_units
 from workers.flow import JobFlow, TaskRef, unit_of
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def lost(r: Any, state: JobStore, grace: float, now: float | None = None) -> lis
     jobs = stalled(r, state, grace, now)
     if not jobs:
         return []
-    present = messages(r)
+    present = messages(r) | held_units(r, jobs, QUEUES)  # held by fair admission: not lost, just not yet sent
     for job_id, (mark, _) in jobs.items():
         r.hset(PROGRESS_KEY, job_id, f"{mark} {now}")
     return [(job_id, task) for job_id, (_, tasks) in jobs.items() for task in tasks

@@ -12,7 +12,7 @@ import uuid
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from api.deps import EnqueueDep, JobDep, SettingsDep, StateDep, StoreFactoryDep, TenantDep
 from api.schemas import (
@@ -22,6 +22,7 @@ from api.schemas import (
     JobCreate,
     JobCreated,
     JobPublic,
+    JobPurged,
     JobsPublic,
     JobSummary,
     PairPublic,
@@ -34,8 +35,10 @@ from dfusion_core.errors import ConfigError
 from dfusion_core.storage import BlobStore
 from services.modelcheck import check_models
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
+from services.retention import purge_job
 from services.state.types import InvalidTransition, JobStatus
 from services.storage import presigned_url
+from services.telemetry import Telemetry
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -105,9 +108,19 @@ def get_job(job: JobDep, state: StateDep) -> JobPublic:
     )
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobCreated)
-def cancel_job(job: JobDep, state: StateDep) -> JobCreated:
-    """Ask the workers to stop: they check `is_cancelled` between tasks. 409 if already finished."""
+PurgeQuery = Annotated[bool, Query(description="remove an ended job's objects and keys instead of cancelling it "
+                                              "(200); 409 naming its status while it is queued or running")]
+
+
+@router.delete("/{job_id}", status_code=202, response_model=JobCreated | JobPurged)
+def cancel_job(job: JobDep, state: StateDep, stores: StoreFactoryDep, response: Response,
+               purge: PurgeQuery = False) -> JobCreated | JobPurged:
+    """Ask the workers to stop: they check `is_cancelled` between tasks. 409 if already finished.
+    With `purge=true`: remove the ended job's objects and Redis keys (services.retention)."""
+    if purge:
+        result = purge_job(state, stores(), job.job_id, Telemetry(state.r).forget_job)
+        response.status_code = 200
+        return JobPurged(id=result.job_id, status=result.status, purged=True, objects=result.objects)
     if job.status.terminal:
         raise InvalidTransition(job.job_id, job.status, JobStatus.CANCELLED)
     updated = state.set_status(job.job_id, JobStatus.CANCELLED)

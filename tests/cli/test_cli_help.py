@@ -9,7 +9,7 @@ import pytest
 
 from cli.main import main
 
-REMOTE = ["submit", "watch", "pairs", "checkpoint", "export"]
+REMOTE = ["submit", "watch", "pairs", "checkpoint", "export", "compare", "purge"]
 
 
 @pytest.mark.parametrize("command", REMOTE)
@@ -22,7 +22,8 @@ def test_help_describes_the_command(command, capsys):
 
 
 @pytest.mark.parametrize("argv", [["watch", "abc"], ["pairs", "abc", "--out", "d"],
-                                  ["checkpoint", "abc", "--out", "d"], ["export", "abc", "--out", "f"]])
+                                  ["checkpoint", "abc", "--out", "d"], ["export", "abc", "--out", "f"],
+                                  ["compare", "abc", "a cat"], ["purge", "abc"]])
 def test_no_api_is_one_clear_line(argv, capsys, monkeypatch):
     monkeypatch.setenv("DFUSION_API_URL", "http://127.0.0.1:9")  # discard port: refused
     assert main(argv) == 2
@@ -42,7 +43,7 @@ def test_submit_checks_the_prompts_file_first(tmp_path, capsys):
 
 def test_remote_commands_do_not_import_torch():
     code = ("import sys, cli.main\ncli.main.build_parser()\n"
-            "import cli.client, cli.submit, cli.watch, cli.pairs, cli.checkpoint, cli.export, services.export\n"
+            "import cli.client, cli.submit, cli.watch, cli.pairs, cli.checkpoint, cli.export, cli.compare, cli.purge, services.export\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"

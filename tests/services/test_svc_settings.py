@@ -12,7 +12,7 @@ def test_defaults_have_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     s = Settings()
     assert s.s3_access_key is None and s.s3_secret_key is None and s.s3_endpoint is None
-    assert s.auth_required and s.max_body_bytes == 1 << 20 and s.model_names() == ["tiny", "tiny-sdxl", "toy"]
+    assert s.auth_required and s.max_body_bytes == 1 << 20 and s.model_names() == ["sim", "tiny", "tiny-sdxl", "toy"]
 
 
 def test_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,8 +23,12 @@ def test_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DFUSION_MODELS", '{"sd21": "/models/sd21"}')
     s = Settings()
     assert (s.s3_endpoint, s.s3_secret_key, s.redis_url, s.api_port) == ("127.0.0.1:9000", "shh", "redis://h:1/2", 8123)
-    assert s.model_names() == ["sd21", "tiny", "tiny-sdxl", "toy"]
+    assert s.model_names() == ["sd21", "sim", "tiny", "tiny-sdxl", "toy"]
     assert "shh" not in repr(s)
+    assert (s.retention_days, s.sim_denoiser_ms) == (None, 60.0)  # keep every job; the sim's 60 ms a call
+    monkeypatch.setenv("DFUSION_RETENTION_DAYS", "30")
+    monkeypatch.setenv("DFUSION_SIM_DENOISER_MS", "5")
+    assert (Settings().retention_days, Settings().sim_denoiser_ms) == (30.0, 5.0)
 
 
 def test_get_settings_cached() -> None:
