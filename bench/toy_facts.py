@@ -43,6 +43,7 @@ from dfusion_core.toy import world as tw  # noqa: E402
 FACTS = ("colour_a", "shape_a", "colour_b", "shape_b", "relation")
 ABOVE_CHANCE, MAX_MEAN = 0.15, 0.85
 EVAL_SEED_BASE = 10_000
+CAPTION_DRAW_SEED = 46
 
 
 def conditional_rates(raw: np.ndarray) -> dict[str, float]:
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     sampling = SamplingConfig(num_steps=args.ddim_steps, guidance_scale=5.0, eta=1.0, batch_size=32)
-    captions = {"heldout": tw.heldout_captions()[: args.captions], "training": tw.train_captions()[: args.captions]}
+    # a seeded draw of training captions: the list is sorted by A's colour, so its head is all "a red ..."
+    pool = tw.train_captions()
+    drawn = np.random.default_rng(CAPTION_DRAW_SEED).choice(len(pool), size=min(args.captions, len(pool)), replace=False)
+    captions = {"heldout": tw.heldout_captions()[: args.captions], "training": [pool[i] for i in sorted(drawn)]}
     seeds = [EVAL_SEED_BASE + k for k in range(args.seeds)]
     base = chance()
     print("chance", json.dumps({f: round(v, 3) for f, v in base.items()}), flush=True)
