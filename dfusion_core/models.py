@@ -31,7 +31,7 @@ from dfusion_core.bundle import (
     tokenizer_dir,
 )
 from dfusion_core.errors import ConfigError
-from dfusion_core.hub import HubOptions, is_hub_id, unavailable_message
+from dfusion_core.hub import HubOptions, hub_offline, is_hub_id, load_error
 from dfusion_core.sdxl import sdxl_parts, to_sdxl_pipeline
 
 # the bundle's names, imported from here by most callers
@@ -71,7 +71,10 @@ def load_pretrained(
     (`owner/name`) of one, resolved by `from_pretrained` through the Hugging Face cache.
 
     `revision` (branch, tag or commit; Hub ids only) and `variant` (e.g. "fp16": the
-    `*.fp16.safetensors` weights) are passed to every `from_pretrained`.
+    `*.fp16.safetensors` weights) are passed to every `from_pretrained`. SDXL is told by its UNet's
+    config, not by the files found. A Hub id that cannot load raises a ConfigError naming `model`,
+    `revision` or `variant` when the job asked for what is not there, and `HubUnavailable` (a
+    ConnectionError: retry) when the Hub could not be reached (`dfusion_core.hub.load_error`).
     """
     name = str(path)
     root = Path(path)
@@ -88,10 +91,11 @@ def load_pretrained(
         kw["local_files_only"] = hub.offline
     try:
         return _from_pretrained(name, name, device, dtype, kw)
-    except (OSError, ValueError) as exc:  # diffusers / transformers / huggingface_hub: not cached, no such repo
+    except (OSError, ValueError) as exc:  # diffusers / transformers / huggingface_hub
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError("model", unavailable_message(name, revision, _first_line(exc))) from exc
+        # the job's fault (ConfigError naming model, revision or variant) or the Hub's (HubUnavailable: retried)
+        raise load_error(exc, name, revision, variant, bool(hub.offline) or hub_offline(), hub.cache_dir) from exc
 
 
 def _from_pretrained(source, name: str, device, dtype, kw: dict) -> DiffusionModel:
@@ -102,14 +106,9 @@ def _from_pretrained(source, name: str, device, dtype, kw: dict) -> DiffusionMod
     text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights)
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **files)
     scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **files)
-    xl = sdxl_parts(source, weights, files)  # {} unless an SDXL pipeline: then its second text encoder
+    xl = sdxl_parts(source, unet, weights, files)  # {} unless an SDXL UNet: then its second text encoder
     log.info("loaded %s (%s)", name, ", ".join(f"{k}={v}" for k, v in weights.items()) or "defaults")
     return assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype, **xl)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def save_model(model: DiffusionModel, path: str | Path) -> Path:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
 from dfusion_core.errors import ConfigError
-from dfusion_core.hub import HubOptions, unavailable_message
+from dfusion_core.hub import HubOptions, HubUnavailable, hub_offline, load_error, unavailable_message
 from dfusion_core.models import TINY_TEXT_CONFIG, load_tokenizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -117,6 +117,9 @@ class ClipScorer:
         try:
             folder = snapshot_download(repo_id, **kw)
         except (OSError, ValueError) as exc:  # huggingface_hub: not cached and offline, no such repo
+            why = load_error(exc, repo_id, revision, None, bool(hub.offline) or hub_offline(), hub.cache_dir)
+            if isinstance(why, HubUnavailable):  # transient: the task retries, nothing is cached
+                raise why from exc
             raise ConfigError("scorer", unavailable_message(repo_id, revision, str(exc).splitlines()[0][:300]
                                                            if str(exc) else type(exc).__name__)) from exc
         return cls.from_pretrained(folder, device, dtype)

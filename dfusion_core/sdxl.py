@@ -99,31 +99,43 @@ def to_sdxl_pipeline(model: DiffusionModel):  # -> StableDiffusionXLPipeline
     )
 
 
-def sdxl_parts(source, weights: dict, files: dict) -> dict:
-    """For a pipeline folder or Hub id of SDXL layout: its second text encoder and tokenizer and its
-    `force_zeros_for_empty_prompt`, as `assemble` keywords; {} for any other layout."""
-    index = _model_index(source, files)
-    if "text_encoder_2" not in index:
+def is_sdxl_unet(unet) -> bool:
+    """SDXL's UNet takes the second encoder's pooled output and the size ids (`text_time` embedding)."""
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+
+def sdxl_parts(source, unet, weights: dict, files: dict) -> dict:
+    """For an SDXL UNet (`is_sdxl_unet`) loaded from `source`, a pipeline folder or Hub id: its second
+    text encoder and tokenizer and its `force_zeros_for_empty_prompt`, as `assemble` keywords; {} for
+    any other UNet. Told by the UNet's config, so a file the Hub fails to send cannot make an SDXL
+    repo load as SD 1.x: errors loading its parts propagate."""
+    if not is_sdxl_unet(unet):
         return {}
     return {
         "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", **weights),
         "tokenizer_2": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **files),
-        "zero_uncond": bool(index.get("force_zeros_for_empty_prompt", True)),
+        "zero_uncond": bool(_model_index(source, files).get("force_zeros_for_empty_prompt", True)),
     }
 
 
 def _model_index(source, files: dict) -> dict:
-    """The pipeline's model_index.json (a folder written by `save_model` has none: its subfolders tell)."""
+    """The pipeline's model_index.json, or {} where there is none (a folder written by `save_model`, a
+    repo of components; the flag it holds then takes SDXL's default). Only a file that is not there
+    reads as none: any other failure (the Hub unreachable while online) propagates."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    from dfusion_core.hub import hub_offline
 
     root = Path(str(source))
     if root.is_dir():
-        if (root / "model_index.json").is_file():
-            return json.loads((root / "model_index.json").read_text())
-        return {"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]} if (root / "text_encoder_2").is_dir() else {}
+        return json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").is_file() else {}
+    offline = bool(files.get("local_files_only")) or hub_offline()
     try:
         path = hf_hub_download(str(source), "model_index.json", revision=files.get("revision"),
-                               cache_dir=files.get("cache_dir"), local_files_only=files.get("local_files_only", False))
-    except (OSError, ValueError):  # a repo without model_index.json: components only, SD layout
+                               cache_dir=files.get("cache_dir"), local_files_only=offline)
+    except EntryNotFoundError as exc:
+        if isinstance(exc, LocalEntryNotFoundError) and not offline:  # online, and the Hub did not answer
+            raise
         return {}
     return json.loads(Path(path).read_text())

@@ -77,9 +77,9 @@ def _reset_after_fork(**_: Any) -> None:
     global _ctx
     _ctx = None
     settings = get_settings()
-    if settings.broker() == settings.redis_url:  # RabbitMQ returns a dead consumer's messages itself
-        state = open_state(settings.redis_url)
-        redelivery.Sweeper(app, state.r, state, settings.lease_ttl_s).start()
+    # Any Redis broker (the state's Redis or its own); RabbitMQ returns a dead consumer's messages itself.
+    if sweeper := redelivery.for_settings(app, settings, open_state(settings.redis_url)):
+        sweeper.start()
     if settings.retention_days:
         state = open_state(settings.redis_url)
         retention.RetentionSweeper(state.r, state, open_store(settings), settings.retention_days,

@@ -17,6 +17,7 @@ from services.settings import Settings
 from services.state.admission import Admission, Held
 from services.state.redis import open_state
 from workers.flow import unit_of
+from workers.redelivery import broker_redis_url
 
 Publish = Callable[..., None]  # publish(task_name, **kwargs)
 
@@ -45,7 +46,7 @@ class FairDispatch:
 
 
 def for_settings(settings: Settings, publish: Publish) -> FairDispatch:
-    """Admission with `queued_per_job` > 0 on the Redis broker (the redelivery sweep that recovers a
-    held task lost in a crash runs only there); otherwise plain publishing."""
-    on = settings.queued_per_job > 0 and settings.broker() == settings.redis_url
+    """Admission with `queued_per_job` > 0 on a Redis broker, the state's or its own (the redelivery
+    sweep that recovers a held task lost in a crash runs only there); otherwise plain publishing."""
+    on = settings.queued_per_job > 0 and broker_redis_url(settings.broker()) is not None
     return FairDispatch(Admission(open_state(settings.redis_url).r, settings.queued_per_job) if on else None, publish)

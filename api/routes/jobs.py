@@ -33,7 +33,7 @@ from api.schemas import (
 )
 from dfusion_core.errors import ConfigError
 from dfusion_core.storage import BlobStore
-from services.modelcheck import check_models
+from services.modelcheck import check_models, pin_revision
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
 from services.retention import purge_job
 from services.state.types import InvalidTransition, JobStatus
@@ -73,6 +73,7 @@ def create_job(
 ) -> JobCreated:
     """Validate the spec against this deployment's limits, record the job, enqueue its start."""
     check_models(body, settings)
+    body = pin_revision(body, settings)  # every worker loads the commit `main` (or the ref) is at now
     if body.total_samples > settings.max_samples_per_job:
         raise ConfigError(
             "samples_per_prompt",

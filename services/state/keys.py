@@ -10,6 +10,11 @@ from services.state.types import check_id
 PREFIX = "dfusion"
 #: SCAN pattern matching every tenant's job index (`tenant_of` reads the tenant back).
 TENANT_JOBS = f"{PREFIX}:tenant:*:jobs"
+#: Every tenant's jobs not yet in a terminal status (a set of job ids), kept in the same atomic
+#: steps as each tenant's `active` set, so a sweep over active jobs reads one key, not the keyspace.
+ACTIVE_JOBS = f"{PREFIX}:active"
+#: Set once the tenants' active sets written before ACTIVE_JOBS existed have been copied into it.
+ACTIVE_INDEXED = f"{PREFIX}:active:indexed"
 
 
 def job(job_id: str, *parts: str) -> str:

@@ -119,6 +119,10 @@ class MemoryJobStore:
         with self._lock:
             return sorted(self._active.get(check_id("tenant", tenant), ()))
 
+    def all_active_job_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(set().union(*self._active.values()))
+
     def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> JobRecord:
         status = JobStatus(status)
         with self._lock:
@@ -284,6 +288,9 @@ class MemoryJobStore:
         check_id("job_id", job_id)
         with self._lock:
             return {unit for job, unit in self._units if job == job_id}
+
+    def committed_count(self, job_id: str) -> int:
+        return len(self.committed_units(job_id))
 
     def _live(self, key: tuple[str, str]) -> Lease | None:
         held = self._leases.get(key)

@@ -74,8 +74,8 @@ class RedisJobStore(RedisCoordination):
         """Create a queued job; with `max_active`, refuse (TooManyJobs) when the tenant is at the limit."""
         now = repr(time.time())
         args: list[str | int] = [job_id, tenant, dumps(spec), now, -1 if max_active is None else max_active]
-        rc = self._create(keys=[keys.job(job_id), keys.tenant(tenant, "jobs"), keys.tenant(tenant, "active")],
-                          args=args)
+        rc = self._create(keys=[keys.job(job_id), keys.tenant(tenant, "jobs"), keys.tenant(tenant, "active"),
+                                keys.ACTIVE_JOBS], args=args)
         if rc == -1:
             raise JobExists(f"job {job_id} already exists")
         if rc == -2:
@@ -108,6 +108,11 @@ class RedisJobStore(RedisCoordination):
         return sorted(self.r.smembers(keys.tenant(tenant, "active")))
 
     @mapped
+    def all_active_job_ids(self) -> list[str]:
+        """Every tenant's jobs not yet in a terminal status, sorted: one set, kept with the tenants' own."""
+        return sorted(self.r.smembers(keys.ACTIVE_JOBS))
+
+    @mapped
     def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> JobRecord:
         """Move the job to `status` atomically; InvalidTransition if not allowed from where it is.
 
@@ -118,7 +123,7 @@ class RedisJobStore(RedisCoordination):
         job = self.get_job(job_id)
         fence, holder = self._fence(job_id)
         rc, cur = self._transition(
-            keys=[fence, keys.job(job_id), keys.tenant(job.tenant, "active")],
+            keys=[fence, keys.job(job_id), keys.tenant(job.tenant, "active"), keys.ACTIVE_JOBS],
             args=[holder, status.value, repr(time.time()), error or "", int(status.terminal), job_id, *allowed],
         )
         if rc == -1:
@@ -141,7 +146,21 @@ class RedisJobStore(RedisCoordination):
             pipe.delete(*found)
         pipe.zrem(keys.tenant(job.tenant, "jobs"), job_id)
         pipe.srem(keys.tenant(job.tenant, "active"), job_id)
+        pipe.srem(keys.ACTIVE_JOBS, job_id)
         pipe.execute()
+
+    @mapped
+    def index_active_jobs(self) -> int:
+        """Once per deployment: copy every tenant's `active` set into the one set of active jobs (for
+        jobs created before that set was kept). Each copy is one SUNIONSTORE, atomic with the
+        scripts that end a job, so an ended job is never copied back. How many tenants it read."""
+        if self.r.exists(keys.ACTIVE_INDEXED):
+            return 0
+        tenants = self.list_tenants()
+        for tenant in tenants:
+            self.r.sunionstore(keys.ACTIVE_JOBS, [keys.ACTIVE_JOBS, keys.tenant(tenant, "active")])
+        self.r.set(keys.ACTIVE_INDEXED, "1")
+        return len(tenants)
 
     @mapped
     def list_tenants(self) -> list[str]:

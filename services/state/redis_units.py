@@ -118,6 +118,10 @@ class RedisCoordination:
         return set(self.r.smembers(keys.job(job_id, "units")))
 
     @mapped
+    def committed_count(self, job_id: str) -> int:
+        return int(self.r.scard(keys.job(job_id, "units")))
+
+    @mapped
     def acquire_lease(self, job_id: str, lease: Lease, ttl_s: float) -> Lease | None:
         """SET with a TTL unless another holder's lease is alive (then that holder)."""
         held = self._acquire(keys=[keys.lease(job_id, check_id("unit", lease.unit)), keys.job(job_id, "leases")],

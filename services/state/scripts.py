@@ -13,7 +13,7 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 """
 
-# KEYS: job, tenant_jobs, tenant_active. ARGV: job_id, tenant, spec, now, max_active (-1 = none)
+# KEYS: job, tenant_jobs, tenant_active, active (every tenant's). ARGV: job_id, tenant, spec, now, max_active (-1 = none)
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local max = tonumber(ARGV[5])
@@ -22,10 +22,11 @@ redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'tenant', ARGV[2], 'status', 'que
            'error', '', 'created_at', ARGV[4], 'updated_at', ARGV[4], 'policy_version', 0)
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
 return 1
 """
 
-# KEYS: fence, job, tenant_active. ARGV: holder, new, now, error, terminal(0/1), job_id, allowed-from...
+# KEYS: fence, job, tenant_active, active (every tenant's). ARGV: holder, new, now, error, terminal(0/1), job_id, allowed-from...
 TRANSITION = FENCE + """
 local cur = redis.call('HGET', KEYS[2], 'status')
 if not cur then return {-1, ''} end
@@ -33,7 +34,10 @@ if cur == ARGV[2] then return {0, cur} end
 for i = 7, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[2], 'status', ARGV[2], 'updated_at', ARGV[3], 'error', ARGV[4])
-    if ARGV[5] == '1' then redis.call('SREM', KEYS[3], ARGV[6]) end
+    if ARGV[5] == '1' then
+      redis.call('SREM', KEYS[3], ARGV[6])
+      redis.call('SREM', KEYS[4], ARGV[6])
+    end
     return {1, cur}
   end
 end

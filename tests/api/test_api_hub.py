@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from services.settings import Settings
 from tests.api.api_helpers import LIMITS
-from tests.hubcache import REPO_ID, build_hub_cache
+from tests.hubcache import REPO_ID, REVISION, build_hub_cache
 
 BODY = {"prompts": [{"text": "a red and woolen dog", "items": ["dog"], "mask_thresholds": [0.03]}],
         "samples_per_prompt": 4, "sampling": {"num_steps": 2}}
@@ -32,11 +32,15 @@ def test_uncached_hub_id_is_a_422_naming_it(client: TestClient, acme: dict[str, 
     assert "org/not-cached" in r.text and "Hugging Face cache" in r.text
 
 
-def test_cached_hub_id_with_revision_is_accepted(client: TestClient, acme: dict[str, str]) -> None:
-    r = client.post("/v1/jobs", json={**BODY, "model": REPO_ID, "revision": "main"}, headers=acme)
+@pytest.mark.parametrize("revision", ["main", None])
+def test_cached_hub_id_is_accepted_pinned_to_its_commit(client: TestClient, acme: dict[str, str],
+                                                       revision: str | None) -> None:
+    """The job records the commit `main` points at when submitted: every worker loads that one,
+    even if `main` moves while the job runs."""
+    r = client.post("/v1/jobs", json={**BODY, "model": REPO_ID, "revision": revision}, headers=acme)
     assert r.status_code == 202, r.text
     job = client.get(f"/v1/jobs/{r.json()['id']}", headers=acme).json()
-    assert job["spec"]["model"] == REPO_ID and job["spec"]["revision"] == "main" and job["spec"]["variant"] is None
+    assert job["spec"]["model"] == REPO_ID and job["spec"]["revision"] == REVISION and job["spec"]["variant"] is None
 
 
 def test_revision_of_a_built_in_name_is_refused(client: TestClient, acme: dict[str, str]) -> None:

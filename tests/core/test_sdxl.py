@@ -178,3 +178,17 @@ def test_sdxl_hub_id_loads_offline_from_the_cache(xl, tmp_path):
     loaded = load_model("org/tiny-sdxl", hub=HubOptions(cache_dir=cache, offline=True), revision=REVISION)
     assert loaded.is_sdxl and loaded.zero_uncond and loaded.name == "org/tiny-sdxl"
     assert torch.equal(loaded.encode([PROMPT]).pooled, xl.encode([PROMPT]).pooled)
+
+
+def test_an_sdxl_repo_whose_index_cannot_be_had_still_loads_as_sdxl(xl, tmp_path):
+    """SDXL is told by the UNet's config, not by model_index.json: a repo whose index is not there
+    (in the cache here; from a Hub that failed to answer in production) once loaded as SD 1.x, and a
+    worker kept that wrong model for every later job. Its second encoder then loads as usual."""
+    from dfusion_core.hub import HubOptions
+    from tests.hubcache import REVISION, build_hub_cache
+
+    cache = build_hub_cache(tmp_path, "org/tiny-sdxl", model=xl)
+    (cache / "models--org--tiny-sdxl" / "snapshots" / REVISION / "model_index.json").unlink()
+    loaded = load_model("org/tiny-sdxl", hub=HubOptions(cache_dir=cache, offline=True))
+    assert loaded.is_sdxl and loaded.zero_uncond  # the index's flag takes SDXL's default
+    assert torch.equal(loaded.encode([PROMPT]).pooled, xl.encode([PROMPT]).pooled)

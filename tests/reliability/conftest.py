@@ -1,6 +1,7 @@
 """The reliability tests' stack. Faults are injected into real processes of a real stack
 (own Redis with AOF, SeaweedFS, API, one Celery worker per queue under the stack supervisor);
-nothing is mocked. Helpers (small jobs, task events, kills, exact outputs) are in stack_helpers.
+nothing is mocked there. test_rel_fanin.py and test_rel_retry.py are the exceptions: no stack, a
+stand-in broker or task (their docstrings say what they check). Helpers (small jobs, task events, kills, exact outputs) are in stack_helpers.
 """
 
 from __future__ import annotations

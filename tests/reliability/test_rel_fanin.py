@@ -3,6 +3,12 @@
 A fan-in fires exactly once (`mark_done`); if the task that fired it dies, or cannot reach the
 broker, before it has enqueued the next stage, its redelivery must enqueue it, or the job would
 hang in `running` forever. Once the enqueue is confirmed, redeliveries enqueue nothing again.
+
+What is real and what is not, plainly: the stages' flow code (`stages.advance`, `workers.flow`) and
+the in-memory JobStore are the production code; the broker is a stand-in (`Broker`) that records
+sends and raises ConnectionError from a chosen send on, and a "redelivery" is the test calling
+the stage again. So this checks that re-running the firing task enqueues what the first run did
+not, and nothing once it did: not a Celery worker, a real broker or Redis.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ message every few seconds; the other worker finds the lease alive, re-queues it 
 The same two tests run with RabbitMQ as the broker under `make test-all` (marker `rabbitmq`: another
 stack, ~85 s on two cores) when one listens on 127.0.0.1:5672 and rabbitmqctl can make a private
 vhost; otherwise they skip.
+
+The 9 s train task is the real train stage behind a test hook: `Settings.test_stage_sleep`
+(DFUSION_TEST_STAGE_SLEEP) makes the task wrapper sleep inside the lease before the stage runs. The
+hook is in the production wrapper (workers.celery_app._once), off unless the setting is given;
+everything else (stack, broker, leases, redelivery) is the service's own.
 """
 
 from __future__ import annotations

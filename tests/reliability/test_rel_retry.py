@@ -3,6 +3,13 @@
 Transient errors retry with exponential backoff; when the retry itself cannot be published (the
 broker is what failed) Celery would reject the message *without* requeue and drop it, stranding
 the job, so the wrapper requeues it instead. Permanent errors fail the job once, without retry.
+
+What is real and what is not, plainly: the wrapper, its done-check, lease, fenced state and store
+are the production code on the in-memory JobStore and a local-dir store. The Celery task is a
+stand-in (`FakeTask`) whose `retry` raises what `celery.app.task.Task.retry` raises (Retry, or
+Reject(requeue=False) when publishing the retry fails), `context` and `fail_job` are patched to
+that store, and the stages only raise. So this checks the wrapper's decision for each error, not
+that a broker really keeps the requeued message: no stack, no broker, no worker process.
 """
 
 from __future__ import annotations

@@ -270,6 +270,24 @@ def test_delete_job(store: JobStore, job: str) -> None:
     assert store.get_counts(job)["samples"] == 0 and store.mark_done(job, "x", "a", 1)
 
 
+def test_one_set_holds_every_tenant_s_active_jobs(store: JobStore) -> None:
+    """The redelivery sweep reads this one set instead of scanning Redis for tenants: a job is in
+    it from its creation until it ends or is deleted, whatever its tenant."""
+    a, b, c = (uuid.uuid4().hex for _ in range(3))
+    store.create_job(a, "t1", {})
+    store.create_job(b, "t2", {})
+    store.create_job(c, "t2", {})
+    assert {a, b, c} <= set(store.all_active_job_ids())
+    store.set_status(a, S.RUNNING)
+    store.set_status(a, S.SUCCEEDED)
+    store.delete_job(b)
+    assert a not in store.all_active_job_ids() and b not in store.all_active_job_ids()
+    assert c in store.all_active_job_ids()
+    store.commit_unit(c, "start_job")
+    store.commit_unit(c, "sample-e0-p0-b0")
+    assert store.committed_count(c) == 2 and store.committed_count(a) == 0
+
+
 def test_list_jobs_newest_first_and_jobs_by_status(store: JobStore) -> None:
     ids = [uuid.uuid4().hex for _ in range(3)]
     for job_id in ids:

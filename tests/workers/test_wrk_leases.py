@@ -32,36 +32,58 @@ def test_unit_names() -> None:
     assert unit_of("dfusion.start_job", {"job_id": "j"}) == "start_job"
 
 
+#: Long enough that a loaded machine's scheduling delays (a renewal comes every TTL/3) cannot lose it.
+TTL_S = 3.0
+
+
+class CountingStore(MemoryJobStore):
+    """The in-memory store, counting its lease renewals: what the tests below wait on, not the clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals = 0
+
+    def renew_lease(self, job_id: str, lease, ttl_s: float) -> bool:  # type: ignore[no-untyped-def]
+        self.renewals += 1
+        return super().renew_lease(job_id, lease, ttl_s)
+
+
 def test_heartbeat_keeps_the_lease_past_its_ttl_and_releases_it() -> None:
-    state = MemoryJobStore()
+    """Four renewals span more than the TTL (one every TTL/3): the lease is alive past it only because
+    it was renewed. The test waits for the renewals, not for a time, so a slow machine only waits longer."""
+    state = CountingStore()
     state.create_job("j1", "acme", {})
     mine, other = new_lease("train-e0", "t1", "w1"), new_lease("train-e0", "t2", "w2")
-    assert state.acquire_lease("j1", mine, 0.3) is None
-    with Heartbeat(state, "j1", mine, 0.3) as beat:
-        time.sleep(0.8)  # well past the TTL: renewed every 0.1 s
-        assert state.acquire_lease("j1", other, 0.3) == mine
+    assert state.acquire_lease("j1", mine, TTL_S) is None
+    taken = time.monotonic()
+    with Heartbeat(state, "j1", mine, TTL_S) as beat:
+        wait_for(lambda: state.renewals >= 4, 20 * TTL_S, "four renewals")
+        assert time.monotonic() - taken > TTL_S
+        assert state.acquire_lease("j1", other, TTL_S) == mine
         assert [lease.worker for lease in state.leases("j1")] == ["w1"]
     assert not beat.lost
     assert state.leases("j1") == []
-    assert state.acquire_lease("j1", other, 0.3) is None
+    assert state.acquire_lease("j1", other, TTL_S) is None
 
 
 def test_a_lost_lease_is_never_taken_again() -> None:
     """A renewal that finds the lease gone (this process stalled past the TTL; another delivery
     may have run the unit and released it meanwhile) leaves it gone: the beat stops, and every
     check from then on raises LeaseLost."""
-    state = MemoryJobStore()
+    state = CountingStore()
     state.create_job("j1", "acme", {})
     mine = new_lease("train-e0", "t1", "w1")
-    assert state.acquire_lease("j1", mine, 0.3) is None
-    with Heartbeat(state, "j1", mine, 0.3) as beat:
+    assert state.acquire_lease("j1", mine, TTL_S) is None
+    with Heartbeat(state, "j1", mine, TTL_S) as beat:
         beat.check()
         state.release_lease("j1", mine)  # what its expiry does, without the wait
-        wait_for(lambda: beat.lost, 2, "the heartbeat to find its lease gone")
-        time.sleep(0.3)  # beats it would have made
+        wait_for(lambda: beat.lost, 20 * TTL_S, "the heartbeat to find its lease gone")
+        wait_for(lambda: not beat._thread.is_alive(), 20 * TTL_S, "the heartbeat to stop")
+        renewals = state.renewals
         assert state.leases("j1") == []
         with pytest.raises(LeaseLost):
             beat.check()
+        assert state.renewals == renewals  # a lost lease is not even asked for again
 
 
 def test_fenced_store_puts_only_while_the_lease_is_held(redis_url: str, tmp_path: Path) -> None:
