@@ -21,7 +21,7 @@ from services.state.redis import RedisJobStore
 from services.state.types import JobNotFound, Lease
 from services.storage import S3Store, StorageUnavailable
 from services.telemetry import Telemetry
-from tests.infra import SeaweedServer, run_redis
+from tests.infra import run_redis, run_seaweed
 from workers.retention import RetentionSweeper
 
 pytestmark = pytest.mark.integration
@@ -42,20 +42,23 @@ def state(private_redis: str) -> Iterator[RedisJobStore]:
 
 
 @pytest.fixture(scope="module")
-def bucket(seaweed_server: SeaweedServer) -> S3Store:
-    """A bucket of this module's own; SeaweedFS answers 500 until a new bucket's volumes exist."""
-    store = S3Store(seaweed_server.endpoint, seaweed_server.access_key, seaweed_server.secret_key,
-                    f"retention-{uuid.uuid4().hex[:12]}")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            store.put("probe", b"ok")
-            break
-        except StorageUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    return store
+def bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Store]:
+    """A SeaweedFS of this module's own, like its Redis: `store` empties the bucket before each
+    test and a snapshot reads all of it, which no shared bucket allows. (Not a new bucket on the
+    session's server either: each bucket takes volumes, and late in the suite that server,
+    -volume.max=16, has none left, so a new bucket answers 500 for good.)"""
+    with run_seaweed(Path(tmp_path_factory.mktemp("retention-s3"))) as server:
+        store = S3Store(server.endpoint, server.access_key, server.secret_key, "retention")
+        deadline = time.monotonic() + 60  # SeaweedFS answers 500 until the bucket's volumes exist
+        while True:
+            try:
+                store.put("probe", b"ok")
+                break
+            except StorageUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield store
 
 
 @pytest.fixture
