@@ -123,7 +123,9 @@ class JobPublic(JobSummary):
 
 class JobsPublic(BaseModel):
     data: list[JobSummary]
-    count: int
+    count: int = Field(description="jobs in this page")
+    total: int = Field(description="the tenant's jobs in all")
+    next_offset: int | None = Field(None, description="offset of the next page; None on the last one")
 
 
 class SamplePublic(BaseModel):

@@ -124,10 +124,13 @@ def logout() -> Response:
 
 
 # --- pages ---------------------------------------------------------------------------------------
+JOBS_PAGE = 100  # jobs on the jobs page (each row validates its job's spec)
+
+
 @router.get("/", response_class=HTMLResponse)
 def jobs_page(tenant: PageTenant, state: StateDep) -> HTMLResponse:
     rows = []
-    for job in state.list_jobs(tenant):
+    for job in state.list_jobs(tenant, limit=JOBS_PAGE):
         s = JobSummary.from_record(job)
         rows.append(
             f'<tr><td><a href="/jobs/{_e(s.id)}">{_e(s.id[:12])}</a></td>'
@@ -138,7 +141,10 @@ def jobs_page(tenant: PageTenant, state: StateDep) -> HTMLResponse:
     table = ("<table id='jobs'><tr><th>job</th><th>status</th><th>created</th><th>model</th><th>prompts</th>"
              "<th>samples</th><th>version</th><th>prompts</th></tr>" + "".join(rows) + "</table>"
              if rows else "<p class='muted'>No jobs yet: <code>dfusion submit PROMPTS.jsonl</code>.</p>")
-    return _html("dfusion: jobs", f"<h1>Jobs of {_e(tenant)}</h1>{table}")
+    total = state.count_jobs(tenant)
+    more = (f"<p class='muted'>The newest {JOBS_PAGE} of {total} jobs; the rest: "
+            f"<code>GET /v1/jobs?offset={JOBS_PAGE}</code>.</p>" if total > JOBS_PAGE else "")
+    return _html("dfusion: jobs", f"<h1>Jobs of {_e(tenant)}</h1>{table}{more}")
 
 
 def _owned(state: RedisJobStore, job_id: str, tenant: str) -> JobRecord | None:

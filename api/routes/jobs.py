@@ -91,11 +91,21 @@ def create_job(
     return JobCreated(id=job.job_id, status=job.status)
 
 
+#: A page of the job list: each job's summary validates its spec, so an unbounded list costs time
+#: and memory in proportion to the tenant's history (bench/load.py found it: bench/RESULTS.md).
+PAGE_DEFAULT, PAGE_MAX = 50, 500
+LimitQuery = Annotated[int, Query(ge=1, le=PAGE_MAX, description="jobs per page")]
+OffsetQuery = Annotated[int, Query(ge=0, description="jobs to skip, newest first (a page's next_offset)")]
+
+
 @router.get("", response_model=JobsPublic)
-def list_jobs(tenant: TenantDep, state: StateDep) -> JobsPublic:
-    """The caller's jobs, newest first."""
-    jobs = [JobSummary.from_record(j) for j in state.list_jobs(tenant)]
-    return JobsPublic(data=jobs, count=len(jobs))
+def list_jobs(tenant: TenantDep, state: StateDep, limit: LimitQuery = PAGE_DEFAULT,
+              offset: OffsetQuery = 0) -> JobsPublic:
+    """The caller's jobs, newest first, a page at a time."""
+    jobs = [JobSummary.from_record(j) for j in state.list_jobs(tenant, offset=offset, limit=limit)]
+    total = state.count_jobs(tenant)
+    following = offset + len(jobs)
+    return JobsPublic(data=jobs, count=len(jobs), total=total, next_offset=following if following < total else None)
 
 
 @router.get("/{job_id}", response_model=JobPublic)

@@ -100,12 +100,19 @@ class MemoryJobStore:
         with self._lock:
             return JobRecord.from_hash(self._head(job_id))
 
-    def list_jobs(self, tenant: str) -> list[JobRecord]:
-        """The tenant's jobs, newest first (ties: the larger id first, as Redis's ZREVRANGE)."""
+    def list_jobs(self, tenant: str, offset: int = 0, limit: int | None = None) -> list[JobRecord]:
+        """The tenant's jobs, newest first (ties: the larger id first, as Redis's ZREVRANGE);
+        `limit` of them from `offset` (None: all)."""
         check_id("tenant", tenant)
         with self._lock:
             jobs = [JobRecord.from_hash(self._heads[j]) for j in self._tenant_jobs.get(tenant, ())]
-        return sorted(jobs, key=lambda j: (j.created_at, j.job_id), reverse=True)
+        ordered = sorted(jobs, key=lambda j: (j.created_at, j.job_id), reverse=True)
+        return ordered[offset:] if limit is None else ordered[offset : offset + limit]
+
+    def count_jobs(self, tenant: str) -> int:
+        check_id("tenant", tenant)
+        with self._lock:
+            return len(self._tenant_jobs.get(tenant, ()))
 
     def list_tenants(self) -> list[str]:
         with self._lock:

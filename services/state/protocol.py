@@ -36,8 +36,12 @@ class JobStore(Protocol):
 
     def get_job(self, job_id: str) -> JobRecord: ...
 
-    def list_jobs(self, tenant: str) -> list[JobRecord]:
-        """The tenant's jobs, newest first."""
+    def list_jobs(self, tenant: str, offset: int = 0, limit: int | None = None) -> list[JobRecord]:
+        """The tenant's jobs, newest first; `limit` of them from `offset` (None: all)."""
+        ...
+
+    def count_jobs(self, tenant: str) -> int:
+        """Number of the tenant's jobs, whatever their status."""
         ...
 
     def list_tenants(self) -> list[str]:

@@ -90,13 +90,19 @@ class RedisJobStore(RedisCoordination):
         return JobRecord.from_hash(h)
 
     @mapped
-    def list_jobs(self, tenant: str) -> list[JobRecord]:
-        """The tenant's jobs, newest first."""
-        ids = self.r.zrevrange(keys.tenant(tenant, "jobs"), 0, -1)
+    def list_jobs(self, tenant: str, offset: int = 0, limit: int | None = None) -> list[JobRecord]:
+        """The tenant's jobs, newest first; `limit` of them from `offset` (None: all)."""
+        stop = -1 if limit is None else offset + limit - 1
+        ids = self.r.zrevrange(keys.tenant(tenant, "jobs"), offset, stop) if limit != 0 else []
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
         return [JobRecord.from_hash(h) for h in pipe.execute() if h]
+
+    @mapped
+    def count_jobs(self, tenant: str) -> int:
+        """Number of the tenant's jobs, whatever their status."""
+        return int(self.r.zcard(keys.tenant(tenant, "jobs")))
 
     @mapped
     def active_jobs(self, tenant: str) -> int:

@@ -77,7 +77,7 @@ def test_auth_not_required_uses_default_tenant(api_settings, state: RedisJobStor
 
 def test_other_tenant_sees_404_everywhere(client: TestClient, acme: dict, globex: dict, state: RedisJobStore) -> None:
     job_id = client.post("/v1/jobs", json=valid_body(), headers=acme).json()["id"]
-    assert client.get("/v1/jobs", headers=globex).json() == {"data": [], "count": 0}
+    assert client.get("/v1/jobs", headers=globex).json() == {"data": [], "count": 0, "total": 0, "next_offset": None}
     for path in ("", "/samples", "/pairs", "/checkpoints", f"/objects/jobs/{job_id}/x.png"):
         r = client.get(f"/v1/jobs/{job_id}{path}", headers=globex)
         assert r.status_code == 404, path
@@ -169,3 +169,30 @@ def test_a_toy_job_shows_its_preset_and_the_values_used(client: TestClient, acme
     assert spec["fusion"] == FusionConfig().model_dump(mode="json")
     bad = client.post("/v1/jobs", json=valid_body(preset="toy"), headers=acme)
     assert bad.status_code == 422 and "preset" in bad.text
+
+
+def test_the_job_list_comes_a_page_at_a_time(client: TestClient, acme: dict, state: RedisJobStore) -> None:
+    """bench/load.py found GET /v1/jobs returning every job the tenant ever ran, each with its spec
+    validated: its cost grew with the tenant's history. Pages are bounded; following next_offset
+    visits every job exactly once, newest first."""
+    from api.routes.jobs import PAGE_DEFAULT, PAGE_MAX
+    from services.jobspec import JobSpec
+
+    spec = JobSpec.model_validate(valid_body()).model_dump(mode="json")
+    made = [f"{k:032x}" for k in range(PAGE_DEFAULT + 3)]
+    for job_id in made:
+        state.create_job(job_id, "acme", spec)
+    first = client.get("/v1/jobs", headers=acme).json()
+    assert first["count"] == PAGE_DEFAULT and first["total"] == len(made) and first["next_offset"] == PAGE_DEFAULT
+    seen, offset = [], 0
+    while offset is not None:
+        page = client.get(f"/v1/jobs?limit=7&offset={offset}", headers=acme).json()
+        assert page["count"] == len(page["data"]) <= 7
+        seen += [j["id"] for j in page["data"]]
+        offset = page["next_offset"]
+    assert seen == [j.job_id for j in state.list_jobs("acme")] and sorted(seen) == made
+    assert client.get(f"/v1/jobs?offset={len(made)}", headers=acme).json() == {
+        "data": [], "count": 0, "total": len(made), "next_offset": None}
+    for bad in (f"limit={PAGE_MAX + 1}", "limit=0", "offset=-1"):
+        r = client.get(f"/v1/jobs?{bad}", headers=acme)
+        assert r.status_code == 422 and bad.split("=")[0] in r.text, bad
