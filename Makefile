@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch; a plain `torch` requirement would pull several GB of CUDA wheels
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,tracking,wandb,mlflow]'
+	# setuptools warns on every editable install (a banner about its editable modes); nothing to act on
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test,tracking,wandb,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP)
