@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 PLAN_FILE, STATE_FILE, SUPERVISOR = "plan.json", "stack.json", "supervisor"
 RESTART_BACKOFF_S = 1.0
+#: A process that ran this long before it died restarts at once: compose resets its restart delay
+#: after 10 s of running likewise. Only a crash loop (deaths sooner than this) backs off.
+RESTART_RESET_S = 10.0
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -67,7 +70,8 @@ def _is_ours(pid: int | None, command: list[str]) -> bool:
     """Alive and still running the recorded program (guards against pid reuse).
 
     Compares program basenames only: redis-server rewrites its argv, and a just-forked child
-    briefly shows the supervisor's.
+    briefly shows the supervisor's. The program may be any word of the recorded command: a
+    wrapper (`env`, `nice`, `ip netns exec NS`) execs the program it names in its own pid.
     """
     if not pid or not pid_alive(pid):
         return False
@@ -75,7 +79,7 @@ def _is_ours(pid: int | None, command: list[str]) -> bool:
     if not cmd or not command:
         return True
     names = {Path(cmd[0].split(" ")[0]).name, Path(sys.executable).name}
-    return Path(command[0]).name in names
+    return any(Path(word).name in names for word in command)
 
 
 # --- the supervisor ------------------------------------------------------------------------------
@@ -89,6 +93,8 @@ class Supervisor:
         self.root, self.specs, self.facts, self.poll_s = Path(root_dir), specs, facts or {}, poll_s
         self.procs: dict[str, subprocess.Popen[bytes] | None] = {}
         self.restarts: dict[str, int] = {s.name: 0 for s in specs}
+        self._started_at: dict[str, float] = {}
+        self._crash_loop: dict[str, int] = {s.name: 0 for s in specs}  # quick deaths in a row
         self._stopping = False
 
     def _write_state(self) -> None:
@@ -100,7 +106,14 @@ class Supervisor:
         _write_json(self.root / STATE_FILE, {"supervisor": {"pid": os.getpid()}, "processes": procs,
                                               "facts": self.facts})
 
+    def _restart_delay(self, name: str, ran_s: float) -> float:
+        """Seconds to wait before restarting `name`, dead after running `ran_s`: none after a run of
+        RESTART_RESET_S or more, else one more RESTART_BACKOFF_S for each quick death in a row (at most 5)."""
+        self._crash_loop[name] = 0 if ran_s >= RESTART_RESET_S else self._crash_loop[name] + 1
+        return RESTART_BACKOFF_S * min(self._crash_loop[name], 5)
+
     def _start(self, spec: ProcessSpec) -> None:
+        self._started_at[spec.name] = time.monotonic()
         try:
             self.procs[spec.name] = spawn(spec, self.root / "logs")
         except OSError as e:  # e.g. binary missing: record it, retry on the next restart tick
@@ -113,7 +126,7 @@ class Supervisor:
         for spec in self.specs:
             self._start(spec)
         self._write_state()
-        died_at: dict[str, float] = {}
+        died_at: dict[str, tuple[float, float]] = {}  # name -> (when its death was seen, restart delay)
         while not self._stopping:
             changed = False
             for spec in self.specs:
@@ -122,8 +135,12 @@ class Supervisor:
                     continue
                 if not spec.restart:
                     continue
-                first_seen = died_at.setdefault(spec.name, time.monotonic())
-                if time.monotonic() - first_seen >= RESTART_BACKOFF_S * min(self.restarts[spec.name], 5):
+                now = time.monotonic()
+                if spec.name not in died_at:
+                    ran_s = now - self._started_at.get(spec.name, now)
+                    died_at[spec.name] = (now, self._restart_delay(spec.name, ran_s))
+                first_seen, delay = died_at[spec.name]
+                if now - first_seen >= delay:
                     logger.warning("%s exited (%s); restarting", spec.name, proc and proc.returncode)
                     self._start(spec)
                     self.restarts[spec.name] += 1

@@ -18,7 +18,10 @@ import pytest
 from devstack.health import StackNotReady, probe_stack
 from devstack.procs import ProcessSpec, free_port, pid_alive
 from devstack.stack import (
+    RESTART_BACKOFF_S,
+    RESTART_RESET_S,
     ProcessInfo,
+    Supervisor,
     default_specs,
     stack_down,
     stack_facts,
@@ -80,6 +83,30 @@ def test_supervisor_restarts_killed_process(root: Path) -> None:
     assert not any(p.alive for p in final)
     for pid in (first["supervisor"].pid, now["worker-sample"].pid):
         assert pid is not None and not pid_alive(pid)
+
+
+def test_restart_delay_backs_off_in_a_crash_loop_only(tmp_path: Path) -> None:
+    """A process that ran RESTART_RESET_S before it died restarts at once, however many restarts
+    came before (compose resets its delay likewise); only quick deaths in a row wait longer. Before,
+    the delay grew with every restart ever, so Redis killed every half-minute came back 5 s late:
+    close to a lease's TTL (6 s), and every running unit lost its lease."""
+    sup = Supervisor(tmp_path, [ProcessSpec("redis", ["true"], restart=True)])
+    assert [sup._restart_delay("redis", ran_s=0.1) for _ in range(7)] == [1, 2, 3, 4, 5, 5, 5]
+    assert [sup._restart_delay("redis", ran_s=RESTART_RESET_S) for _ in range(7)] == [0] * 7
+    assert sup._restart_delay("redis", ran_s=0.1) == RESTART_BACKOFF_S
+
+
+def test_a_wrapped_program_is_alive_and_stopped(root: Path) -> None:
+    """A command through a wrapper that execs it (`env`, `nice`, `ip netns exec NS`, as the
+    reliability suite's netns hosts run their workers) is alive while it runs, and stack_down
+    stops it: the pid runs `sleep`, not the recorded `env`."""
+    stack_up(Settings(), root, specs=[ProcessSpec("worker-host", ["env", "sleep", "1000"], restart=True)])
+    _wait(lambda: _by_name(stack_status(root))["worker-host"].alive)
+    pid = _by_name(stack_status(root))["worker-host"].pid
+    _wait(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep"))
+    assert _by_name(stack_status(root))["worker-host"].alive
+    stack_down(root, grace_s=3.0)
+    assert pid is not None and not pid_alive(pid)
 
 
 def test_stack_down_leaves_foreign_processes(root: Path) -> None:
