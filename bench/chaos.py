@@ -7,7 +7,7 @@ fault lands every 10-30 s; then every job is checked against what its spec impli
 The stack (tests/integration/stack_helpers.running_stack): its own Redis (AOF, everysec), SeaweedFS,
 the API and one Celery worker per queue under the stack supervisor, which restarts what dies; where
 network namespaces can be made (root, iproute2), two more workers on the reliability suite's netns
-"hosts" (tests/reliability/test_rel_hosts.py), Redis and S3 then listening on the hosts' server
+"hosts" (tests/netns.py), Redis and S3 then listening on the hosts' server
 address. Otherwise the link-cut fault is left out, and the reason logged.
 
 Jobs: `--jobs` (12 by default) of mixed sizes (2-4 prompts, 8-16 samples, 2-3 epochs, 20 steps,

@@ -2,8 +2,8 @@
 
 Each fault takes the stack, a seeded `random.Random` and returns a `Fault` once the fault is over
 (what was stopped is resumed, what was killed is left to the stack supervisor to restart). The
-netns hosts are the reliability suite's own (tests/reliability/test_rel_hosts.py); this module only
-enters its fixture as a context manager and adds a worker per host beside the per-queue workers.
+netns hosts are the suite's (tests/netns.py); this module adds a worker per host beside the
+per-queue workers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.procs import ProcessSpec, tcp_open
+from tests import netns
 from tests.integration.stack_helpers import Stack, running_stack, signal_all, wait_for
 
 #: The stack's own workers: one per queue (devstack.plan); netns hosts add worker-hostA/B.
@@ -38,22 +39,12 @@ class Fault:
 
 @contextlib.contextmanager
 def worker_hosts() -> Iterator[tuple[dict[str, str] | None, str]]:
-    """The suite's two netns hosts if they can be made here (else None and the reason)."""
-    import pytest
-
-    from tests.reliability import test_rel_hosts
-
-    fixture = contextlib.contextmanager(test_rel_hosts.hosts.__wrapped__)
+    """The suite's two netns hosts (tests/netns.py) if they can be made here (else None and the reason)."""
     try:
-        ctx = fixture()
-        hosts = ctx.__enter__()
-    except pytest.skip.Exception as e:
+        with netns.worker_hosts() as hosts:
+            yield hosts, "ok"
+    except netns.NetnsUnavailable as e:
         yield None, str(e)
-        return
-    try:
-        yield hosts, "ok"
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
@@ -64,14 +55,12 @@ def chaos_stack(root: Path, env: dict[str, str], hosts: dict[str, str] | None) -
         with running_stack(root, env=env) as stack:
             yield stack
         return
-    from tests.reliability import test_rel_hosts
-
-    on_hosts = test_rel_hosts._workers_on(hosts)
+    on_hosts = netns.workers_on(hosts)
 
     def plan(specs: list[ProcessSpec]) -> list[ProcessSpec]:
         return on_hosts(specs) + [s for s in specs if s.name.startswith("worker-")]
 
-    with running_stack(root, env=env, host=test_rel_hosts.SERVER, plan=plan) as stack:
+    with running_stack(root, env=env, host=netns.SERVER, plan=plan) as stack:
         yield stack
 
 
@@ -132,21 +121,15 @@ def stop_store(stack: Stack, rng: random.Random) -> Fault:
 
 def cut_link(stack: Stack, rng: random.Random, hosts: dict[str, str]) -> Fault:
     """A worker host's only link down for 10-30 s (its worker keeps running, cut off), then up."""
-    from tests.reliability import test_rel_hosts as h
-
     name = rng.choice(sorted(set(hosts) - _CUT) or sorted(hosts))  # not one cut already, if one can
     _CUT.add(name)
-    ns, i = h.HOSTS[name]
     seconds = rng.uniform(10, 30)
     t0 = time.time()
-    h._ip("link", "set", h._veth(i, "h"), "down", ns=ns)
+    netns.set_link(name, up=False)
     try:
         time.sleep(seconds)
     finally:
-        h._ip("link", "set", h._veth(i, "h"), "up", ns=ns)
-        # the kernel dropped the host's route to the server with the link: put it back (the
-        # fixture's own route, as test_rel_hosts adds it)
-        h._ip("route", "replace", f"{h.SERVER}/32", "via", f"10.231.{i}.1", ns=ns)
+        netns.set_link(name, up=True)
         _CUT.discard(name)
     return Fault("cut_link", f"{name} cut {seconds:.1f}s", t0, time.time())
 
