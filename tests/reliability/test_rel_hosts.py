@@ -38,8 +38,9 @@ def test_rel_host_link_cut_mid_task_other_host_finishes(hosts, tmp_path):
     with running_stack(tmp_path / "stack", host=SERVER, plan=workers_on(hosts)) as stack:
         spec = small_job()
         job_id = stack.submit(spec)
-        # cut host A's only link while it runs a task (any stage)
-        ev, frozen = freeze_mid_task(stack, "worker-hostA", 0)
+        # cut host A's only link while it runs a unit of the flow: a lost start_job is not sent
+        # again as such (the sweep sends the flow's outstanding units), so it cannot be looked for
+        ev, frozen = freeze_mid_task(stack, "worker-hostA", 0, task="dfusion.sample")
         try:
             set_link("hostA", up=False)
         finally:
