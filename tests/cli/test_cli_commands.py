@@ -12,13 +12,6 @@ from tests.integration.stack_helpers import TINY_JOB
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def api_env(stack, monkeypatch):
-    monkeypatch.setenv("DFUSION_API_URL", stack.api)
-    monkeypatch.setenv("DFUSION_TOKEN", stack.token)
-    return stack
-
-
 def _prompts(tmp_path, rows=None):
     path = tmp_path / "prompts.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (rows or TINY_JOB["prompts"])) + "\n")

@@ -12,13 +12,6 @@ from cli.main import main
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def api_env(stack, monkeypatch):
-    monkeypatch.setenv("DFUSION_API_URL", stack.api)
-    monkeypatch.setenv("DFUSION_TOKEN", stack.token)
-    return stack
-
-
 def test_compare_writes_a_side_by_side_png(api_env, tiny_job, tmp_path, capsys):
     out = tmp_path / "cmp" / "compare.png"
     argv = ["compare", tiny_job.id, "a cat eating a sandwich", "--seeds", "2", "--items", "cat", "--out", str(out)]
