@@ -5,6 +5,9 @@ is the LLEN of each Celery queue list (kombu's Redis transport keeps a queue's m
 named after it); jobs by status are counted over every tenant's job index. Worker-side numbers
 (task durations per stage, images and pairs produced, GPU memory) are read from the telemetry
 hashes the workers keep in Redis (services.telemetry) and exported as they are at scrape time.
+Stored bytes per job (`dfusion_job_stored_bytes{job_id,tenant}`) and over all jobs come from the job
+headers that same pass reads (kept as objects are written: `JobStore.record_object`), never from a
+listing of the object store; a purged job's header is gone, and its line with it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from services.queue import QUEUES
 from services.state.redis import RedisJobStore
-from services.telemetry import BUCKET_LABELS, Snapshot, Telemetry, jobs_by_status
+from services.state.types import JobRecord
+from services.telemetry import BUCKET_LABELS, Snapshot, Telemetry, all_jobs, jobs_by_status
 
 # job counter -> (metric name, help); `samples` are generated images
 PRODUCED = {
@@ -65,6 +69,28 @@ class WorkerCollector:
         yield gpu
 
 
+class StorageCollector:
+    """What each job keeps in the object store, from the job headers of the last scrape (set by
+    ApiMetrics.render): one line per job until it is purged, and the totals."""
+
+    def __init__(self) -> None:
+        self.jobs: list[JobRecord] = []
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        per_job = GaugeMetricFamily("dfusion_job_stored_bytes", "bytes of the job's objects in the store "
+                                    "(jobs/<id>/), until it is purged", labels=["job_id", "tenant"])
+        for job in sorted(self.jobs, key=lambda j: (j.tenant, j.job_id)):
+            per_job.add_metric([job.job_id, job.tenant], job.stored_bytes)
+        yield per_job
+        yield GaugeMetricFamily("dfusion_stored_bytes", "bytes of every job's objects in the store",
+                                value=sum(j.stored_bytes for j in self.jobs))
+        yield GaugeMetricFamily("dfusion_stored_objects", "objects of every job in the store",
+                                value=sum(j.stored_objects for j in self.jobs))
+
+
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -81,6 +107,8 @@ class ApiMetrics:
         self.redis_up = Gauge("dfusion_redis_up", "1 if Redis answered this scrape", registry=self.registry)
         self.workers = WorkerCollector()
         self.registry.register(self.workers)
+        self.storage = StorageCollector()
+        self.registry.register(self.storage)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -92,8 +120,10 @@ class ApiMetrics:
             telemetry = Telemetry(state.r)
             for q, depth in telemetry.queue_depths(QUEUES).items():
                 self.queue_depth.labels(q).set(depth)
-            for status, n in jobs_by_status(state).items():
+            jobs = all_jobs(state)
+            for status, n in jobs_by_status(jobs).items():
                 self.jobs.labels(status).set(n)
+            self.storage.jobs = jobs
             self.workers.snapshot = telemetry.snapshot()
             self.redis_up.set(1)
         except Exception:  # noqa: BLE001 - a scrape must answer even when Redis is down

@@ -35,6 +35,7 @@ class JobPurged(BaseModel):
     status: JobStatus = Field(description="the status the job had when it was purged")
     purged: bool = True
     objects: int = Field(description="objects removed from the store")
+    stored_bytes: int = Field(0, description="bytes those objects took (the job's stored_bytes when purged)")
 
 
 class Counts(BaseModel):
@@ -92,13 +93,17 @@ class JobSummary(BaseModel):
     updated_at: float
     policy_version: int
     error: str | None = None
+    stored_bytes: int = Field(0, description="bytes the job's objects (images, trajectories, pairs, checkpoints) "
+                                             "take in the object store now, until it is purged")
+    stored_objects: int = Field(0, description="how many objects the job keeps in the object store")
     spec: SpecSummary
 
     @classmethod
     def from_record(cls, job: JobRecord) -> JobSummary:
         return cls(
             id=job.job_id, status=job.status, created_at=job.created_at, updated_at=job.updated_at,
-            policy_version=job.policy_version, error=job.error, spec=SpecSummary.from_spec(job.spec),
+            policy_version=job.policy_version, error=job.error, stored_bytes=job.stored_bytes,
+            stored_objects=job.stored_objects, spec=SpecSummary.from_spec(job.spec),
         )
 
 

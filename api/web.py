@@ -28,7 +28,7 @@ from dfusion_core.errors import ConfigError
 from reports import charts
 from reports import job as report
 from reports.html import escape as _e
-from reports.html import page
+from reports.html import human_bytes, page
 from services.records import CheckpointRecord, PairRecord, SampleRecord, load_all
 from services.state.redis import RedisJobStore
 from services.state.types import JobNotFound, JobRecord
@@ -137,9 +137,11 @@ def jobs_page(tenant: PageTenant, state: StateDep) -> HTMLResponse:
             f'<td><span class="status {_e(s.status.value)}">{_e(s.status.value)}</span></td>'
             f"<td>{_e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s.created_at)))}</td>"
             f"<td>{_e(s.spec.model)}</td><td>{len(s.spec.prompts)}</td><td>{s.spec.total_samples}</td>"
-            f"<td>{s.policy_version}</td><td style='text-align:left'>{_e('; '.join(s.spec.prompts)[:80])}</td></tr>")
+            f"<td>{s.policy_version}</td><td class='stored' title='{s.stored_objects} objects'>"
+            f"{human_bytes(s.stored_bytes)}</td>"
+            f"<td style='text-align:left'>{_e('; '.join(s.spec.prompts)[:80])}</td></tr>")
     table = ("<table id='jobs'><tr><th>job</th><th>status</th><th>created</th><th>model</th><th>prompts</th>"
-             "<th>samples</th><th>version</th><th>prompts</th></tr>" + "".join(rows) + "</table>"
+             "<th>samples</th><th>version</th><th>stored</th><th>prompts</th></tr>" + "".join(rows) + "</table>"
              if rows else "<p class='muted'>No jobs yet: <code>dfusion submit PROMPTS.jsonl</code>.</p>")
     total = state.count_jobs(tenant)
     more = (f"<p class='muted'>The newest {JOBS_PAGE} of {total} jobs; the rest: "

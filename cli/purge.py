@@ -3,7 +3,8 @@ jobs only; a queued or running job is refused with its status). `dfusion purge -
 every tenant's jobs older than the retention period, straight against Redis and the object store
 (an operator's command: it reads the service settings, DFUSION_REDIS_URL, S3_*, as the workers do).
 
-Prints one line per job purged; exits 2 on the first job that could not be purged.
+Prints one line per job purged, with the objects and bytes it freed; exits 2 on the first job that
+could not be purged.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import sys
 
 from cli.client import Client, add_api_arguments
+from reports.html import human_bytes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     with Client.from_args(args) as client:
         for job_id in args.jobs:
             out = client.delete_json(f"/v1/jobs/{job_id}", f"job {job_id}", purge="true")
-            print(f"{out['id']} purged ({out['status']}, {out['objects']} objects)")
+            print(f"{out['id']} purged ({out['status']}, {out['objects']} objects, "
+                  f"{human_bytes(out.get('stored_bytes', 0))})")
     return 0
 
 
@@ -51,6 +54,6 @@ def _expired(days: float | None) -> int:
     state = open_state(settings.redis_url)
     done = purge_expired(state, open_store(settings), days * DAY_S, forget=Telemetry(state.r).forget_job)
     for r in done:
-        print(f"{r.job_id} purged ({r.tenant}, {r.status.value}, {r.objects} objects)")
+        print(f"{r.job_id} purged ({r.tenant}, {r.status.value}, {r.objects} objects, {human_bytes(r.stored_bytes)})")
     print(f"{len(done)} jobs older than {days:g} days purged", file=sys.stderr)
     return 0

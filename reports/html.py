@@ -35,6 +35,15 @@ def fmt(x: Any) -> str:
     return "–" if x is None else f"{x:.4f}" if isinstance(x, float) else escape(x)
 
 
+def human_bytes(n: int) -> str:
+    """A size for people: `512 B`, `1.5 KiB`, `12.3 MiB` (binary units, one decimal past bytes)."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value, i = float(n), 0
+    while abs(value) >= 1024 and i < len(units) - 1:
+        value, i = value / 1024, i + 1
+    return f"{n} B" if i == 0 else f"{value:.1f} {units[i]}"
+
+
 def page(title: str, body: str, head: str = "") -> str:
     """A whole HTML document with the shared style; `head` adds elements to <head>."""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"

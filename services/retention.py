@@ -2,9 +2,10 @@
 
 `purge_job` removes one job: every object under its prefix `jobs/<id>/` in the store, then its keys
 in Redis (`JobStore.delete_job`: the job's own keys, all under its hash tag, and its entries in its
-tenant's indexes), then its telemetry high-water mark. Nothing outside that prefix and those keys
-is touched: no other job's and no other tenant's. Objects go first, so a purge cut short leaves the
-job listed and a second purge finishes it.
+tenant's indexes; its stored-bytes count and ledger among them, so its line leaves /metrics), then
+its telemetry high-water mark. Nothing outside that prefix and those keys is touched: no other
+job's and no other tenant's. Objects go first, so a purge cut short leaves the job listed and a
+second purge finishes it.
 
 Only a job that has ended (succeeded, failed or cancelled) is purged, and only once none of its
 units is still running: a cancelled job's task that started before the cancel holds a lease until
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 from dfusion_core.storage import BlobStore
 from services.state import JobStatus, JobStore
-from services.state.types import JobNotFound, JobRecord, StateError, check_id
+from services.state.types import JobNotFound, JobRecord, StateError, objects_prefix
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,14 @@ class PurgeRefused(StateError):
 
 @dataclass(frozen=True)
 class PurgeResult:
-    """What a purge removed: the job, its tenant, its status when purged, how many objects."""
+    """What a purge removed: the job, its tenant, its status when purged, how many objects, and the
+    bytes its objects took (the job's `stored_bytes` when purged)."""
 
     job_id: str
     tenant: str
     status: JobStatus
     objects: int
-
-
-def objects_prefix(job_id: str) -> str:
-    """Where a job's objects live (workers.keys.job_prefix builds every key under it)."""
-    return f"jobs/{check_id('job_id', job_id)}/"
+    stored_bytes: int = 0
 
 
 def check_purgeable(state: JobStore, job: JobRecord) -> None:
@@ -90,9 +88,9 @@ def purge_job(state: JobStore, store: BlobStore, job_id: str, forget: Forget | N
     state.delete_job(job_id)
     if forget is not None:
         forget(job_id)
-    log.info("purged job %s of tenant %s (%s): %d objects", job_id, job.tenant, job.status.value, len(names),
-             extra={"job_id": job_id})
-    return PurgeResult(job_id, job.tenant, job.status, len(names))
+    log.info("purged job %s of tenant %s (%s): %d objects, %d bytes", job_id, job.tenant, job.status.value,
+             len(names), job.stored_bytes, extra={"job_id": job_id})
+    return PurgeResult(job_id, job.tenant, job.status, len(names), job.stored_bytes)
 
 
 def expired_jobs(state: JobStore, retention_s: float, now: float | None = None) -> list[JobRecord]:

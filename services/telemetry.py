@@ -1,5 +1,6 @@
 """Telemetry for the API's /metrics: worker task durations, items produced and GPU memory kept in
-Redis, plus what is read at scrape time (queue depths, jobs by status).
+Redis, plus what is read at scrape time (queue depths, jobs by status, each job's stored bytes
+from its header: `JobStore.record_object` keeps them as objects are written).
 
 Task metrics happen in worker processes the API cannot scrape, so workers add them to a few
 Redis hashes under `dfusion:telemetry:` (cumulative, Prometheus counter semantics) and the API
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from services.state import JobStatus, JobStore
+from services.state import JobRecord, JobStatus, JobStore
 
 PREFIX = "dfusion:telemetry"
 #: Upper bounds (seconds) of the task-duration histogram buckets; +Inf is implied.
@@ -143,10 +145,15 @@ class Telemetry:
                         {k: int(v) for k, v in duplicates.items()})
 
 
-def jobs_by_status(store: JobStore) -> dict[str, int]:
-    """Jobs per status over all tenants (every tenant's job list: fine at scrape rates)."""
+def all_jobs(store: JobStore) -> list[JobRecord]:
+    """Every tenant's jobs, headers only (each tenant's job list: fine at scrape rates). A header
+    carries the job's stored bytes and objects, so the scrape lists no object store."""
+    return [job for tenant in store.list_tenants() for job in store.list_jobs(tenant)]
+
+
+def jobs_by_status(jobs: Iterable[JobRecord]) -> dict[str, int]:
+    """Jobs per status (every status, 0 where none)."""
     tally = dict.fromkeys((s.value for s in JobStatus), 0)
-    for tenant in store.list_tenants():
-        for job in store.list_jobs(tenant):
-            tally[job.status.value] += 1
+    for job in jobs:
+        tally[job.status.value] += 1
     return tally

@@ -145,7 +145,8 @@ def _once(task: Task, stage: Callable[..., None], job_id: str, kwargs: dict[str,
         return _duplicate(task, unit, f"running on {holder.worker} (task {holder.task_id}); "
                                       f"re-queued in {countdown:g} s", extra)
     with leases.Heartbeat(ctx.state, job_id, lease, settings.lease_ttl_s) as beat:
-        fenced = replace(ctx, state=ctx.state.fenced(job_id, lease), store=leases.FencedStore(ctx.store, beat))
+        state = ctx.state.fenced(job_id, lease)
+        fenced = replace(ctx, state=state, store=leases.FencedStore(ctx.store, beat, state))
         if ctx.state.unit_committed(job_id, unit):  # its holder committed between the check and the lease
             return _duplicate(task, unit, "already committed", extra)
         log.info("%s %s start", task.name, kwargs, extra=extra)

@@ -103,18 +103,24 @@ class FencedStore:
     stalls still lands, late. It lands at the unit's deterministic key (workers.keys) with what the
     unit computes from committed inputs and seeds derived from the job's: on the same kind of device,
     the very bytes the winner stored there, as a crash rerun's are.
+
+    Each put or delete that lands is then entered in the job's ledger of stored bytes through
+    `state` (the task's fenced JobStore: `record_object` / `forget_object`), keyed by the object,
+    so a key written again by a redelivery or rerun replaces its entry instead of adding to it.
     """
 
-    def __init__(self, store: BlobStore, beat: Heartbeat) -> None:
-        self.store, self.beat = store, beat
+    def __init__(self, store: BlobStore, beat: Heartbeat, state: JobStore) -> None:
+        self.store, self.beat, self.state = store, beat, state
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.beat.check()
         self.store.put(key, data, content_type)
+        self.state.record_object(self.beat.job_id, key, len(data))
 
     def delete(self, key: str) -> None:
         self.beat.check()
         self.store.delete(key)
+        self.state.forget_object(self.beat.job_id, key)
 
     def get(self, key: str) -> bytes:
         return self.store.get(key)

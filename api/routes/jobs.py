@@ -131,7 +131,8 @@ def cancel_job(job: JobDep, state: StateDep, stores: StoreFactoryDep, response: 
     if purge:
         result = purge_job(state, stores(), job.job_id, Telemetry(state.r).forget_job)
         response.status_code = 200
-        return JobPurged(id=result.job_id, status=result.status, purged=True, objects=result.objects)
+        return JobPurged(id=result.job_id, status=result.status, purged=True, objects=result.objects,
+                         stored_bytes=result.stored_bytes)
     if job.status.terminal:
         raise InvalidTransition(job.job_id, job.status, JobStatus.CANCELLED)
     updated = state.set_status(job.job_id, JobStatus.CANCELLED)

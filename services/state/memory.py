@@ -30,6 +30,7 @@ from services.state.types import (
     check_counter,
     check_expected,
     check_id,
+    check_object,
     check_ttl,
     check_version,
     dumps,
@@ -186,6 +187,24 @@ class MemoryJobStore:
         with self._lock:
             raw = self._peek(job_id, "metrics")
         return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    # --- stored objects ---
+    def record_object(self, job_id: str, key: str, size: int) -> None:
+        self._object(job_id, *check_object(job_id, key, size))
+
+    def forget_object(self, job_id: str, key: str) -> None:
+        self._object(job_id, check_object(job_id, key, 0)[0], None)
+
+    def _object(self, job_id: str, key: str, size: int | None) -> None:
+        """The ledger entry of `key` set to `size` (None: removed), the header's totals moved by the change."""
+        with self._lock:
+            self._check_fence(job_id)
+            head, ledger = self._head(job_id), self._table(job_id, "objects")
+            old = ledger.pop(key, None)
+            if size is not None:
+                ledger[key] = size
+            head["stored_bytes"] = str(int(head.get("stored_bytes", 0)) + (size or 0) - (old or 0))
+            head["stored_objects"] = str(int(head.get("stored_objects", 0)) + (size is not None) - (old is not None))
 
     # --- policy version ---
     def policy_version(self, job_id: str) -> int:

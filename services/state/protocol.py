@@ -11,6 +11,8 @@ Rules both keep:
   metrics and fan-in writes do not look the job up (Redis would pay a round trip for it).
 - Records are insert-once and bump their counter in the same atomic step; updates merge.
 - Status moves only along `types.TRANSITIONS`; repeating the current status is a no-op.
+- A job's stored bytes are a ledger of its objects (key -> size), each write of a key replacing its
+  entry, with the header's `stored_bytes` / `stored_objects` moved in the same atomic step.
 - `mark_done` is True exactly once per scope, for the call that completes it.
 - A unit of work (`workers.leases.unit_of`) is committed once; while it runs, one lease names its
   holder and lives `ttl_s` past its last renewal.
@@ -76,6 +78,17 @@ class JobStore(Protocol):
         ...
 
     def get_metrics(self, job_id: str) -> list[dict[str, Any]]: ...
+
+    # --- stored objects ---
+    def record_object(self, job_id: str, key: str, size: int) -> None:
+        """The object `key` (under `objects_prefix(job_id)`) now holds `size` bytes in the store: the
+        job's `stored_bytes` / `stored_objects` move by the difference from what was recorded for
+        that key, so writing a key again (a redelivery, a rerun) is not counted twice."""
+        ...
+
+    def forget_object(self, job_id: str, key: str) -> None:
+        """The object `key` was deleted from the store: its recorded bytes leave the job's counts."""
+        ...
 
     # --- policy version ---
     def policy_version(self, job_id: str) -> int: ...

@@ -20,7 +20,7 @@ import redis
 from dfusion_core.errors import ConfigError
 from services.state import keys
 from services.state.redis_units import RedisCoordination, mapped
-from services.state.scripts import CAS_POLICY, CREATE, PUT_ONCE, TRANSITION
+from services.state.scripts import CAS_POLICY, CREATE, PUT_ONCE, RECORD_OBJECT, TRANSITION
 from services.state.types import (
     COUNTER_NAMES,
     TRANSITIONS,
@@ -34,6 +34,7 @@ from services.state.types import (
     TooManyJobs,
     check_counter,
     check_id,
+    check_object,
     check_version,
     dumps,
     metrics_epoch,
@@ -59,6 +60,7 @@ class RedisJobStore(RedisCoordination):
         self._transition = client.register_script(TRANSITION)
         self._put_once = client.register_script(PUT_ONCE)
         self._cas_policy = client.register_script(CAS_POLICY)
+        self._record_object = client.register_script(RECORD_OBJECT)
         self._register_coordination(client)
 
     @classmethod
@@ -193,6 +195,22 @@ class RedisJobStore(RedisCoordination):
         """Per-epoch metrics in epoch order."""
         raw = self.r.hgetall(keys.job(job_id, "metrics"))
         return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    # --- stored objects ---
+    @mapped
+    def record_object(self, job_id: str, key: str, size: int) -> None:
+        """Enter the object's size in the job's ledger; `stored_bytes` moves by the change (one script)."""
+        self._object(job_id, *check_object(job_id, key, size))
+
+    @mapped
+    def forget_object(self, job_id: str, key: str) -> None:
+        self._object(job_id, check_object(job_id, key, 0)[0], -1)
+
+    def _object(self, job_id: str, key: str, size: int) -> None:
+        fence, holder = self._fence(job_id)
+        if self._record_object(keys=[fence, keys.job(job_id), keys.job(job_id, "objects")],
+                               args=[holder, key, size]) == -1:
+            raise JobNotFound(job_id)
 
     # --- policy version ---
     @mapped

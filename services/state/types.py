@@ -81,7 +81,11 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A job's header (a hash of strings in either backend); counters and records are fetched separately."""
+    """A job's header (a hash of strings in either backend); counters and records are fetched separately.
+
+    `stored_bytes` / `stored_objects`: what the job keeps under `objects_prefix(job_id)` in the
+    object store, kept with each write there (`JobStore.record_object`), so a listing reads them
+    with the header instead of listing the store."""
 
     job_id: str
     tenant: str
@@ -91,6 +95,8 @@ class JobRecord:
     created_at: float  # unix seconds
     updated_at: float
     policy_version: int
+    stored_bytes: int = 0
+    stored_objects: int = 0
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobRecord:
@@ -98,7 +104,8 @@ class JobRecord:
             job_id=h["job_id"], tenant=h["tenant"], status=JobStatus(h["status"]),
             spec=json.loads(h["spec"]), error=h.get("error") or None,
             created_at=float(h["created_at"]), updated_at=float(h["updated_at"]),
-            policy_version=int(h.get("policy_version", 0)),
+            policy_version=int(h.get("policy_version", 0)), stored_bytes=int(h.get("stored_bytes", 0)),
+            stored_objects=int(h.get("stored_objects", 0)),
         )
 
 
@@ -135,6 +142,21 @@ def check_id(field: str, value: str) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise ConfigError(field, f"must be 1-128 chars of [A-Za-z0-9_.:-] starting alphanumeric, got {value!r}")
     return value
+
+
+def objects_prefix(job_id: str) -> str:
+    """Where a job's objects live in the store (workers.keys.job_prefix builds every key under it)."""
+    return f"jobs/{check_id('job_id', job_id)}/"
+
+
+def check_object(job_id: str, key: str, size: int) -> tuple[str, int]:
+    """An object of the job (its key under `objects_prefix`) and its size in bytes (an int >= 0)."""
+    prefix = objects_prefix(job_id)
+    if not isinstance(key, str) or not key.startswith(prefix) or key == prefix:
+        raise ConfigError("key", f"must be an object key under {prefix!r}, got {key!r}")
+    if not isinstance(size, int) or size < 0:
+        raise ConfigError("size", f"must be a number of bytes (an int >= 0), got {size!r}")
+    return key, size
 
 
 def check_counter(name: str) -> str:

@@ -65,6 +65,23 @@ def test_api_metrics_export_worker_telemetry(r):
     assert 'dfusion_queue_depth{queue="sample"}' in text
 
 
+def test_api_metrics_export_each_job_s_stored_bytes_until_it_is_deleted(r):
+    state, metrics = RedisJobStore(r), ApiMetrics()
+    for job, tenant in (("j1", "acme"), ("j2", "bob")):
+        state.create_job(job, tenant, {})
+    state.record_object("j1", "jobs/j1/e0/images/a.png", 1000)
+    state.record_object("j1", "jobs/j1/e0/images/a.png", 1200)  # rewritten: its latest size
+    state.record_object("j2", "jobs/j2/e0/images/a.png", 34)
+    text = metrics.render(state).decode()
+    assert 'dfusion_job_stored_bytes{job_id="j1",tenant="acme"} 1200.0' in text
+    assert 'dfusion_job_stored_bytes{job_id="j2",tenant="bob"} 34.0' in text
+    assert "dfusion_stored_bytes 1234.0" in text and "dfusion_stored_objects 2.0" in text
+    state.delete_job("j1")  # a purge
+    text = metrics.render(state).decode()
+    assert 'job_id="j1"' not in text and 'dfusion_job_stored_bytes{job_id="j2",tenant="bob"} 34.0' in text
+    assert "dfusion_stored_bytes 34.0" in text
+
+
 def test_task_signals_put_ids_on_logs_and_record_the_task(r, monkeypatch):
     from workers import telemetry as wt
 

@@ -85,6 +85,7 @@ def make_job(state: RedisJobStore, store: S3Store, tenant: str, status: JobStatu
     Telemetry(state.r).record_produced(job_id, {"samples": 1})
     for name in ("e0/samples/e0-p000-s000.safetensors", "e0/images/e0-p000-s000.png", "checkpoints/1/w.safetensors"):
         store.put(f"jobs/{job_id}/{name}", f"{job_id}/{name}".encode())
+        state.record_object(job_id, f"jobs/{job_id}/{name}", len(f"{job_id}/{name}"))
     if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
         state.set_status(job_id, status, "boom" if status == JobStatus.FAILED else None)
     return job_id
@@ -110,6 +111,7 @@ def test_purge_removes_one_job_and_nothing_of_any_other(state: RedisJobStore, st
     result = purge_job(state, store, purged, Telemetry(state.r).forget_job)
 
     assert (result.job_id, result.tenant, result.status, result.objects) == (purged, "alice", JobStatus.SUCCEEDED, 3)
+    assert result.stored_bytes == sum(len(v) for k, v in before_objects.items() if k.startswith(f"jobs/{purged}/"))
     after_keys, after_objects = snapshot(state, store)
     assert after_objects == {k: v for k, v in before_objects.items() if not k.startswith(f"jobs/{purged}/")}
     assert len(before_objects) - len(after_objects) == 3

@@ -22,7 +22,7 @@ from services.state import (
     StateError,
     TooManyJobs,
 )
-from services.telemetry import jobs_by_status
+from services.telemetry import all_jobs, jobs_by_status
 
 S = JobStatus
 
@@ -244,6 +244,7 @@ def test_unknown_job(store: JobStore) -> None:
         lambda: store.put_sample("nojob", "s0", {}),
         lambda: store.put_pair("nojob", "p0", {}),
         lambda: store.put_checkpoint("nojob", 1, {}),
+        lambda: store.record_object("nojob", "jobs/nojob/x.png", 1),
     ]:
         with pytest.raises(JobNotFound) as info:
             call()
@@ -297,7 +298,7 @@ def test_list_jobs_newest_first_and_jobs_by_status(store: JobStore) -> None:
     store.set_status(ids[1], S.CANCELLED)
     assert [j.job_id for j in store.list_jobs("t1")] == ids[::-1]
     assert {"t1", "t2"} <= set(store.list_tenants())
-    tally = jobs_by_status(store)
+    tally = jobs_by_status(all_jobs(store))
     assert tally["running"] >= 1 and tally["cancelled"] >= 1 and tally["queued"] >= 2
     assert sum(tally.values()) == sum(len(store.list_jobs(t)) for t in store.list_tenants())
 
@@ -367,6 +368,7 @@ def _fenced_writes(job: str, n: int) -> list[Callable[[JobStore], object]]:
         lambda s: s.put_checkpoint(job, 1 + n, {"key": f"lora/{1 + n}"}),
         lambda s: s.mark_done(job, "e0-p000", f"b{n}", 2),
         lambda s: s.commit_unit(job, f"sample-e0-p0-b{n}"),
+        lambda s: s.record_object(job, f"jobs/{job}/e0/images/s{n}.png", 10 + n),
     ]
 
 

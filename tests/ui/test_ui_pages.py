@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from reports.html import human_bytes
+
 pytestmark = pytest.mark.integration
 
 
@@ -31,6 +33,16 @@ def test_login_sets_an_httponly_cookie_that_the_api_accepts(stack, tiny_job):
         assert tiny_job.id in c.get("/").text
         assert c.get(f"/v1/jobs/{tiny_job.id}").json()["status"] == "succeeded"  # same cookie, JSON API
         assert c.post("/logout").headers["location"] == "/login"
+
+
+def test_jobs_page_shows_what_each_job_stores(stack, tiny_job):
+    with _browser(stack) as c:
+        c.cookies.set("dfusion_token", stack.token)
+        job = c.get(f"/v1/jobs/{tiny_job.id}").json()
+        html = c.get("/").text
+    assert job["stored_bytes"] > 0 and job["stored_objects"] > 0
+    row = html[html.index(f'href="/jobs/{tiny_job.id}"'):].split("</tr>", 1)[0]
+    assert f"title='{job['stored_objects']} objects'>{human_bytes(job['stored_bytes'])}</td>" in row
 
 
 def test_login_never_redirects_off_site(stack):

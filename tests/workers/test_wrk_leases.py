@@ -89,25 +89,66 @@ def test_a_lost_lease_is_never_taken_again() -> None:
 def test_fenced_store_puts_only_while_the_lease_is_held(redis_url: str, tmp_path: Path) -> None:
     """Object writes cannot be in a Lua script: each one renews the lease first. Once another
     delivery holds the unit, a stale task's put or delete raises LeaseLost and the winner's object
-    keeps its bytes."""
+    keeps its bytes. A put that lands is entered in the job's stored bytes; a refused one is not."""
     state, store = RedisJobStore.from_url(redis_url), LocalDirStore(tmp_path)
     job = uuid.uuid4().hex
+    key = f"jobs/{job}/a.png"
     state.create_job(job, "acme", {})
     stale, winner = new_lease("train-e0", "t1", "w1"), new_lease("train-e0", "t2", "w2")
     assert state.acquire_lease(job, stale, 5) is None
     with Heartbeat(state, job, stale, 5) as beat:
-        fenced = FencedStore(store, beat)
-        fenced.put("a", b"stale")
+        fenced = FencedStore(store, beat, state.fenced(job, stale))
+        fenced.put(key, b"stale")
+        fenced.put(key, b"stale")  # written again: counted once
+        assert (state.get_job(job).stored_bytes, state.get_job(job).stored_objects) == (5, 1)
         state.release_lease(job, stale)  # its expiry, while the process stalls
         assert state.acquire_lease(job, winner, 5) is None
-        store.put("a", b"winner")
+        store.put(key, b"winner")
         with pytest.raises(LeaseLost):
-            fenced.put("a", b"stale again")
+            fenced.put(key, b"stale again")
         with pytest.raises(LeaseLost):
-            fenced.delete("a")
-        assert fenced.get("a") == b"winner" and fenced.list() == ["a"]
+            fenced.delete(key)
+        assert fenced.get(key) == b"winner" and fenced.list() == [key]
+        assert state.get_job(job).stored_bytes == 5
     assert state.leases(job) == [winner]
     state.delete_job(job)
+
+
+def test_a_unit_redone_after_a_crash_counts_its_objects_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Through the task wrapper (its lease, fenced state and store are the production code): a first
+    delivery stores its object and dies before its commit; the redelivery writes the same key again
+    and commits; a duplicate of the committed unit returns at once. The job's stored bytes count the
+    object once, and equal what the store holds under the job's prefix."""
+    from types import SimpleNamespace
+
+    from workers import celery_app
+    from workers.runtime import Runtime
+    from workers.stages import Context
+
+    state, store = MemoryJobStore(), LocalDirStore(tmp_path)
+    state.create_job("j1", "acme", {})
+    ctx = Context(state=state, store=store, dispatch=lambda name, **kw: None, runtime=Runtime(models={}))
+    monkeypatch.setattr(celery_app, "context", lambda: ctx)
+    monkeypatch.setattr("workers.telemetry.duplicate", lambda name: None)  # no telemetry Redis here
+    key, runs = "jobs/j1/e0/images/e0-p000-s000.png", []
+
+    def stage(c: Context, job_id: str, **_: int) -> None:
+        c.store.put(key, b"12345")
+        runs.append(job_id)
+        if len(runs) == 1:
+            raise ConnectionError("the worker died before its commit")
+
+    kwargs = {"epoch": 0, "prompt": 0, "batch": 0}
+    for delivery in range(3):
+        task = SimpleNamespace(name="dfusion.sample", request=SimpleNamespace(id=f"t{delivery}", hostname="w@h"))
+        try:
+            celery_app._once(task, stage, "j1", kwargs, {})
+        except ConnectionError:
+            assert delivery == 0
+    job = state.get_job("j1")
+    assert len(runs) == 2 and state.unit_committed("j1", "sample-e0-p0-b0")
+    assert (job.stored_bytes, job.stored_objects) == (5, 1) == (
+        sum(len(store.get(k)) for k in store.list("jobs/j1/")), len(store.list("jobs/j1/")))
 
 
 def _payload(task: str, kwargs: dict, eta: datetime | None = None) -> dict:
