@@ -29,12 +29,7 @@ from dfusion_core.training import Trainer, TrainPair
 CONFIG = TrainingConfig(learning_rate=1e-2, beta=1.0, timestep_fraction=0.5, batch_pairs=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

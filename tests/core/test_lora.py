@@ -17,13 +17,7 @@ from dfusion_core.lora import (
     save_lora,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fill_lora_b(unet, value: float = 0.05) -> None:

@@ -31,12 +31,7 @@ SAMPLING = SamplingConfig(num_steps=4, batch_size=4)
 FUSION = FusionConfig(**MODEL_PRESETS[SIM]["fusion"], skip_first_steps=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

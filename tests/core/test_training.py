@@ -13,13 +13,7 @@ from dfusion_core.errors import ConfigError
 from dfusion_core.items import map_items
 from dfusion_core.training import Trainer, TrainPair, select_steps, step_generator, trajectory_dpo_eval
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on small CI boxes
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
