@@ -114,25 +114,67 @@ class ToyDiT(PixArtTransformer2DModel, PeftAdapterMixin):
                                added_cond_kwargs=extra, return_dict=return_dict, **kwargs)
 
 
-class ToyTextEncoder(CLIPTextModel):
-    """The caption as its words: CLIP's token and position embeddings with no transformer layer over
-    them (TOY_TEXT_CONFIG has none), and every row after the first end-of-text token zero.
+class WordContext(torch.nn.Module):
+    """One bidirectional pre-norm transformer layer over a caption's word rows, as T5 gives PixArt
+    its rows: each row stays its word (a residual) and gains what the rest of the caption says of it.
 
-    Why: through causal attention every later row of a CLIP encoder trained along with the denoiser
-    holds the whole caption, and the padding rows repeat it; the DiT need not attend to any word,
-    and the item masks D-Fusion builds from its cross-attention covered the objects worse than a
-    full mask (IoU 0.10-0.15 against 0.23, at 4,350 training steps). With words alone, a cell learns
-    what to draw by attending to its object's words: the colour words' maps found the objects (IoU
-    0.41-0.44 against 0.27 for a full mask, 800 steps after the switch). Zero rows are padding to
-    ToyDiT, which masks them as PixArt masks T5's padding.
+    Why: with words alone, which shape goes with which colour and which colour goes on which side
+    are two-hop questions for the DiT (find the colour, then the word at the slot beside it, or the
+    relation word). 14,000 steps taught the toy DiT both colours and the relation's axis but neither
+    shapes nor sides (bench/RESULTS.md). With context, the "red" row of "a red circle above a blue
+    square" says circle and upper, so one cross-attention answers both. The output projections start
+    at zero: a new layer is the identity, and weights trained without it load unchanged.
     """
+
+    def __init__(self, width: int, heads: int, hidden: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.fc1, self.fc2 = torch.nn.Linear(width, hidden), torch.nn.Linear(hidden, width)
+        for layer in (self.out, self.fc2):
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        attend = keep[:, None, None, :]  # rows attend only to the caption's own rows
+        mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        x = x + self.out(mixed.transpose(1, 2).reshape(b, n, w))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+class ToyTextEncoder(CLIPTextModel):
+    """The caption as its words: CLIP's token and position embeddings with no causal transformer layer
+    over them (TOY_TEXT_CONFIG has none), optionally `context_layers` bidirectional `WordContext`
+    layers over the caption's own rows, and every row after the first end-of-text token zero.
+
+    Why no causal layer: through causal attention every later row of a CLIP encoder trained along
+    with the denoiser holds the whole caption, and the padding rows repeat it; the DiT need not
+    attend to any word, and the item masks D-Fusion builds from its cross-attention covered the
+    objects worse than a full mask (IoU 0.10-0.15 against 0.23, at 4,350 training steps). With words
+    alone, a cell learns what to draw by attending to its object's words: the colour words' maps found
+    the objects (IoU 0.41-0.44 against 0.27 for a full mask, 800 steps after the switch). Zero rows
+    are padding to ToyDiT, which masks them as PixArt masks T5's padding.
+    """
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__(config)
+        width = config.hidden_size
+        self.context = torch.nn.ModuleList(
+            WordContext(width, config.num_attention_heads, config.intermediate_size)
+            for _ in range(getattr(config, "context_layers", 0)))
 
     def forward(self, input_ids: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
         out = super().forward(input_ids, *args, **kwargs)
         if input_ids is not None:
             eos = input_ids.eq(TOY_TEXT_CONFIG["eos_token_id"]).long()
             keep = (eos.cumsum(dim=1) - eos) == 0  # up to and including the first end token
-            out.last_hidden_state = out.last_hidden_state * keep[..., None].to(out.last_hidden_state.dtype)
+            hidden = out.last_hidden_state
+            for layer in self.context:
+                hidden = layer(hidden, keep)
+            out.last_hidden_state = hidden * keep[..., None].to(hidden.dtype)
         return out
 
 
@@ -140,7 +182,8 @@ TOY_TEXT_CONFIG: dict = {
     "vocab_size": 49408,
     "hidden_size": 64,
     "intermediate_size": 128,
-    "num_hidden_layers": 0,  # words only (ToyTextEncoder)
+    "num_hidden_layers": 0,  # no causal layer (ToyTextEncoder)
+    "context_layers": 1,  # one bidirectional WordContext layer
     "num_attention_heads": 4,
     "max_position_embeddings": 77,
     "bos_token_id": 49406,
@@ -201,7 +244,12 @@ def load_toy_modules(
     unet, text = build_toy_modules()
     for name, module in (("unet", unet), ("text_encoder", text)):
         state = {k: v.float() for k, v in load_file(str(root / f"{name}.safetensors")).items()}
-        module.load_state_dict(state, strict=strict)
+        result = module.load_state_dict(state, strict=False)
+        # weights from before WordContext lack it: its zero-initialised layer is then the identity
+        missing = [k for k in result.missing_keys if not k.startswith("context.")]
+        if strict and (missing or result.unexpected_keys):
+            raise ConfigError("model", f"toy weights in {root} do not fit {name}: missing {missing}, "
+                                       f"unexpected {result.unexpected_keys}")
     return unet, text
 
 

@@ -3,10 +3,12 @@ and fusion with the toy preset moves a base toward its reference while keeping i
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dfusion_core import pipeline
 from dfusion_core.config import FusionConfig, SamplingConfig
+from dfusion_core.errors import ConfigError
 from dfusion_core.items import map_items
 from dfusion_core.registry import load_model
 from dfusion_core.toy import model as toy_model
@@ -91,3 +93,52 @@ def test_fusion_masks_land_on_the_named_objects():
     # 0.05 is the margin the old toy UNet's test used, well above a step of one cell in 4 pairs
     assert mean(ious) > mean(full) + 0.05 and mean(ious) > mean(mirrored) + 0.05, (
         mean(ious), mean(full), mean(mirrored))
+
+
+def _caption_ids(tokenizer, captions):
+    return tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+
+
+def test_word_context_starts_as_the_identity_and_then_reads_the_whole_caption():
+    """A new WordContext layer changes nothing (weights trained without it load unchanged); once its
+    output projections are trained, a word's row carries the caption's other words, bidirectionally,
+    and never what stands after the end token."""
+    torch.set_num_threads(1)
+    model = toy_model.build_toy(seed=5)
+    text, tokenizer = model.text_encoder, model.tokenizer
+    ids = _caption_ids(tokenizer, ["a red circle above a blue square", "a red circle below a blue square"])
+    plain = toy_model.ToyTextEncoder(text.config)
+    plain.load_state_dict(text.state_dict())
+    plain.context = torch.nn.ModuleList()  # the same encoder with no context layer at all
+    with torch.no_grad():
+        assert torch.equal(text(ids)[0], plain(ids)[0])
+        for layer in text.context:  # as if trained: output projections no longer zero
+            torch.nn.init.normal_(layer.out.weight, std=0.2)
+            torch.nn.init.normal_(layer.fc2.weight, std=0.2)
+        rows = text(ids)[0]
+        # "red" (row 2) comes before the relation word (row 4): it differs only through context
+        assert (rows[0, 2] - rows[1, 2]).abs().max() > 1e-3
+        n = len(tokenizer("a red circle above a blue square").input_ids)
+        assert not rows[:, n:].any()
+        longer = ids.clone()
+        longer[0, n:] = ids[0, 1]  # words in the padding rows, past the first end token
+        assert torch.equal(text(longer)[0][0, :n], rows[0, :n])
+
+
+def test_toy_weights_without_word_context_load_and_foreign_keys_are_refused(tmp_path):
+    unet, text = toy_model.build_toy_modules(seed=1)
+    state = {k: v for k, v in text.state_dict().items() if not k.startswith("context.")}
+    bare = toy_model.ToyTextEncoder(text.config)
+    bare.context = torch.nn.ModuleList()
+    bare.load_state_dict(state)
+    toy_model.save_toy_weights(unet, bare, tmp_path / "old")
+    _, loaded = toy_model.load_toy_modules(tmp_path / "old")
+    assert all(not p.any() for layer in loaded.context for p in (layer.out.weight, layer.fc2.weight))
+    toy_model.save_toy_weights(unet, text, tmp_path / "new")
+    from safetensors.torch import load_file, save_file
+
+    extra = load_file(str(tmp_path / "new" / "unet.safetensors"))
+    extra["stray.weight"] = torch.zeros(1, dtype=torch.float16)
+    save_file(extra, str(tmp_path / "new" / "unet.safetensors"))
+    with pytest.raises(ConfigError, match="stray.weight"):
+        toy_model.load_toy_modules(tmp_path / "new")
