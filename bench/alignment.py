@@ -184,7 +184,7 @@ def summarise(per_seed: list[dict[str, Any]], tuning: dict[str, Any], args: argp
     out["per_seed"] = per_seed
     out["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out["eval_samples_per_arm"] = {"train_captions": args.prompts * args.train_eval_seeds,
-                                   "heldout": args.eval_prompts * args.eval_seeds}
+                                   "heldout": min(args.eval_prompts, len(tw.heldout_captions())) * args.eval_seeds}
     return out
 
 
@@ -268,8 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # 3e-4 barely moved the toy DiT in the demo's probes (+0.009, bench/RESULTS.md): the search starts above it
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3],
                    help="learning rates searched per arm on the validation split (one value: no search)")
-    p.add_argument("--eval-prompts", type=int, default=46, help="held-out captions scored (46 = all)")
-    p.add_argument("--eval-seeds", type=int, default=4, help="evaluation seeds per held-out caption")
+    p.add_argument("--eval-prompts", type=int, default=22, help="held-out captions scored (22 = all)")
+    p.add_argument("--eval-seeds", type=int, default=8, help="evaluation seeds per held-out caption")
     p.add_argument("--train-eval-seeds", type=int, default=8, help="fresh seeds per training caption")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "alignment")

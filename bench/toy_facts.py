@@ -109,7 +109,7 @@ def evaluate_folder(folder: str, captions: dict[str, list[str]], seeds: list[int
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", help="toy weights folders; 'shipped' = the weights in the package")
-    p.add_argument("--captions", type=int, default=46, help="captions per split (46 = every held-out one)")
+    p.add_argument("--captions", type=int, default=46, help="captions per split (at most the 22 held-out ones there)")
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--ddim-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)

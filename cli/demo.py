@@ -22,8 +22,8 @@ from cli.run import DEMO_PROMPTS, add_job_arguments, build_spec, execute, finish
 TOY_PROMPTS = [
     "a red circle above a blue square",
     "a yellow triangle left of a green circle",
-    "a blue square right of a red triangle",
-    "a green triangle below a yellow square",
+    "a red triangle left of a blue square",
+    "a yellow square above a green triangle",
 ]
 
 

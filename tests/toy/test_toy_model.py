@@ -106,7 +106,7 @@ def test_word_context_starts_as_the_identity_and_then_reads_the_whole_caption():
     torch.set_num_threads(1)
     model = toy_model.build_toy(seed=5)
     text, tokenizer = model.text_encoder, model.tokenizer
-    ids = _caption_ids(tokenizer, ["a red circle above a blue square", "a red circle below a blue square"])
+    ids = _caption_ids(tokenizer, ["a red circle above a blue square", "a red circle left of a blue square"])
     plain = toy_model.ToyTextEncoder(text.config)
     plain.load_state_dict(text.state_dict())
     plain.context = torch.nn.ModuleList()  # the same encoder with no context layer at all
@@ -118,8 +118,11 @@ def test_word_context_starts_as_the_identity_and_then_reads_the_whole_caption():
         rows = text(ids)[0]
         # "red" (row 2) comes before the relation word (row 4): it differs only through context
         assert (rows[0, 2] - rows[1, 2]).abs().max() > 1e-3
-        n = len(tokenizer("a red circle above a blue square").input_ids)
-        assert not rows[:, n:].any()
+        lengths = [len(tokenizer(c).input_ids) for c in ("a red circle above a blue square",
+                                                         "a red circle left of a blue square")]
+        for row, n in enumerate(lengths):
+            assert not rows[row, n:].any()
+        n = lengths[0]
         longer = ids.clone()
         longer[0, n:] = ids[0, 1]  # words in the padding rows, past the first end token
         assert torch.equal(text(longer)[0][0, :n], rows[0, :n])

@@ -12,12 +12,11 @@ from dfusion_core.toy import model as toy_model
 from dfusion_core.toy import scorer as toy_scorer
 from dfusion_core.toy import world as tw
 
-FLIP = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
-
-def _swap_relation(text: str) -> str:
+def _swap_objects(text: str) -> str:
+    """The caption with its objects named the other way round: only the relation becomes false."""
     c = tw.parse_caption(text)
-    return tw.Caption(c.colour_a, c.shape_a, FLIP[c.relation], c.colour_b, c.shape_b).text
+    return tw.Caption(c.colour_b, c.shape_b, c.relation, c.colour_a, c.shape_a).text
 
 
 def _swap_shapes(text: str) -> str:
@@ -26,7 +25,7 @@ def _swap_shapes(text: str) -> str:
 
 
 def test_captions_and_split():
-    assert len(tw.CAPTIONS) == len(set(tw.CAPTIONS)) == 288
+    assert len(tw.CAPTIONS) == len(set(tw.CAPTIONS)) == 4 * 3 * 2 * 3 * 2  # colours, shapes, relations
     held, train = tw.heldout_captions(), tw.train_captions()
     assert held and train and not set(held) & set(train)
     assert sorted(held + train) == sorted(tw.CAPTIONS)
@@ -41,6 +40,13 @@ def test_captions_and_split():
 def test_parse_rejects_text_outside_the_world(bad):
     with pytest.raises(ConfigError):
         tw.parse_caption(bad)
+
+
+def test_a_relation_said_the_other_way_round_is_refused_with_the_world_s_wording():
+    with pytest.raises(ConfigError, match="'a blue square above a red circle'"):
+        tw.parse_caption("a red circle below a blue square")
+    with pytest.raises(ConfigError, match="'a blue square left of a red circle'"):
+        tw.parse_caption("a red circle right of a blue square")
 
 
 def test_generation_is_deterministic_and_follows_the_caption():
@@ -58,7 +64,7 @@ def test_scorer_is_exact_on_ground_truth_and_penalises_wrong_captions():
     caps = [tw.CAPTIONS[i % len(tw.CAPTIONS)] for i in range(0, 600, 3)]
     images = torch.from_numpy(tw.make_batch(caps, np.random.default_rng(0)))
     assert torch.equal(scorer.score(images, caps), torch.ones(len(caps)))
-    wrong_relation = scorer.score(images, [_swap_relation(c) for c in caps])
+    wrong_relation = scorer.score(images, [_swap_objects(c) for c in caps])
     assert torch.allclose(wrong_relation, torch.full((len(caps),), 0.8))  # four facts of five hold
     assert (scorer.score(images, [_swap_shapes(c) for c in caps]) == 0.6).all()  # both shapes wrong
     blank = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
