@@ -184,7 +184,7 @@ def summarise(per_seed: list[dict[str, Any]], tuning: dict[str, Any], args: argp
     out["per_seed"] = per_seed
     out["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out["eval_samples_per_arm"] = {"train_captions": args.prompts * args.train_eval_seeds,
-                                   "heldout": min(args.eval_prompts, len(tw.heldout_captions())) * args.eval_seeds}
+                                   "heldout": len(splits(args)[1]) * args.eval_seeds}
     return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+from services.state.types import objects_prefix
+
 
 def derive_seed(*parts: object) -> int:
     """A 31-bit seed from its parts (e.g. job seed, "sample", epoch, prompt, index)."""
@@ -13,7 +15,8 @@ def derive_seed(*parts: object) -> int:
 
 
 def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
+    """Where the job's objects go: the prefix purge and the stored-bytes ledger hold them to."""
+    return objects_prefix(job_id)
 
 
 def sample_id(epoch: int, prompt: int, index: int) -> str:

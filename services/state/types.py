@@ -145,7 +145,7 @@ def check_id(field: str, value: str) -> str:
 
 
 def objects_prefix(job_id: str) -> str:
-    """Where a job's objects live in the store (workers.keys.job_prefix builds every key under it)."""
+    """Where a job's objects live in the store (workers.keys builds every key under it from this)."""
     return f"jobs/{check_id('job_id', job_id)}/"
 
 
