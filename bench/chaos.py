@@ -4,10 +4,10 @@ fault lands every 10-30 s; then every job is checked against what its spec impli
     OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python bench/chaos.py [--minutes 15] [--jobs 12] [--seed 0]
         [--denoiser-ms 60] [--scorer-ms 20] [--settle-minutes 15]
 
-The stack (tests/integration/stack_helpers.running_stack): its own Redis (AOF, everysec), SeaweedFS,
+The stack (devstack.harness.running_stack): its own Redis (AOF, everysec), SeaweedFS,
 the API and one Celery worker per queue under the stack supervisor, which restarts what dies; where
 network namespaces can be made (root, iproute2), two more workers on the reliability suite's netns
-"hosts" (tests/netns.py), Redis and S3 then listening on the hosts' server
+"hosts" (devstack/netns.py), Redis and S3 then listening on the hosts' server
 address. Otherwise the link-cut fault is left out, and the reason logged.
 
 Jobs: `--jobs` (12 by default) of mixed sizes (2-4 prompts, 8-16 samples, 2-3 epochs, 20 steps,
@@ -22,7 +22,7 @@ the object store frozen or down for 5-20 s, a host's link cut for 10-30 s.
 Watched during the run: committed units, policy versions and the ETag of every object under jobs/
 (every few seconds), for commits that vanish, versions that go back, objects rewritten with other
 bytes. After the soak and the settle: each job's terminal state (cancelled iff its cancel was
-accepted), its exact samples, pairs, trained steps, checkpoints and objects (stack_helpers.
+accepted), its exact samples, pairs, trained steps, checkpoints and objects (workers.audit.
 assert_exact_outputs), units computed to the end more than once (two "done" log lines for one
 unit of one job), leases, queues and unacked messages left. A fault's recovery: from its end (the
 store or link resumed; at once for a kill) until the stack was whole (every process alive) and the
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chaos_faults import Fault, chaos_stack, fault_kinds, worker_hosts  # noqa: E402
 from bench.chaos_watch import Watch, duplicate_units, leftovers, verify_job  # noqa: E402
-from tests.integration.stack_helpers import Stack  # noqa: E402
+from devstack.harness import Stack  # noqa: E402
 
 TENANTS = ("alice", "bob", "carol")
 PROMPTS = [

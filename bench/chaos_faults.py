@@ -2,7 +2,7 @@
 
 Each fault takes the stack, a seeded `random.Random` and returns a `Fault` once the fault is over
 (what was stopped is resumed, what was killed is left to the stack supervisor to restart). The
-netns hosts are the suite's (tests/netns.py); this module adds a worker per host beside the
+netns hosts are the reliability suite's (devstack/netns.py); this module adds a worker per host beside the
 per-queue workers.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack.procs import ProcessSpec, tcp_open
-from tests import netns
-from tests.integration.stack_helpers import Stack, running_stack, signal_all, wait_for
+from devstack import netns
+from devstack.harness import Stack, running_stack
+from devstack.procs import ProcessSpec, signal_all, tcp_open, wait_for
 
 #: The stack's own workers: one per queue (devstack.plan); netns hosts add worker-hostA/B.
 QUEUE_WORKERS = ("worker-sample", "worker-score", "worker-fuse", "worker-train")
@@ -39,7 +39,7 @@ class Fault:
 
 @contextlib.contextmanager
 def worker_hosts() -> Iterator[tuple[dict[str, str] | None, str]]:
-    """The suite's two netns hosts (tests/netns.py) if they can be made here (else None and the reason)."""
+    """The suite's two netns hosts (devstack/netns.py) if they can be made here (else None and the reason)."""
     try:
         with netns.worker_hosts() as hosts:
             yield hosts, "ok"

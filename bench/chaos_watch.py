@@ -4,7 +4,7 @@
 units all jobs have committed (a fault's recovery is read off that timeline); every 5 s each job's
 committed units and policy version (a commit that vanishes, a version that goes back) and the ETag of
 every object under jobs/ (an object rewritten with other bytes). The checks after the soak reuse the
-reliability suite's exact-output check (tests/integration/stack_helpers.assert_exact_outputs).
+reliability suite's exact-output check (workers.audit.assert_exact_outputs).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from devstack.harness import Stack
 from services.jobspec import JobSpec
 from services.queue import QUEUES
 from services.state import keys
 from services.telemetry import Telemetry
-from tests.integration.stack_helpers import Stack, assert_exact_outputs
+from workers.audit import assert_exact_outputs
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # workers.telemetry's text format; "done" is logged once a unit's stage ran and its commit returned
@@ -154,7 +155,7 @@ def verify_job(stack: Stack, job_id: str, spec_dict: dict[str, Any], expect: str
     problems = []
     if expect == "succeeded":
         try:
-            assert_exact_outputs(stack, job_id, spec_dict)
+            assert_exact_outputs(stack.state(), stack.store(), job_id, spec_dict)
         except AssertionError as e:
             problems.append(f"outputs: {str(e)[:400]}")
         except Exception as e:  # noqa: BLE001 - the check itself could not run: say so, go on

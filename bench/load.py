@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import redis  # noqa: E402
 
-from tests.integration.stack_helpers import TINY_JOB, running_stack  # noqa: E402
+from devstack.harness import TINY_JOB, running_stack  # noqa: E402
 
 #: route -> weight in the request mix (sums to 100)
 MIX: dict[str, int] = {

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devstack.harness import running_stack  # noqa: E402
 from dfusion_core.evaluation import load_prompts  # noqa: E402
 from services.jobspec import JobSpec  # noqa: E402
 from services.telemetry import Telemetry  # noqa: E402
-from tests.integration.stack_helpers import running_stack  # noqa: E402
 from workers.embedded import run_embedded  # noqa: E402
 
 

@@ -37,10 +37,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devstack.harness import Stack, running_stack  # noqa: E402
+from devstack.procs import wait_for  # noqa: E402
 from dfusion_core.evaluation import load_prompts  # noqa: E402
 from services.jobspec import JobSpec  # noqa: E402
 from services.queue import QUEUES, worker_command  # noqa: E402
-from tests.integration.stack_helpers import Stack, running_stack, wait_for  # noqa: E402
 from workers.flow import PAIRS_SCORED, JobFlow  # noqa: E402
 
 

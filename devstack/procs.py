@@ -1,4 +1,5 @@
-"""Process plumbing shared by the local stack and the test fixtures: ports, binaries, commands.
+"""Process plumbing shared by the local stack, the test fixtures and the benches: ports, binaries,
+commands, signals, polling.
 
 Kept apart from `stack.py` so tests can start exactly one server (SeaweedFS, Redis) the same way
 the stack does, without the supervisor.
@@ -15,8 +16,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: SeaweedFS serves gRPC on every HTTP port + this offset; both must be free.
 GRPC_OFFSET = 10000
@@ -189,18 +192,45 @@ def terminate(pid: int, grace_s: float = 5.0, reap: Callable[[], object] | None 
             time.sleep(0.05)
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.2, what: str = "") -> None:
-    """Poll `check` until it is true; used only for startup readiness of external servers."""
+def terminate_all(pids: list[int], grace_s: float) -> None:
+    """`terminate` for several process groups at once: SIGTERM to all, SIGKILL to those still
+    alive after `grace_s`, then wait (at most 5 s) until every one is gone."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while (pids := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pids:
+            return
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    """Send `sig` to each process (not its group); one already gone is skipped."""
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def wait_for(fn: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.2,
+             fatal: tuple[type[Exception], ...] = ()) -> Any:
+    """Poll `fn` until it returns something true, and return that. Its exceptions mean "not yet"
+    (the last one goes into the TimeoutError), except those of a `fatal` type, raised at once
+    (e.g. a server found dead while waiting for it to answer)."""
     deadline = time.monotonic() + timeout_s
-    while True:
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
         try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - any failure just means "not ready yet"
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what or check}")
-        time.sleep(interval_s)
+            value = fn()
+            if value:
+                return value
+        except fatal:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep polling through transient errors
+            last_exc = exc
+        time.sleep(poll_s)
+    raise TimeoutError(f"timed out waiting for {what} ({last_exc!r})")
 
 
 def tcp_open(host: str, port: int) -> bool:

@@ -48,7 +48,8 @@ if _ROOT not in sys.path:
 from tests.infra import SeaweedServer, run_redis, run_seaweed  # noqa: E402
 
 if TYPE_CHECKING:
-    from tests.integration.stack_helpers import FinishedJob, Stack
+    from devstack.harness import Stack
+    from tests.integration.stack_helpers import FinishedJob
 
 
 def _worker_db(url: str) -> str:
@@ -115,7 +116,7 @@ class _EarlyStack:
         self._thread.start()
 
     def _start(self) -> None:
-        from tests.integration.stack_helpers import TINY_JOB
+        from devstack.harness import TINY_JOB
 
         try:
             self._cm = _session_stack(self.root)
@@ -198,7 +199,8 @@ def _uses_stack(item: pytest.Item) -> bool:
 
 
 def _session_stack(root: Path) -> contextlib.AbstractContextManager[Stack]:
-    from tests.integration.stack_helpers import BROKEN_MODELS, running_stack
+    from devstack.harness import running_stack
+    from tests.integration.stack_helpers import BROKEN_MODELS
 
     return running_stack(root, env={"DFUSION_MODELS": json.dumps(BROKEN_MODELS)})
 
@@ -352,9 +354,10 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def tiny_job(stack: Stack) -> FinishedJob:
-    """One finished tiny job (`stack_helpers.TINY_JOB`, 2 epochs) that the tests only read; submitted
+    """One finished tiny job (`devstack.harness.TINY_JOB`, 2 epochs) that the tests only read; submitted
     when the stack started, if the session knew by then that a test reads it."""
-    from tests.integration.stack_helpers import TINY_JOB, finish_job
+    from devstack.harness import TINY_JOB
+    from tests.integration.stack_helpers import finish_job
 
     if _handed is not None:
         early_id = _handed[1]

@@ -1,17 +1,15 @@
-"""Reusable test infrastructure: real SeaweedFS (S3) and Redis, started the way the stack does.
+"""Reusable test infrastructure: real SeaweedFS (S3) and Redis, started the way the stack does
+(a whole throwaway stack is `devstack.harness.running_stack`).
 
 Importable by any test package (`from tests.infra import ...`); torch-free.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,21 +18,22 @@ from devstack.procs import (
     SeaweedPorts,
     find_binary,
     free_port,
-    pid_alive,
     redis_command,
     seaweed_command,
     seaweed_env,
     spawn,
     terminate,
+    wait_for,
 )
+from devstack.stack import KILL_GRACE_S
 from services.settings import Settings
 
-__all__ = ["free_port", "SeaweedServer", "run_seaweed", "run_redis", "s3_probe", "kill_stack"]
+__all__ = ["free_port", "SeaweedServer", "run_seaweed", "run_redis", "s3_probe"]
 
 SEAWEED_READY_TIMEOUT_S = 60.0
 # A test's servers hold nothing worth a clean stop, and SeaweedFS spends ~25 s shutting down on
-# SIGTERM: they get this long before SIGKILL.
-TEARDOWN_GRACE_S = 0.5
+# SIGTERM: they get as long as a throwaway stack's processes before SIGKILL.
+TEARDOWN_GRACE_S = KILL_GRACE_S
 REDIS_READY_TIMEOUT_S = 30.0  # starts in milliseconds; the rest is room for a loaded machine
 
 
@@ -85,7 +84,7 @@ def run_seaweed(data_dir: Path | None = None) -> Iterator[SeaweedServer]:
                     raise RuntimeError(f"weed exited with {proc.returncode}:\n{log}")
                 return s3_probe(endpoint, access, secret)
 
-            _wait_or_raise(ready, SEAWEED_READY_TIMEOUT_S, "SeaweedFS S3")
+            wait_for(ready, SEAWEED_READY_TIMEOUT_S, "SeaweedFS S3", poll_s=0.25, fatal=(RuntimeError,))
             yield SeaweedServer(endpoint, access, secret, root, proc.pid)
         finally:
             terminate(proc.pid, grace_s=TEARDOWN_GRACE_S, reap=proc.poll)
@@ -115,52 +114,8 @@ def run_redis(data_dir: Path) -> Iterator[str]:
             with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
                 return bool(client.ping())
 
-        _wait_or_raise(ready, REDIS_READY_TIMEOUT_S, "redis-server")
+        wait_for(ready, REDIS_READY_TIMEOUT_S, "redis-server", poll_s=0.25, fatal=(RuntimeError,))
         yield url
     finally:
         terminate(proc.pid, grace_s=TEARDOWN_GRACE_S, reap=proc.poll)
         proc.wait(timeout=5)
-
-
-def kill_stack(root: Path) -> None:
-    """Tear down a test's local stack in `root` without waiting for clean stops: the supervisor
-    first (so nothing restarts), then every process it recorded, all at once: SIGTERM to each
-    process group, SIGKILL to those still alive TEARDOWN_GRACE_S later. `devstack.stack.stack_down`
-    is for real stacks (and has its own tests); on a throwaway one its graceful stop costs ~10 s,
-    mostly SeaweedFS's, and one grace per process in turn cost ~4 s a stack."""
-    from devstack.stack import stack_status
-
-    status = stack_status(root)  # the supervisor is listed first
-    if status and status[0].alive and status[0].pid:
-        terminate(status[0].pid, grace_s=0.0)  # SIGKILL at once: it must be gone before the rest
-    terminate_all([p.pid for p in status[1:] if p.alive and p.pid], TEARDOWN_GRACE_S)
-
-
-def terminate_all(pids: list[int], grace_s: float) -> None:
-    """`devstack.procs.terminate` for several process groups at once: SIGTERM to all, SIGKILL to
-    those still alive after `grace_s`, then wait (at most 5 s) until every one is gone."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        for pid in pids:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while (pids := [pid for pid in pids if pid_alive(pid)]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not pids:
-            return
-
-
-def _wait_or_raise(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `check` until true; its RuntimeError (the server died) is raised at once, others mean 'not yet'."""
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except RuntimeError:
-            raise
-        except Exception as e:  # noqa: BLE001 - not ready yet
-            last = e
-        time.sleep(0.25)
-    raise TimeoutError(f"{what} not ready after {timeout_s}s (last error: {last!r})")

@@ -45,7 +45,8 @@ def test_the_walk_finds_every_module() -> None:
     for name in ("state", "state.protocol", "state.redis", "state.memory", "state.tokens", "state.types",
                  "state.keys", "telemetry"):
         assert f"services.{name}" in SERVICES
-    assert {"devstack.procs", "devstack.plan", "devstack.health", "devstack.stack"} <= set(DEVSTACK)
+    assert {"devstack.procs", "devstack.plan", "devstack.health", "devstack.stack", "devstack.harness",
+            "devstack.netns"} <= set(DEVSTACK)
     assert {"reports.html", "reports.job"} <= set(REPORTS)
 
 
@@ -161,3 +162,23 @@ def test_no_import_cycles() -> None:
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     assert graph["workers.stages"] >= {"workers.stages.training"}  # the walk sees package imports
     assert import_cycles(graph) == []
+
+
+# --- the test suite is a leaf ------------------------------------------------------------------
+
+def test_nothing_outside_tests_imports_tests() -> None:
+    """The benches and scripts are tools users run, and the packages are what they run: none may need
+    the test suite (a throwaway stack for both is `devstack.harness`)."""
+    paths = [path for top in (*PACKAGES, "bench", "scripts") for path in (ROOT / top).rglob("*.py")]
+    assert any(path.parent.name == "bench" for path in paths)
+    offenders = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert offenders == []

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cli.main import main
-from tests.integration.stack_helpers import TINY_JOB
+from devstack.harness import TINY_JOB
 
 pytestmark = pytest.mark.integration
 

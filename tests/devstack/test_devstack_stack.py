@@ -26,13 +26,13 @@ from devstack.stack import (
     stack_down,
     stack_facts,
     stack_health,
+    stack_kill,
     stack_status,
     stack_up,
     stack_wait,
 )
 from services.queue import QUEUES, worker_command
 from services.settings import Settings
-from tests.infra import kill_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 # Settings for a real stack's processes only (never this process's environment): four workers
@@ -56,7 +56,7 @@ def _wait(check, timeout_s: float = 60.0) -> None:
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    kill_stack(tmp_path)  # never leave processes behind, even on failure (no clean stop: nothing to keep)
+    stack_kill(tmp_path)  # never leave processes behind, even on failure (no clean stop: nothing to keep)
 
 
 def test_supervisor_restarts_killed_process(root: Path) -> None:

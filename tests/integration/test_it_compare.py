@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devstack.harness import TINY_JOB
+from devstack.procs import wait_for
 from services.compare import MAX_COMPARE_SEEDS
-from tests.integration.stack_helpers import TINY_JOB, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests.integration.stack_helpers import Stack, assert_exact_outputs, wait_for
+from devstack.harness import Stack
+from devstack.procs import wait_for
 from tests.integration.test_it_sim import SIM_JOB
+from workers.audit import assert_exact_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +37,7 @@ def test_a_small_job_is_not_queued_behind_a_big_one(stack: Stack) -> None:
     sampled = state.get_counts(big)["samples"]
     assert sampled < 24 * 4, "the big job finished sampling before the small job ended: it was queued behind it"
     wait_for(lambda: not state.leases(small), 60, "the small job's last unit to return")
-    assert_exact_outputs(stack, small, SMALL)  # every sample, pair, step and object once
+    assert_exact_outputs(stack.state(), stack.store(), small, SMALL)  # every sample, pair, step and object once
     with stack.client() as c:
         assert c.delete(f"/v1/jobs/{big}").status_code == 202
     wait_for(lambda: not state.leases(big), 60, "the big job's last unit to return")

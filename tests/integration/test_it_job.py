@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from devstack.harness import TINY_JOB
 from services.jobspec import JobSpec
-from tests.integration.stack_helpers import TINY_JOB
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli.main import main
-from tests.integration.stack_helpers import Stack, wait_for
+from devstack.harness import Stack
+from devstack.procs import wait_for
 from tests.integration.test_it_sim import SIM_JOB
 
 pytestmark = pytest.mark.integration

@@ -1,14 +1,15 @@
 """The reliability tests' stack. Faults are injected into real processes of a real stack
 (own Redis with AOF, SeaweedFS, API, one Celery worker per queue under the stack supervisor);
 nothing is mocked there. test_rel_fanin.py and test_rel_retry.py are the exceptions: no stack, a
-stand-in broker or task (their docstrings say what they check). Helpers (small jobs, task events, kills, exact outputs) are in stack_helpers.
+stand-in broker or task (their docstrings say what they check). Helpers (small jobs, task events,
+kills) are in stack_helpers, the exact-output check in workers.audit.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.stack_helpers import Stack
+from devstack.harness import Stack
 
 
 @pytest.fixture(scope="session")

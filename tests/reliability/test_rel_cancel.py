@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from devstack.procs import wait_for
 from services.queue import QUEUES
 from services.telemetry import Telemetry
-from tests.integration.stack_helpers import running_task, small_job, task_events, wait_for
+from tests.integration.stack_helpers import running_task, small_job, task_events
 from workers import keys
 
 pytestmark = pytest.mark.integration

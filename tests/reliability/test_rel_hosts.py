@@ -2,7 +2,7 @@
 (the root namespace, on an address of an interface the test adds); one host's link is cut mid-task and the
 other host finishes the job, its lost task included.
 
-The hosts are tests/netns.py's; the test skips, saying why, where namespaces cannot be created.
+The hosts are devstack/netns.py's; the test skips, saying why, where namespaces cannot be created.
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.stack_helpers import (
-    assert_exact_outputs,
-    freeze_mid_task,
-    running_stack,
-    signal_all,
-    small_job,
-    task_events,
-)
-from tests.netns import SERVER, NetnsUnavailable, set_link, worker_hosts, workers_on
+from devstack.harness import running_stack
+from devstack.netns import SERVER, NetnsUnavailable, set_link, worker_hosts, workers_on
+from devstack.procs import signal_all
+from tests.integration.stack_helpers import freeze_mid_task, small_job, task_events
+from workers.audit import assert_exact_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +43,7 @@ def test_rel_host_link_cut_mid_task_other_host_finishes(hosts, tmp_path):
             signal_all(frozen, signal.SIGCONT)
         job = stack.wait_job(job_id, timeout_s=240)
         assert job["status"] == "succeeded", job
-        assert_exact_outputs(stack, job_id, spec)
+        assert_exact_outputs(stack.state(), stack.store(), job_id, spec)
         # host B ran the task that was lost with host A
         redone = [e for e in task_events(stack, "worker-hostB", 0)
                   if e.kind == "start" and (e.task, e.kwargs) == (ev.task, ev.kwargs) and e.ts > ev.ts]

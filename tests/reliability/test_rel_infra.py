@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from devstack.procs import tcp_open
-from tests.integration.stack_helpers import assert_exact_outputs, small_job, wait_for
+from devstack.procs import tcp_open, wait_for
+from tests.integration.stack_helpers import small_job
 from workers import redelivery
+from workers.audit import assert_exact_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def test_rel_redis_killed_and_restarted_mid_job(rstack):
             os.kill(pid, signal.SIGCONT)
     job = rstack.wait_job(job_id, timeout_s=240)  # the API authenticates with the token from before the crash
     assert job["status"] == "succeeded", job
-    assert_exact_outputs(rstack, job_id, spec)
+    assert_exact_outputs(rstack.state(), rstack.store(), job_id, spec)
 
 
 def test_rel_lost_message_is_sent_again(rstack):
@@ -65,7 +66,7 @@ def test_rel_lost_message_is_sent_again(rstack):
     _, unit, _ = redelivery.task_of(json.loads(raw))
     job = rstack.wait_job(job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert_exact_outputs(rstack, job_id, spec)
+    assert_exact_outputs(rstack.state(), rstack.store(), job_id, spec)
     text = "".join(rstack.log_since(w, offsets[w]) for w in WORKERS)
     assert f"{unit} of job {job_id}: not committed, not running and in no queue" in text
 
@@ -87,7 +88,7 @@ def test_rel_object_store_unreachable_for_10s(rstack):
         os.kill(supervisor, signal.SIGCONT)
     job = rstack.wait_job(job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert_exact_outputs(rstack, job_id, spec)
+    assert_exact_outputs(rstack.state(), rstack.store(), job_id, spec)
     # the tasks that hit the outage were retried with exponential backoff, none failed
     text = "".join(rstack.log_since(w, offsets[w]) for w in WORKERS)
     delays = {int(d) for d in re.findall(r"transient failure, retry in (\d+)s", text)}

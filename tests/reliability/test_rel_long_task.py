@@ -30,20 +30,13 @@ from dataclasses import replace
 
 import pytest
 
+from devstack.harness import Stack, running_stack
+from devstack.procs import signal_all, wait_for
 from services.queue import QUEUES, worker_command
 from services.state import keys as state_keys
-from tests.integration.stack_helpers import (
-    Event,
-    Stack,
-    assert_exact_outputs,
-    kill_mid_task,
-    running_stack,
-    signal_all,
-    small_job,
-    task_events,
-    wait_for,
-)
+from tests.integration.stack_helpers import Event, kill_mid_task, small_job, task_events
 from workers import keys
+from workers.audit import assert_exact_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +112,7 @@ def test_rel_task_longer_than_visibility_timeout_computes_once(lstack: Stack) ->
     job_id = lstack.submit(spec)
     job = lstack.wait_job(job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert_exact_outputs(lstack, job_id, spec)
+    assert_exact_outputs(lstack.state(), lstack.store(), job_id, spec)
     log = _assert_trained_once(lstack, job_id, offsets)
     if lstack.facts["broker"] == "redis":  # RabbitMQ has no visibility timeout: nothing to duplicate
         assert "dfusion.train duplicate delivery of train-e0: running on" in log, "the timeout never redelivered"
@@ -147,7 +140,7 @@ def test_rel_trainer_killed_mid_task_other_worker_redoes_it(lstack: Stack) -> No
     delay = again.ts - killed_at
     job = lstack.wait_job(job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert_exact_outputs(lstack, job_id, spec)
+    assert_exact_outputs(lstack.state(), lstack.store(), job_id, spec)
     _assert_trained_once_after_kill(lstack, job_id, offsets)
     print(f"{lstack.facts['broker']}: train-e0 taken over {delay:.1f}s after the kill")
     assert delay < 30, f"train-e0 came back {delay:.1f}s after its worker died"
@@ -202,4 +195,4 @@ def test_rel_stalled_trainer_writes_nothing_once_replaced(lstack: Stack) -> None
     assert writes == [], f"the stale trainer wrote job state: {writes}"
     assert {k: store.get(k) for k in store.list(keys.job_prefix(job_id))} == objects
     assert "lost its lease" in ended.group(0)
-    assert_exact_outputs(lstack, job_id, spec)
+    assert_exact_outputs(lstack.state(), lstack.store(), job_id, spec)

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from devstack.procs import signal_all, wait_for
 from services.queue import QUEUES
 from services.telemetry import Telemetry
-from tests.integration.stack_helpers import signal_all, small_job, task_events, wait_for
+from tests.integration.stack_helpers import small_job, task_events
 from workers import keys
 
 pytestmark = pytest.mark.integration

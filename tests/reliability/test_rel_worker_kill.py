@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.stack_helpers import assert_exact_outputs, kill_mid_task, restart_delay, small_job
+from tests.integration.stack_helpers import kill_mid_task, restart_delay, small_job
+from workers.audit import assert_exact_outputs
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ def _kill_and_finish(stack, worker: str, task: str, spec: dict, whole_worker: bo
     delay = restart_delay(stack, worker, ev, killed_at, offset)
     job = stack.wait_job(job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
-    assert_exact_outputs(stack, job_id, spec)
+    assert_exact_outputs(stack.state(), stack.store(), job_id, spec)
     if whole_worker:  # the supervisor brought the worker back
         assert stack.processes()[worker].restarts == restarts + 1
     print(f"{task} back {delay:.1f}s after the kill")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.stack_helpers import TINY_JOB
+from devstack.harness import TINY_JOB
 
 pytestmark = pytest.mark.integration
 

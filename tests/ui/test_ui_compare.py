@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.integration.stack_helpers import wait_for
+from devstack.procs import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -92,7 +92,7 @@ def test_other_tenants_see_neither_the_job_nor_its_dataset(stack, tiny_job):
 
 
 def test_a_running_job_page_polls_the_api(stack):
-    from tests.integration.stack_helpers import TINY_JOB
+    from devstack.harness import TINY_JOB
 
     with stack.client() as api:
         job_id = api.post("/v1/jobs", json={**TINY_JOB, "samples_per_prompt": 8}).json()["id"]

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from devstack.procs import free_port
+from devstack.procs import free_port, wait_for
 from dfusion_core.storage import LocalDirStore
 from services.state import JobStatus, LeaseLost
 from services.state.memory import MemoryJobStore
 from services.state.redis import RedisJobStore
 from tests.infra import run_redis
-from tests.integration.stack_helpers import small_job, wait_for
+from tests.integration.stack_helpers import small_job
 from workers.leases import FencedStore, Heartbeat, new_lease, unit_of
 from workers.redelivery import PRIORITY_SEP, UNACKED, UNACKED_INDEX, Unacked, lost, orphans
 

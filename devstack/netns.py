@@ -1,7 +1,8 @@
 """Worker "hosts" on this machine: network namespaces joined by veth pairs to a server address in the
-root namespace, where Redis and S3 then listen. The reliability suite (tests/reliability/
-test_rel_hosts.py) and the chaos soak (bench/chaos.py) cut a host's link to see its worker vanish
-from the network while it keeps running.
+root namespace, where Redis and S3 then listen (`devstack.harness.running_stack(host=SERVER,
+plan=workers_on(hosts))`). The reliability suite (tests/reliability/test_rel_hosts.py) and the
+chaos soak (bench/chaos.py) cut a host's link to see its worker vanish from the network while it
+keeps running.
 
 Addresses are private (10.231.0.0/16) and exist only on interfaces created here. `worker_hosts`
 raises `NetnsUnavailable`, saying why, where namespaces cannot be created (no root, no

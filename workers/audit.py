@@ -1,0 +1,76 @@
+"""The exact outputs of a succeeded job, checked against its spec: every sample, pair, optimizer
+step, checkpoint and stored object once, nothing missing, nothing twice. The reliability suite's
+check after each fault, and the chaos soak's (bench/chaos_watch.py) after each job.
+
+Raises AssertionError (plain `assert`s: run it without -O) naming the first difference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dfusion_core.storage import BlobStore
+from services.jobspec import JobSpec
+from services.records import PairRecord
+from services.state.protocol import JobStore
+from workers import keys
+
+
+def steps_per_epoch(spec: JobSpec, kept: int) -> int:
+    """Optimizer steps train(e) takes on `kept` pairs (those the pair filter kept)."""
+    if kept == 0:
+        return 0
+    if spec.training.steps_per_epoch is not None:
+        return spec.training.steps_per_epoch
+    return math.ceil(kept / (spec.training.batch_pairs * spec.training.grad_accum)) * spec.training.inner_epochs
+
+
+def kept_per_epoch(state: JobStore, job_id: str, spec: JobSpec) -> list[int]:
+    """Pairs per epoch that the train stage marked `trained` (all pairs carry the flag once trained)."""
+    pairs = [PairRecord.load(r) for r in state.list_pairs(job_id).values()]
+    assert all(p.trained is not None and p.target_score is not None for p in pairs), "a pair was never trained"
+    return [sum(1 for p in pairs if p.epoch == e and p.trained) for e in range(spec.epochs)]
+
+
+def expected_keys(job_id: str, spec: JobSpec, kept: list[int]) -> set[str]:
+    """Every object a successful job stores; trainer state versions count optimizer steps."""
+    from dfusion_core.checkpoint import STATE_NAME, WEIGHTS_NAME  # torch: only once a check runs
+
+    n_pairs = spec.expected_counts().pairs_per_prompt
+    out, version = set(), 0
+    for e in range(spec.epochs):
+        for p in range(len(spec.prompts)):
+            for i in range(spec.samples_per_prompt):
+                sid = keys.sample_id(e, p, i)
+                out |= {keys.trajectory_key(job_id, sid), keys.image_key(job_id, sid)}
+            for k in range(n_pairs):
+                pid = keys.pair_id(e, p, k)
+                out |= {keys.target_key(job_id, pid), keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid)}
+        version += steps_per_epoch(spec, kept[e])
+        unit = keys.trainer_state_prefix(job_id, e)
+        out |= {f"{unit}/metrics.json", f"{unit}/{version}/{WEIGHTS_NAME}", f"{unit}/{version}/{STATE_NAME}"}
+        out.add(keys.checkpoint_key(job_id, e + 1))
+    return out
+
+
+def assert_exact_outputs(state: JobStore, store: BlobStore, job_id: str, spec_dict: dict[str, Any]) -> None:
+    """Succeeded with exactly the expected samples, pairs, steps, checkpoints and objects (in
+    `state` and `store`): nothing missing, nothing twice, every training step applied once (trainer
+    versions have no gaps)."""
+    spec = JobSpec.model_validate(spec_dict)
+    job = state.get_job(job_id)
+    assert job.status.value == "succeeded", (job.status, job.error)
+    n, pairs_per_prompt = spec.samples_per_prompt, spec.expected_counts().pairs_per_prompt
+    units = [(e, p) for e in range(spec.epochs) for p in range(len(spec.prompts))]
+    assert set(state.list_samples(job_id)) == {keys.sample_id(e, p, i) for e, p in units for i in range(n)}
+    assert set(state.list_pairs(job_id)) == {keys.pair_id(e, p, k) for e, p in units for k in range(pairs_per_prompt)}
+    kept = kept_per_epoch(state, job_id, spec)
+    metrics = state.get_metrics(job_id)
+    assert [m["pairs_trained"] for m in metrics] == kept
+    assert [m["optimizer_steps"] for m in metrics] == [steps_per_epoch(spec, k) for k in kept]
+    steps = sum(m["optimizer_steps"] for m in metrics)
+    assert state.get_counts(job_id) == {**spec.expected_counts().total, "trained_steps": steps}
+    assert [c["version"] for c in state.list_checkpoints(job_id)] == list(range(1, spec.epochs + 1))
+    assert state.policy_version(job_id) == spec.epochs
+    assert set(store.list(keys.job_prefix(job_id))) == expected_keys(job_id, spec, kept)
