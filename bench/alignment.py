@@ -25,6 +25,11 @@ t-interval are over seeds. Printed as `paired difference plain-none: +0.050 (95%
 +0.079)` (training captions) and `held-out paired difference fusion-none: ...`. Writes summary.json
 and alignment.svg (score against epoch per arm, 95 % CI bands over seeds) under --out; the last
 stdout line is the summary.
+
+`--probe` is for choosing what to run, on validation noise only: both arms at one learning rate on
+job seeds the reported run does not use (e.g. `--seeds 100 101`), each checkpoint scored fact by fact
+on the validation seeds, and the first epoch's samples and fused targets read the same way; writes
+probe.json under --out. `--training` and `--fusion` lay JSON settings over both arms' jobs.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.stats import mean_ci  # noqa: E402
+from bench.toy_facts import FACTS, conditional_rates, sample_facts  # noqa: E402
 from dfusion_core.config import SamplingConfig  # noqa: E402
 from dfusion_core.evaluation import evaluate_scores  # noqa: E402
 from dfusion_core.lora import ADAPTER, WEIGHTS_NAME, has_lora, load_lora_bytes  # noqa: E402
@@ -79,7 +85,9 @@ def job_spec(captions: list[str], seed: int, pairs: str, lr: float, args: argpar
         "model": "toy", "samples_per_prompt": args.samples, "epochs": args.epochs, "seed": seed,
         "sampling": {"num_steps": args.steps, "guidance_scale": args.guidance, "eta": 1.0, "batch_size": args.batch},
         "training": {"algorithm": args.algorithm, "pairs": pairs, "learning_rate": lr, "batch_pairs": args.batch_pairs,
-                     "steps_per_epoch": args.steps_per_epoch, "skip_last_steps": args.skip_last_steps},
+                     "steps_per_epoch": args.steps_per_epoch, "skip_last_steps": args.skip_last_steps,
+                     **args.training},
+        **({"fusion": args.fusion} if args.fusion else {}),
         # the job's own per-epoch checks are kept to one sample and off: the bench scores every arm itself
         "eval_prompts": captions[:1], "eval_seeds": 1, "train_eval_seeds": 0,
     })
@@ -94,15 +102,25 @@ class Evaluator:
         self.sampling = SamplingConfig(num_steps=args.steps, guidance_scale=args.guidance, eta=1.0,
                                        batch_size=args.eval_batch)
 
-    def scores(self, captions: list[str], seeds: list[int], lora: bytes | None) -> list[float]:
-        """Per-caption mean scores, with the LoRA checkpoint `lora` (None = the untrained model)."""
+    def use(self, lora: bytes | None) -> None:
+        """Sample with the LoRA checkpoint `lora` from now on (None = the untrained model)."""
         unet = self.model.unet
         if has_lora(unet):
             unet.delete_adapters(ADAPTER)
         if lora is not None:
             load_lora_bytes(unet, lora)
+
+    def scores(self, captions: list[str], seeds: list[int], lora: bytes | None) -> list[float]:
+        """Per-caption mean scores, with the LoRA checkpoint `lora` (None = the untrained model)."""
+        self.use(lora)
         flat = evaluate_scores(self.model, self.scorer, captions, seeds, self.sampling)
         return flat.view(len(captions), len(seeds)).mean(dim=1).tolist()
+
+    def facts(self, captions: list[str], seeds: list[int], lora: bytes | None) -> dict[str, float]:
+        """The mean toy score and each fact's rate (bench/toy_facts.py's reading) of the same samples."""
+        self.use(lora)
+        raw = sample_facts(self.model, captions, seeds, self.sampling).reshape(-1, len(FACTS))
+        return {"mean": float(raw.mean()), **conditional_rates(raw)}
 
 
 def train_arm(captions: list[str], seed: int, pairs: str, lr: float, args: argparse.Namespace,
@@ -168,6 +186,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(json.dumps({"seed": seed, **row["final"]}))
             per_seed.append(row)
     return summarise(per_seed, tuning, args)
+
+
+def probe(args: argparse.Namespace) -> dict[str, Any]:
+    """--probe: each seed's training captions, every arm at the one learning rate, scored after each
+    epoch on validation noise (the seeds the learning-rate search uses, never evaluation noise), to
+    choose what the bench should run. The seed is the unit: mean and 95 % CI of trained - untrained."""
+    pool, _ = splits(args)
+    evaluator = Evaluator(args)
+    seeds = [VAL_SEED_BASE + k for k in range(args.val_seeds)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        for seed in args.seeds:
+            captions = training_captions(pool, seed, args.prompts)
+            untrained = evaluator.facts(captions, seeds, None)
+            row: dict[str, Any] = {"seed": seed, "untrained": untrained["mean"], "facts": {"untrained": untrained}}
+            for arm in ARMS:
+                loras, digest = train_arm(captions, seed, arm, args.lrs[0], args, Path(tmp_name))
+                row["facts"][arm] = [evaluator.facts(captions, seeds, lora) for lora in loras]
+                row[arm] = [f["mean"] for f in row["facts"][arm]]
+                row[f"{arm}_jobs"] = digest
+            # what the first epoch's fusion job drew: its samples and its fused targets, fact by fact
+            row["first_epoch_images"] = epoch_image_facts(Path(tmp_name) / f"{seed}-fusion-{args.lrs[0]:g}", captions)
+            log(json.dumps({k: row[k] for k in ("seed", "untrained", *ARMS)}))
+            rows.append(row)
+    diffs = {arm: mean_ci([r[arm][-1] - r["untrained"] for r in rows]) for arm in ARMS}
+    pooled = {kind: conditional_rates(np.concatenate([r["first_epoch_images"][kind] for r in rows]))
+              for kind in ("samples", "targets")}
+    for r in rows:
+        r["first_epoch_images"] = {k: len(v) for k, v in r["first_epoch_images"].items()}
+    return {"validation_differences": diffs, "first_epoch_image_facts": pooled, "per_seed": rows,
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+
+
+def epoch_image_facts(job_dir: Path, captions: list[str]) -> dict[str, np.ndarray]:
+    """caption_facts [N, 5] of a job's first-epoch samples and fused targets, read from its run folder."""
+    from PIL import Image
+
+    out = {}
+    for kind, pattern in (("samples", "e0/images/*.png"), ("targets", "e0/pairs/*.target.png")):
+        rows = []
+        for path in sorted(job_dir.glob(pattern)):
+            prompt = int(path.name.split("-")[1].removeprefix("p"))
+            rows.append(toy_scorer.caption_facts(np.asarray(Image.open(path).convert("RGB")), captions[prompt]))
+        out[kind] = np.asarray(rows, float).reshape(-1, len(FACTS))
+    return out
 
 
 def summarise(per_seed: list[dict[str, Any]], tuning: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -271,6 +334,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-prompts", type=int, default=22, help="held-out captions scored (22 = all)")
     p.add_argument("--eval-seeds", type=int, default=8, help="evaluation seeds per held-out caption")
     p.add_argument("--train-eval-seeds", type=int, default=8, help="fresh seeds per training caption")
+    p.add_argument("--training", type=json.loads, default={}, metavar="JSON",
+                   help='more training settings for both arms, e.g. \'{"beta": 1000}\'')
+    p.add_argument("--fusion", type=json.loads, default={}, metavar="JSON",
+                   help='fusion settings over the toy preset, e.g. \'{"mask_level": 0.75}\'')
+    p.add_argument("--probe", action="store_true",
+                   help="score every arm at --lrs[0] on validation noise after each epoch, for --seeds (use seeds "
+                        "the reported run does not, e.g. 100 101); writes probe.json under --out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "alignment")
     return p.parse_args(argv)
@@ -280,6 +350,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
+    if args.probe:
+        result = probe(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "probe.json").write_text(json.dumps(result, indent=2))
+        for kind, rates in result["first_epoch_image_facts"].items():
+            print(f"first-epoch fusion job, {kind}: " + " ".join(f"{k} {v:.2f}" for k, v in rates.items()))
+        for arm, ci in result["validation_differences"].items():
+            print(f"validation {arm}-none: {ci['mean']:+.3f} (95% CI {ci['lo']:+.3f} to {ci['hi']:+.3f}, "
+                  f"{len(args.seeds)} seeds), {time.time() - t0:.0f} s")
+        return result
     summary = run(args)
     summary["wall_s"] = round(time.time() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -65,3 +65,37 @@ def test_alignment_bench_reduced(tmp_path, capsys):
                              lines, re.M), lines
     svg = (tmp_path / "alignment.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 6 and svg.count("<polygon") == 6
+
+
+def test_alignment_probe_reduced(tmp_path, capsys):
+    torch.set_num_threads(1)
+    bench = _bench("alignment")
+    args = ["--probe", "--seeds", "100", "--prompts", "1", "--val-seeds", "2", "--samples", "4", "--epochs", "2",
+            "--steps", "3", "--batch", "4", "--eval-batch", "4", "--batch-pairs", "1", "--steps-per-epoch", "1",
+            "--lrs", "1e-3", "--threads", "1", "--out", str(tmp_path)]
+    result = bench.main(args)
+    row = result["per_seed"][0]
+    # one checkpoint per epoch per arm, each read fact by fact; the mean score is the facts' mean
+    assert {arm: len(row[arm]) for arm in ("plain", "fusion")} == {"plain": 2, "fusion": 2}
+    for arm in ("plain", "fusion"):
+        assert [f["mean"] for f in row["facts"][arm]] == row[arm]
+    # the probe's reading of the untrained model is the bench's own score of the same validation samples
+    evaluator = bench.Evaluator(bench.parse_args(args))
+    captions = bench.training_captions(bench.splits(bench.parse_args(args))[0], 100, 1)
+    seeds = [bench.VAL_SEED_BASE + k for k in range(2)]
+    assert math.isclose(row["untrained"], sum(evaluator.scores(captions, seeds, None)) / len(captions), abs_tol=1e-6)
+    # the first epoch's fusion job: 4 samples and 2 fused targets of the one caption
+    assert row["first_epoch_images"] == {"samples": 4, "targets": 2}
+    assert set(result["first_epoch_image_facts"]["targets"]) == {"colour_a", "shape_a", "colour_b", "shape_b", "relation"}
+    assert result["validation_differences"]["fusion"]["n"] == 1
+    assert re.search(r"^validation fusion-none: [+-]\d\.\d{3} \(95% CI", capsys.readouterr().out, re.M)
+    assert json.loads((tmp_path / "probe.json").read_text())["config"]["probe"] is True
+
+
+def test_alignment_settings_reach_both_arms():
+    bench = _bench("alignment")
+    args = bench.parse_args(["--training", '{"beta": 1000}', "--fusion", '{"mask_level": 0.75}'])
+    spec = bench.job_spec(["a red circle above a blue square"], 0, "fusion", 3e-3, args)
+    assert spec.training.beta == 1000 and spec.training.learning_rate == 3e-3
+    # the fusion setting is laid over the toy preset, whose other values stay
+    assert spec.fusion.mask_level == 0.75 and spec.fusion.blocks == (4, 7) and spec.fusion.mask_mode == "quantile"
