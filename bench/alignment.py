@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from bench.stats import mean_ci  # noqa: E402
 from bench.toy_facts import FACTS, conditional_rates, sample_facts  # noqa: E402
@@ -123,11 +124,16 @@ class Evaluator:
         return {"mean": float(raw.mean()), **conditional_rates(raw)}
 
 
+def job_dir(tmp: Path, seed: int, pairs: str, lr: float) -> Path:
+    """The run folder of one (seed, arm, learning rate) job."""
+    return tmp / f"{seed}-{pairs}-{lr:g}"
+
+
 def train_arm(captions: list[str], seed: int, pairs: str, lr: float, args: argparse.Namespace,
               tmp: Path) -> tuple[list[bytes], dict[str, Any]]:
     """One embedded job; its LoRA checkpoint after each epoch and a digest of its metrics."""
     t0 = time.time()
-    out = tmp / f"{seed}-{pairs}-{lr:g}"
+    out = job_dir(tmp, seed, pairs, lr)
     result = run_embedded(job_spec(captions, seed, pairs, lr, args), out, models={"toy": "toy"})
     if result.status != "succeeded":
         raise RuntimeError(f"seed {seed} {pairs} lr {lr}: job {result.status}: {result.error}")
@@ -207,7 +213,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
                 row[arm] = [f["mean"] for f in row["facts"][arm]]
                 row[f"{arm}_jobs"] = digest
             # what the first epoch's fusion job drew: its samples and its fused targets, fact by fact
-            row["first_epoch_images"] = epoch_image_facts(Path(tmp_name) / f"{seed}-fusion-{args.lrs[0]:g}", captions)
+            row["first_epoch_images"] = epoch_image_facts(job_dir(Path(tmp_name), seed, "fusion", args.lrs[0]), captions)
             log(json.dumps({k: row[k] for k in ("seed", "untrained", *ARMS)}))
             rows.append(row)
     diffs = {arm: mean_ci([r[arm][-1] - r["untrained"] for r in rows]) for arm in ARMS}
@@ -219,14 +225,12 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
 
 
-def epoch_image_facts(job_dir: Path, captions: list[str]) -> dict[str, np.ndarray]:
+def epoch_image_facts(folder: Path, captions: list[str]) -> dict[str, np.ndarray]:
     """caption_facts [N, 5] of a job's first-epoch samples and fused targets, read from its run folder."""
-    from PIL import Image
-
     out = {}
     for kind, pattern in (("samples", "e0/images/*.png"), ("targets", "e0/pairs/*.target.png")):
         rows = []
-        for path in sorted(job_dir.glob(pattern)):
+        for path in sorted(folder.glob(pattern)):
             prompt = int(path.name.split("-")[1].removeprefix("p"))
             rows.append(toy_scorer.caption_facts(np.asarray(Image.open(path).convert("RGB")), captions[prompt]))
         out[kind] = np.asarray(rows, float).reshape(-1, len(FACTS))
@@ -308,6 +312,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object (settings by name)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of settings is needed, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -334,9 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-prompts", type=int, default=22, help="held-out captions scored (22 = all)")
     p.add_argument("--eval-seeds", type=int, default=8, help="evaluation seeds per held-out caption")
     p.add_argument("--train-eval-seeds", type=int, default=8, help="fresh seeds per training caption")
-    p.add_argument("--training", type=json.loads, default={}, metavar="JSON",
+    p.add_argument("--training", type=json_object, default={}, metavar="JSON",
                    help='more training settings for both arms, e.g. \'{"beta": 1000}\'')
-    p.add_argument("--fusion", type=json.loads, default={}, metavar="JSON",
+    p.add_argument("--fusion", type=json_object, default={}, metavar="JSON",
                    help='fusion settings over the toy preset, e.g. \'{"mask_level": 0.75}\'')
     p.add_argument("--probe", action="store_true",
                    help="score every arm at --lrs[0] on validation noise after each epoch, for --seeds (use seeds "

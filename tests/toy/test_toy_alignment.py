@@ -9,6 +9,7 @@ import math
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +100,11 @@ def test_alignment_settings_reach_both_arms():
     assert spec.training.beta == 1000 and spec.training.learning_rate == 3e-3
     # the fusion setting is laid over the toy preset, whose other values stay
     assert spec.fusion.mask_level == 0.75 and spec.fusion.blocks == (4, 7) and spec.fusion.mask_mode == "quantile"
+
+
+def test_alignment_settings_must_be_json_objects(capsys):
+    bench = _bench("alignment")
+    for bad in ("[1]", "{beta: 1}"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.parse_args(["--training", bad])
+        assert exit_info.value.code == 2 and "--training" in capsys.readouterr().err
