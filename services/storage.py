@@ -14,10 +14,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import urllib3
 from minio import Minio
@@ -28,6 +30,8 @@ from dfusion_core.storage import BlobStore, LocalDirStore, check_key
 from services.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 _BUCKET_RACE_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
@@ -62,6 +66,29 @@ def io_timer() -> Iterator[None]:
         yield
     finally:
         _io.seconds = io_seconds() + time.perf_counter() - started
+
+
+#: Object-store calls a task keeps in flight at once: each is a round trip, and a task has a dozen.
+IO_THREADS = 8
+
+
+def fan_out(call: Callable[[T], R], items: Sequence[T]) -> list[Future[R]]:
+    """`call` on every item, IO_THREADS at a time; returns once all have ended (none is abandoned
+    halfway when another fails), their futures in the items' order."""
+    if len(items) == 1:  # one call (a single fenced put) is not worth starting a thread for
+        done: Future[R] = Future()
+        try:
+            done.set_result(call(items[0]))
+        except Exception as exc:  # noqa: BLE001 - handed over in the future, as the pool would
+            done.set_exception(exc)
+        return [done]
+    with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(items)))) as pool:
+        return [pool.submit(call, item) for item in items]
+
+
+def each(call: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`fan_out`'s results in the items' order; the first item's error that failed, once all ended."""
+    return [f.result() for f in fan_out(call, items)]
 
 
 @contextmanager

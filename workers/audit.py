@@ -1,6 +1,7 @@
 """The exact outputs of a succeeded job, checked against its spec: every sample, pair, optimizer
-step, checkpoint and stored object once, nothing missing, nothing twice. The reliability suite's
-check after each fault, and the chaos soak's (bench/chaos_watch.py) after each job.
+step, checkpoint and stored object once (in the store and in the job's stored-bytes ledger), nothing
+missing, nothing twice. The reliability suite's check after each fault, and the chaos soak's
+(bench/chaos_watch.py) after each job.
 
 Raises AssertionError (plain `assert`s: run it without -O) naming the first difference.
 """
@@ -73,4 +74,7 @@ def assert_exact_outputs(state: JobStore, store: BlobStore, job_id: str, spec_di
     assert state.get_counts(job_id) == {**spec.expected_counts().total, "trained_steps": steps}
     assert [c["version"] for c in state.list_checkpoints(job_id)] == list(range(1, spec.epochs + 1))
     assert state.policy_version(job_id) == spec.epochs
-    assert set(store.list(keys.job_prefix(job_id))) == expected_keys(job_id, spec, kept)
+    names = store.list(keys.job_prefix(job_id))
+    assert set(names) == expected_keys(job_id, spec, kept)
+    # the ledger (JobStore.record_objects) holds each object once, at its size, whatever was redone
+    assert (job.stored_bytes, job.stored_objects) == (sum(len(store.get(k)) for k in names), len(names))

@@ -12,8 +12,9 @@ A process can also stall past the TTL and wake up (a long pause, a frozen VM, SI
 another delivery may hold the unit, or have finished it and released the lease. A lapsed lease is
 therefore never taken again, and the stage runs fenced: its job-state writes go through
 `JobStore.fenced` (the lease checked in each write's own Lua script or transaction) and its object
-writes through `FencedStore` (the lease renewed just before each put). The first write after the
-loss raises LeaseLost, which ends the task without a trace in the job.
+writes through `FencedStore` (the lease renewed just before each put, or each batch of puts sent
+out together). The first write after the loss raises LeaseLost, which ends the task without a
+trace in the job.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from types import TracebackType
 
 from dfusion_core.storage import BlobStore
 from services.state import JobStore, Lease, LeaseLost, StateError
+from services.storage import fan_out
 from workers.flow import unit_of
 
 __all__ = ["FencedStore", "Heartbeat", "new_lease", "unit_of"]
@@ -96,8 +99,8 @@ class Heartbeat:
 
 
 class FencedStore:
-    """The object store for a task under `beat`: each put or delete goes out only right after the
-    lease was renewed (`Heartbeat.check`), so a task that lost its unit stores nothing more.
+    """The object store for a task under `beat`: puts and deletes go out only right after the lease
+    was renewed (`Heartbeat.check`), so a task that lost its unit stores nothing more.
 
     No Redis script can cover an object write: a put already past its check when the process
     stalls still lands, late. It lands at the unit's deterministic key (workers.keys) with what the
@@ -105,7 +108,7 @@ class FencedStore:
     the very bytes the winner stored there, as a crash rerun's are.
 
     Each put or delete that lands is then entered in the job's ledger of stored bytes through
-    `state` (the task's fenced JobStore: `record_object` / `forget_object`), keyed by the object,
+    `state` (the task's fenced JobStore: `record_objects` / `forget_object`), keyed by the object,
     so a key written again by a redelivery or rerun replaces its entry instead of adding to it.
     """
 
@@ -113,9 +116,32 @@ class FencedStore:
         self.store, self.beat, self.state = store, beat, state
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.put_many([(key, data, content_type)])
+
+    def put_many(self, objects: Sequence[tuple[str, bytes, str]]) -> None:
+        """Store a task's batch of (key, data, content type) concurrently behind one lease check,
+        then enter those that landed in the ledger in one step (fenced: a lease lost meanwhile
+        records none; the winner's puts of the same keys record them): two Redis round trips a
+        batch, not two a put.
+
+        A renewal keeps the lease ours for a TTL from when it was sent, so a put issued within a
+        third of that after the batch's check is as fenced as one right after its own check. One
+        issued later (the process stalled mid-batch, or the store is slow) renews again first."""
+        fresh = [time.monotonic()]  # when the latest renewal that succeeded was sent
         self.beat.check()
-        self.store.put(key, data, content_type)
-        self.state.record_object(self.beat.job_id, key, len(data))
+
+        def put(obj: tuple[str, bytes, str]) -> None:
+            now = time.monotonic()
+            if now - fresh[0] > self.beat.ttl_s / 3:
+                self.beat.check()
+                fresh[0] = max(fresh[0], now)  # only once it succeeded: a failed one covers no put
+            self.store.put(*obj)
+
+        done = fan_out(put, objects)
+        landed = {key: len(data) for (key, data, _), f in zip(objects, done, strict=True) if f.exception() is None}
+        self.state.record_objects(self.beat.job_id, landed)
+        for f in done:
+            f.result()  # the first failed put, once the ledger holds the puts that did land
 
     def delete(self, key: str) -> None:
         self.beat.check()

@@ -13,6 +13,7 @@ import copy
 import json
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Self
 
 from services.state.types import (
@@ -190,21 +191,28 @@ class MemoryJobStore:
 
     # --- stored objects ---
     def record_object(self, job_id: str, key: str, size: int) -> None:
-        self._object(job_id, *check_object(job_id, key, size))
+        self.record_objects(job_id, {key: size})
+
+    def record_objects(self, job_id: str, sizes: Mapping[str, int]) -> None:
+        self._objects(job_id, [check_object(job_id, key, size) for key, size in sizes.items()])
 
     def forget_object(self, job_id: str, key: str) -> None:
-        self._object(job_id, check_object(job_id, key, 0)[0], None)
+        self._objects(job_id, [(check_object(job_id, key, 0)[0], None)])
 
-    def _object(self, job_id: str, key: str, size: int | None) -> None:
-        """The ledger entry of `key` set to `size` (None: removed), the header's totals moved by the change."""
+    def _objects(self, job_id: str, entries: list[tuple[str, int | None]]) -> None:
+        """Each entry's ledger line set to its size (None: removed), in order, the header's totals
+        moved by the change, all under one lock as Redis does it in one script."""
+        if not entries:
+            return
         with self._lock:
             self._check_fence(job_id)
             head, ledger = self._head(job_id), self._table(job_id, "objects")
-            old = ledger.pop(key, None)
-            if size is not None:
-                ledger[key] = size
-            head["stored_bytes"] = str(int(head.get("stored_bytes", 0)) + (size or 0) - (old or 0))
-            head["stored_objects"] = str(int(head.get("stored_objects", 0)) + (size is not None) - (old is not None))
+            for key, size in entries:
+                old = ledger.pop(key, None)
+                if size is not None:
+                    ledger[key] = size
+                head["stored_bytes"] = str(int(head.get("stored_bytes", 0)) + (size or 0) - (old or 0))
+                head["stored_objects"] = str(int(head.get("stored_objects", 0)) + (size is not None) - (old is not None))
 
     # --- policy version ---
     def policy_version(self, job_id: str) -> int:

@@ -23,6 +23,7 @@ Rules both keep:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from services.state.types import JobRecord, JobStatus, Lease
@@ -84,6 +85,11 @@ class JobStore(Protocol):
         """The object `key` (under `objects_prefix(job_id)`) now holds `size` bytes in the store: the
         job's `stored_bytes` / `stored_objects` move by the difference from what was recorded for
         that key, so writing a key again (a redelivery, a rerun) is not counted twice."""
+        ...
+
+    def record_objects(self, job_id: str, sizes: Mapping[str, int]) -> None:
+        """`record_object` for each key of `sizes`, all in one atomic step (on Redis one round trip:
+        a task's batch of puts is entered at once, after they landed). Empty: nothing happens."""
         ...
 
     def forget_object(self, job_id: str, key: str) -> None:

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -20,7 +21,7 @@ import redis
 from dfusion_core.errors import ConfigError
 from services.state import keys
 from services.state.redis_units import RedisCoordination, mapped
-from services.state.scripts import CAS_POLICY, CREATE, PUT_ONCE, RECORD_OBJECT, TRANSITION
+from services.state.scripts import CAS_POLICY, CREATE, PUT_ONCE, RECORD_OBJECTS, TRANSITION
 from services.state.types import (
     COUNTER_NAMES,
     TRANSITIONS,
@@ -60,7 +61,7 @@ class RedisJobStore(RedisCoordination):
         self._transition = client.register_script(TRANSITION)
         self._put_once = client.register_script(PUT_ONCE)
         self._cas_policy = client.register_script(CAS_POLICY)
-        self._record_object = client.register_script(RECORD_OBJECT)
+        self._record_objects = client.register_script(RECORD_OBJECTS)
         self._register_coordination(client)
 
     @classmethod
@@ -197,19 +198,25 @@ class RedisJobStore(RedisCoordination):
         return [json.loads(raw[k]) for k in sorted(raw, key=int)]
 
     # --- stored objects ---
-    @mapped
     def record_object(self, job_id: str, key: str, size: int) -> None:
-        """Enter the object's size in the job's ledger; `stored_bytes` moves by the change (one script)."""
-        self._object(job_id, *check_object(job_id, key, size))
+        self.record_objects(job_id, {key: size})
+
+    @mapped
+    def record_objects(self, job_id: str, sizes: Mapping[str, int]) -> None:
+        """Enter the objects' sizes in the job's ledger; `stored_bytes` moves by the change (one script)."""
+        self._objects(job_id, [check_object(job_id, key, size) for key, size in sizes.items()])
 
     @mapped
     def forget_object(self, job_id: str, key: str) -> None:
-        self._object(job_id, check_object(job_id, key, 0)[0], -1)
+        self._objects(job_id, [(check_object(job_id, key, 0)[0], -1)])
 
-    def _object(self, job_id: str, key: str, size: int) -> None:
+    def _objects(self, job_id: str, entries: list[tuple[str, int]]) -> None:
+        """Ledger entries (size -1: deleted) in one fenced script: one round trip however many."""
+        if not entries:
+            return
         fence, holder = self._fence(job_id)
-        if self._record_object(keys=[fence, keys.job(job_id), keys.job(job_id, "objects")],
-                               args=[holder, key, size]) == -1:
+        if self._record_objects(keys=[fence, keys.job(job_id), keys.job(job_id, "objects")],
+                                args=[holder, *(x for entry in entries for x in entry)]) == -1:
             raise JobNotFound(job_id)
 
     # --- policy version ---

@@ -54,16 +54,21 @@ end
 return 0
 """
 
-# KEYS: fence, job, objects (key -> size). ARGV: holder, object key, size (-1: deleted). -1 no job, 1 done.
-# The header's stored_bytes / stored_objects move by the change to the key's entry: a key written
-# again moves them by its new size less its old, never by its whole size twice.
-RECORD_OBJECT = FENCE + """
+# KEYS: fence, job, objects (key -> size). ARGV: holder, then (object key, size) pairs (size -1: deleted).
+# -1 no job, 1 done. Every pair in one atomic step (a task's batch of puts: one round trip). The header's
+# stored_bytes / stored_objects move by the change to each key's entry: a key written again moves them
+# by its new size less its old, never by its whole size twice (within a batch too: entries apply in order).
+RECORD_OBJECTS = FENCE + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-local old = redis.call('HGET', KEYS[3], ARGV[2])
-local size = tonumber(ARGV[3])
-local objects = (size >= 0 and 1 or 0) - (old and 1 or 0)
-if size >= 0 then redis.call('HSET', KEYS[3], ARGV[2], size) else redis.call('HDEL', KEYS[3], ARGV[2]) end
-redis.call('HINCRBY', KEYS[2], 'stored_bytes', math.max(size, 0) - tonumber(old or '0'))
+local bytes, objects = 0, 0
+for i = 2, #ARGV, 2 do
+  local old = redis.call('HGET', KEYS[3], ARGV[i])
+  local size = tonumber(ARGV[i + 1])
+  if size >= 0 then redis.call('HSET', KEYS[3], ARGV[i], size) else redis.call('HDEL', KEYS[3], ARGV[i]) end
+  bytes = bytes + math.max(size, 0) - tonumber(old or '0')
+  objects = objects + (size >= 0 and 1 or 0) - (old and 1 or 0)
+end
+redis.call('HINCRBY', KEYS[2], 'stored_bytes', bytes)
 if objects ~= 0 then redis.call('HINCRBY', KEYS[2], 'stored_objects', objects) end
 return 1
 """

@@ -369,6 +369,7 @@ def _fenced_writes(job: str, n: int) -> list[Callable[[JobStore], object]]:
         lambda s: s.mark_done(job, "e0-p000", f"b{n}", 2),
         lambda s: s.commit_unit(job, f"sample-e0-p0-b{n}"),
         lambda s: s.record_object(job, f"jobs/{job}/e0/images/s{n}.png", 10 + n),
+        lambda s: s.record_objects(job, {f"jobs/{job}/e0/images/t{n}.png": 1, f"jobs/{job}/e0/samples/t.st": 2 + n}),
     ]
 
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from dfusion_core.errors import ConfigError
-from services.state import JobStore
+from services.state import JobNotFound, JobStore
 
 
 def _stored(store: JobStore, job_id: str) -> tuple[int, int]:
@@ -35,6 +35,26 @@ def test_each_object_counts_once_at_its_latest_size(store: JobStore, job: str) -
     store.forget_object(job, b)  # gone already: nothing moves
     assert _stored(store, job) == (90, 1) and _stored(store, other) == (5, 1)
     assert {j.job_id: j.stored_bytes for j in store.list_jobs("acme")} == {job: 90, other: 5}
+
+
+def test_a_batch_enters_each_key_as_one_write_of_it_would(store: JobStore, job: str) -> None:
+    """`record_objects` (a task's batch of puts, one step): each key replaces its entry, one already
+    in the ledger included, and the totals equal those of recording them one by one."""
+    a, b, c = (f"jobs/{job}/e0/images/{n}.png" for n in "abc")
+    store.record_object(job, a, 100)
+    store.record_objects(job, {a: 40, b: 7, c: 0})
+    assert _stored(store, job) == (47, 3)
+    store.record_objects(job, {b: 9})  # a redelivery's batch, its PNG compressed otherwise
+    store.record_objects(job, {})  # nothing landed: nothing moves
+    assert _stored(store, job) == (49, 3)
+
+
+def test_a_batch_with_a_bad_entry_records_none_of_it(store: JobStore, job: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        store.record_objects(job, {f"jobs/{job}/a.png": 5, "jobs/other-job/b.png": 1})
+    assert info.value.field == "key" and _stored(store, job) == (0, 0)
+    with pytest.raises(JobNotFound):
+        store.record_objects("nojob", {"jobs/nojob/a.png": 5})
 
 
 def test_the_ledger_goes_with_the_job(store: JobStore, job: str) -> None:

@@ -14,11 +14,13 @@ import pytest
 import redis
 
 from devstack.procs import free_port, wait_for
+from dfusion_core.errors import ConfigError
 from dfusion_core.storage import LocalDirStore
 from services.state import JobStatus, LeaseLost
 from services.state.memory import MemoryJobStore
 from services.state.redis import RedisJobStore
-from tests.infra import run_redis
+from services.storage import S3Store
+from tests.infra import SeaweedServer, run_redis
 from tests.integration.stack_helpers import small_job
 from workers.leases import FencedStore, Heartbeat, new_lease, unit_of
 from workers.redelivery import PRIORITY_SEP, UNACKED, UNACKED_INDEX, Unacked, lost, orphans
@@ -111,6 +113,132 @@ def test_fenced_store_puts_only_while_the_lease_is_held(redis_url: str, tmp_path
         assert fenced.get(key) == b"winner" and fenced.list() == [key]
         assert state.get_job(job).stored_bytes == 5
     assert state.leases(job) == [winner]
+    state.delete_job(job)
+
+
+class CountingRedis(RedisJobStore):
+    """The Redis store, counting lease renewals (a batch of puts should cost one)."""
+
+    renewals = 0
+
+    def renew_lease(self, job_id: str, lease, ttl_s: float) -> bool:  # type: ignore[no-untyped-def]
+        self.renewals += 1
+        return super().renew_lease(job_id, lease, ttl_s)
+
+
+def _batch(job: str, tag: str, n: int = 6) -> list[tuple[str, bytes, str]]:
+    return [(f"jobs/{job}/e0/images/{tag}{i}.png", bytes(10 + i), "image/png") for i in range(n)]
+
+
+def _ledger(state: RedisJobStore, job: str) -> tuple[int, int]:
+    rec = state.get_job(job)
+    return rec.stored_bytes, rec.stored_objects
+
+
+def _s3(server: SeaweedServer) -> S3Store:
+    return S3Store(server.endpoint, server.access_key, server.secret_key, "dfusion-test")
+
+
+def test_a_batch_of_puts_checks_the_lease_once_and_counts_each_key_once(
+        redis_url: str, seaweed_server: SeaweedServer) -> None:
+    """`put_many` (a task's outputs, on real Redis and S3): one lease renewal for the whole batch,
+    every object stored, and the ledger entering each key once at its latest size, a key written
+    before included."""
+    state, store = CountingRedis.from_url(redis_url), _s3(seaweed_server)
+    job, lease = uuid.uuid4().hex, new_lease("sample-e0-p0-b0", "t1", "w1")
+    state.create_job(job, "acme", {})
+    assert state.acquire_lease(job, lease, 30) is None
+    batch = _batch(job, "s")
+    with Heartbeat(state, job, lease, 30) as beat:
+        fenced = FencedStore(store, beat, state.fenced(job, lease))
+        fenced.put(batch[0][0], b"an older, longer write of this key")
+        renewals = state.renewals
+        fenced.put_many(batch)
+        assert state.renewals == renewals + 1
+    assert sorted(store.list(f"jobs/{job}/")) == sorted(k for k, _, _ in batch)
+    assert _ledger(state, job) == (sum(len(d) for _, d, _ in batch), len(batch))
+    state.delete_job(job)
+
+
+def test_a_batch_after_a_lost_lease_stores_nothing_and_one_cut_short_records_nothing(
+        redis_url: str, seaweed_server: SeaweedServer) -> None:
+    """A batch whose check finds the lease lost stores nothing. A batch past its check when the
+    lease is lost (the process stalled mid-batch; another delivery took the unit) lands, at the
+    unit's keys, but enters nothing in the ledger: the winner's batch of the same keys counts them once."""
+    state, s3 = RedisJobStore.from_url(redis_url), _s3(seaweed_server)
+    job = uuid.uuid4().hex
+    stale, winner = new_lease("sample-e0-p0-b0", "t1", "w1"), new_lease("sample-e0-p0-b0", "t2", "w2")
+    state.create_job(job, "acme", {})
+    batch = _batch(job, "s")
+
+    class Stalling(S3Store):
+        """The real store; its last put of the batch comes after the stale task lost its lease."""
+
+        def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+            if key == batch[-1][0]:
+                state.release_lease(job, stale)  # its expiry, while the process stalls
+                assert state.acquire_lease(job, winner, 30) is None
+            super().put(key, data, content_type)
+
+    assert state.acquire_lease(job, stale, 30) is None
+    with Heartbeat(state, job, stale, 30) as beat:
+        fenced = FencedStore(Stalling(seaweed_server.endpoint, seaweed_server.access_key,
+                                      seaweed_server.secret_key, "dfusion-test"), beat, state.fenced(job, stale))
+        with pytest.raises(LeaseLost):
+            fenced.put_many(batch)
+        assert sorted(s3.list(f"jobs/{job}/")) == sorted(k for k, _, _ in batch)
+        assert _ledger(state, job) == (0, 0)
+        with pytest.raises(LeaseLost):
+            fenced.put_many(_batch(job, "late"))
+        assert len(s3.list(f"jobs/{job}/")) == len(batch)
+    with Heartbeat(state, job, winner, 30) as beat:
+        FencedStore(s3, beat, state.fenced(job, winner)).put_many(batch)
+    assert _ledger(state, job) == (sum(len(d) for _, d, _ in batch), len(batch))
+    state.delete_job(job)
+
+
+def test_a_put_issued_long_after_the_batch_s_check_renews_first(redis_url: str, tmp_path: Path) -> None:
+    """The batch's one check covers the puts issued soon after it. Here the first eight (the pool's
+    width) stall past a third of the TTL, and the unit passes to another delivery meanwhile: the
+    puts queued behind them renew before they go out, find the lease lost, and store nothing."""
+    state, ttl = RedisJobStore.from_url(redis_url), 1.5
+    job = uuid.uuid4().hex
+    stale, winner = new_lease("sample-e0-p0-b0", "t1", "w1"), new_lease("sample-e0-p0-b0", "t2", "w2")
+    state.create_job(job, "acme", {})
+    batch = _batch(job, "s", 10)
+
+    class Stalling(LocalDirStore):
+        def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+            if key == batch[0][0]:
+                state.release_lease(job, stale)  # its expiry, while the process stalls
+                assert state.acquire_lease(job, winner, 30) is None
+            if key in {k for k, _, _ in batch[:8]}:
+                time.sleep(ttl / 3 + 0.1)
+            super().put(key, data, content_type)
+
+    assert state.acquire_lease(job, stale, ttl) is None
+    store = Stalling(tmp_path)
+    with Heartbeat(state, job, stale, ttl) as beat, pytest.raises(LeaseLost):
+        FencedStore(store, beat, state.fenced(job, stale)).put_many(batch)
+    assert sorted(store.list()) == sorted(k for k, _, _ in batch[:8])
+    assert _ledger(state, job) == (0, 0)
+    state.delete_job(job)
+
+
+def test_a_failed_put_in_a_batch_leaves_the_others_in_the_ledger(
+        redis_url: str, seaweed_server: SeaweedServer) -> None:
+    """One put of a batch refused: the error reaches the task, and the ledger holds exactly what
+    landed, so it still equals the store."""
+    state, store = RedisJobStore.from_url(redis_url), _s3(seaweed_server)
+    job, lease = uuid.uuid4().hex, new_lease("fuse-e0-p0-c0", "t1", "w1")
+    state.create_job(job, "acme", {})
+    assert state.acquire_lease(job, lease, 30) is None
+    batch = [*_batch(job, "k", 3), (f"jobs/{job}/e0//bad.png", b"x", "image/png"), *_batch(job, "m", 2)]
+    with Heartbeat(state, job, lease, 30) as beat, pytest.raises(ConfigError):
+        FencedStore(store, beat, state.fenced(job, lease)).put_many(batch)
+    landed = store.list(f"jobs/{job}/")
+    assert len(landed) == 5
+    assert _ledger(state, job) == (sum(len(store.get(k)) for k in landed), len(landed))
     state.delete_job(job)
 
 
