@@ -329,7 +329,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=6, help="training captions per job")
     p.add_argument("--val-seeds", type=int, default=16,
                    help="validation seeds per caption (learning-rate search; 4 gave ties at 24 samples)")
-    p.add_argument("--samples", type=int, default=8, help="samples per caption per epoch (multiple of 4)")
+    p.add_argument("--samples", type=int, default=tw.TOY_SAMPLES_PER_PROMPT,
+                   help="samples per caption per epoch (multiple of 4; default: the toy preset's)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--steps", type=int, default=tw.TOY_SAMPLING["num_steps"],
                    help="DDIM steps for sampling, fusion, training and evaluation")
@@ -339,16 +340,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-pairs", type=int, default=tw.TOY_TRAINING["batch_pairs"], help="pairs per optimizer step")
     p.add_argument("--steps-per-epoch", type=int, default=tw.TOY_TRAINING["steps_per_epoch"],
                    help="optimizer steps per epoch, every arm")
-    p.add_argument("--skip-last-steps", type=int, default=tw.TOY_TRAINING["skip_last_steps"],
-                   help="final denoising steps left out of the loss")
-    p.add_argument("--algorithm", default="trajectory_dpo", choices=["trajectory_dpo", "diffusion_dpo"],
+    p.add_argument("--skip-last-steps", type=int, default=2,
+                   help="final denoising steps left out of trajectory DPO's loss (their log-ratios dwarf the rest)")
+    p.add_argument("--algorithm", default=tw.TOY_TRAINING["algorithm"], choices=["trajectory_dpo", "diffusion_dpo"],
                    help="the preference loss of both trained arms (its beta: the algorithm's default)")
-    # 3e-4 barely moved the toy DiT in the demo's probes (+0.009, bench/RESULTS.md): the search starts above it
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3],
+    # the toy preset's, chosen with --probe on validation noise (bench/RESULTS.md); give two or more to search
+    p.add_argument("--lrs", type=float, nargs="+", default=[tw.TOY_TRAINING["learning_rate"]],
                    help="learning rates searched per arm on the validation split (one value: no search)")
     p.add_argument("--eval-prompts", type=int, default=22, help="held-out captions scored (22 = all)")
     p.add_argument("--eval-seeds", type=int, default=8, help="evaluation seeds per held-out caption")
-    p.add_argument("--train-eval-seeds", type=int, default=8, help="fresh seeds per training caption")
+    p.add_argument("--train-eval-seeds", type=int, default=16, help="fresh seeds per training caption")
     p.add_argument("--training", type=json_object, default={}, metavar="JSON",
                    help='more training settings for both arms, e.g. \'{"beta": 1000}\'')
     p.add_argument("--fusion", type=json_object, default={}, metavar="JSON",

@@ -25,14 +25,16 @@ TOY_PROMPTS = [
     "a red triangle left of a blue square",
     "a yellow square above a green triangle",
 ]
+TINY_EPOCHS = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_job_arguments(p)
-    p.set_defaults(out=Path("demo-run"), epochs=2, model="toy")
+    p.set_defaults(out=Path("demo-run"), model="toy")
     p.epilog = ("The demo's own defaults: --model toy (the shipped toy-world model, on four toy captions with the "
-                "toy preset's settings: 10 DDIM steps, its scorer, fusion and training), --epochs 2, --out demo-run. "
-                "--model tiny runs the random tiny model on two of the paper's prompts (machinery only).")
+                "toy preset's settings: 32 samples a caption, 10 DDIM steps, one epoch, its scorer, fusion and "
+                "training), --out demo-run. --model tiny runs the random tiny model on two of the paper's prompts "
+                f"for {TINY_EPOCHS} epochs (machinery only).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
                    for r in load_prompts() if r.text in DEMO_PROMPTS]
         # a held-out check per policy version that fits the demo's few-minute budget on 2 cores
         fields = {"eval_prompts": [r.text for r in load_prompts(split="test")][:2], "eval_seeds": 1}
+        if args.epochs is None:  # the second epoch samples with the first one's policy: the whole loop
+            fields["epochs"] = TINY_EPOCHS
     spec, models = build_spec(prompts, args, fields)
     summary = execute(spec, models, args)
     print("\n".join(summary_lines(summary, args.out)), file=sys.stderr)

@@ -40,7 +40,8 @@ def add_job_flags(p: argparse.ArgumentParser, *, model_help: str, steps_help: st
     p.add_argument("--model", default="tiny", help=model_help)
     p.add_argument("--revision", default=None, help="Hub ids: branch, tag or commit (default: main)")
     p.add_argument("--variant", default=None, help="weights variant of the model's files, e.g. fp16")
-    p.add_argument("--samples-per-prompt", type=int, default=8, help="multiple of 4 (default: 8)")
+    p.add_argument("--samples-per-prompt", type=int, default=None,
+                   help="multiple of 4 (default: the model's preset, else 8)")
     p.add_argument("--epochs", type=int, default=None,
                    help="sample -> fuse -> train rounds (default: the model's preset, else 1)")
     p.add_argument("--steps", type=int, default=None, help=steps_help)
@@ -64,8 +65,9 @@ def add_tracking_flag(p: argparse.ArgumentParser) -> None:
 
 def job_body(prompts: list[dict], args: argparse.Namespace, *, model: str | None = None) -> dict[str, Any]:
     """The job body the flags of `add_job_flags` describe; `model` overrides `--model`."""
-    body: dict[str, Any] = {"prompts": prompts, "model": model or args.model,
-                            "samples_per_prompt": args.samples_per_prompt, "seed": args.seed}
+    body: dict[str, Any] = {"prompts": prompts, "model": model or args.model, "seed": args.seed}
+    if args.samples_per_prompt is not None:
+        body["samples_per_prompt"] = args.samples_per_prompt
     if args.epochs is not None:
         body["epochs"] = args.epochs
     for name in ("revision", "variant"):

@@ -33,7 +33,7 @@ def test_defaults_leave_the_spec_defaults() -> None:
     """Flags left out stay out of the body (epochs too): the model's preset, else the spec's defaults."""
     args = build_parser().parse_args(["submit", "p.jsonl", "--eval-prompt", "a dog", "--eval-seeds", "1"])
     assert submit_body(PROMPTS, args) == {
-        "prompts": PROMPTS, "model": "tiny", "samples_per_prompt": 8, "seed": 0,
+        "prompts": PROMPTS, "model": "tiny", "seed": 0,
         "eval_prompts": ["a dog"], "eval_seeds": 1}
 
 
@@ -55,7 +55,8 @@ def test_run_of_the_toy_model_gets_its_preset() -> None:
     spec, _ = build_spec(prompts, build_parser().parse_args(["run", "p.jsonl", "--model", "toy"]))
     assert spec.preset == "toy" and spec.scorer == "toy" and spec.train_eval_seeds > 0
     assert spec.fusion == FusionConfig(**world.TOY_FUSION)
+    assert spec.samples_per_prompt == world.TOY_SAMPLES_PER_PROMPT
     spec, _ = build_spec(prompts, build_parser().parse_args(["run", "p.jsonl", "--model", "toy", "--pairs", "plain",
-                                                             "--train-eval-seeds", "0"]))
-    assert spec.training.pairs == "plain" and spec.train_eval_seeds == 0
+                                                             "--train-eval-seeds", "0", "--samples-per-prompt", "4"]))
+    assert spec.training.pairs == "plain" and spec.train_eval_seeds == 0 and spec.samples_per_prompt == 4
     assert spec.training.learning_rate == world.TOY_TRAINING["learning_rate"]

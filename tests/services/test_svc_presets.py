@@ -27,6 +27,7 @@ def test_a_toy_job_gets_the_toy_settings() -> None:
     assert spec.preset == "toy" and spec.scorer == "toy"
     assert spec.fusion == FusionConfig(**world.TOY_FUSION)
     assert spec.training == TrainingConfig(**world.TOY_TRAINING)
+    assert spec.samples_per_prompt == world.TOY_SAMPLES_PER_PROMPT
     assert spec.sampling == SamplingConfig(**MODEL_PRESETS["toy"]["sampling"])
     assert spec.train_eval_seeds > 0  # the before/after evaluation on the job's captions is on
     assert spec.eval_prompts and all(world.is_heldout(t) for t in spec.eval_prompts)
@@ -34,11 +35,11 @@ def test_a_toy_job_gets_the_toy_settings() -> None:
 
 def test_the_jobs_own_values_win_key_by_key() -> None:
     level = 0.25 if world.TOY_FUSION.get("mask_level") != 0.25 else 0.35
-    spec = _toy(fusion={"mask_level": level}, training={"algorithm": "diffusion_dpo", "lora_rank": 2},
+    spec = _toy(fusion={"mask_level": level}, training={"algorithm": "trajectory_dpo", "lora_rank": 2},
                 scorer="tiny", train_eval_seeds=0, eval_seeds=3)
     assert spec.fusion == FusionConfig(**{**world.TOY_FUSION, "mask_level": level})
-    assert spec.training == TrainingConfig(**{**world.TOY_TRAINING, "algorithm": "diffusion_dpo", "lora_rank": 2})
-    assert spec.training.beta == 2500.0  # the algorithm's own beta, as without a preset
+    assert spec.training == TrainingConfig(**{**world.TOY_TRAINING, "algorithm": "trajectory_dpo", "lora_rank": 2})
+    assert spec.training.beta == 0.1  # the algorithm's own beta, as without a preset
     assert (spec.scorer, spec.train_eval_seeds, spec.eval_seeds, spec.preset) == ("tiny", 0, 3, "toy")
     # a config given as a model counts with the fields it was given, not its defaults
     built = JobSpec(prompts=TOY_PROMPTS, model="toy", fusion=FusionConfig(mask_level=level))  # type: ignore[arg-type]
