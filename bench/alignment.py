@@ -344,7 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="final denoising steps left out of trajectory DPO's loss (their log-ratios dwarf the rest)")
     p.add_argument("--algorithm", default=tw.TOY_TRAINING["algorithm"], choices=["trajectory_dpo", "diffusion_dpo"],
                    help="the preference loss of both trained arms (its beta: the algorithm's default)")
-    # the toy preset's, chosen with --probe on validation noise (bench/RESULTS.md); give two or more to search
+    # the toy preset's, chosen on validation noise (bench/RESULTS.md); give two or more to search per arm
     p.add_argument("--lrs", type=float, nargs="+", default=[tw.TOY_TRAINING["learning_rate"]],
                    help="learning rates searched per arm on the validation split (one value: no search)")
     p.add_argument("--eval-prompts", type=int, default=22, help="held-out captions scored (22 = all)")

@@ -60,11 +60,12 @@ TOY_FUSION: dict = {"mask_resolution": 8, "mask_mode": "quantile", "mask_level":
 #: images of each pair, 200 optimizer steps of 8 pairs an epoch at lr 3e-4. Trajectory DPO does not
 #: move this model at any budget tried: on per-dimension mean log-probs its loss stays linear at
 #: beta 0.1, so Adam's step size alone decides how far the policy goes, and past a few steps both
-#: arms fall (bench/RESULTS.md, "Why preference training does not move..."). Diffusion-DPO's loss
+#: arms fall (bench/RESULTS.md, "Why trajectory DPO did not move..."). Diffusion-DPO's loss
 #: saturates on pairs already learnt, and each step is one denoiser call per image, not one per
 #: denoising step, so the many steps its few hundred pairs need fit a CPU. Chosen on validation
-#: noise (job seeds 100 and 101, 16 validation seeds a caption; bench/alignment.py --probe): one
-#: epoch of 32 samples a caption, plain and fusion pairs, +0.029 to +0.037 on all four runs.
+#: noise (the captions of job seeds 100 and 101, 16 validation seeds a caption): one epoch of 32
+#: samples a caption, +0.029 to +0.037 on plain and fusion pairs in a scratch probe, and plain
+#: -0.005, fusion +0.028 in bench/alignment.py --probe (bench/RESULTS.md, "The paper's protocol").
 TOY_TRAINING: dict = {"algorithm": "diffusion_dpo", "learning_rate": 3e-4, "batch_pairs": 8, "steps_per_epoch": 200}
 
 #: Samples per caption an epoch for toy jobs: best-vs-worst and D-Fusion pairs of 32 samples give each
