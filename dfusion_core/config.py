@@ -84,6 +84,11 @@ class TrainingConfig(_Frozen):
     )
     eps: float = Field(0.1, gt=0.0, lt=1.0, description="ratio clamp (1-eps, 1+eps)")
     kl_weight: float = Field(0.01, ge=0.0, le=100.0, description="DPOK's KL weight")
+    sft_weight: float = Field(
+        0.0, ge=0.0, le=1e6,
+        description="Diffusion-DPO only: weight of the winners' own denoising error added to the loss, which "
+        "keeps the policy from winning margins by denoising both images of close pairs worse; 0 = off",
+    )
     timestep_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of denoising steps trained per pair")
     skip_last_steps: int = Field(
         0, ge=0, le=1000,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
@@ -106,6 +107,9 @@ def diffusion_dpo(trainer: Trainer, pairs: list[TrainPair], gen: torch.Generator
     with trainer.autocast():
         err = errors()
     out = losses.diffusion_dpo_loss(err[:b], ref_err[:b], err[b:], ref_err[b:], trainer.config.beta)
+    sft = trainer.config.sft_weight
+    if sft:  # D-Fusion pairs differ only inside the masks: without it the margin is won by worse denoising
+        out = replace(out, loss=out.loss + sft * err[:b].mean())
     trainer.backward(out.loss * weight)
     acc: dict[str, float] = {}
     accumulate(acc, out, 1.0)
