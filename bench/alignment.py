@@ -222,7 +222,7 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     for r in rows:
         r["first_epoch_images"] = {k: len(v) for k, v in r["first_epoch_images"].items()}
     return {"validation_differences": diffs, "first_epoch_image_facts": pooled, "per_seed": rows,
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+            "config": args_record(args)}
 
 
 def epoch_image_facts(folder: Path, captions: list[str]) -> dict[str, np.ndarray]:
@@ -249,7 +249,7 @@ def summarise(per_seed: list[dict[str, Any]], tuning: dict[str, Any], args: argp
         }
     out["tuning"] = tuning
     out["per_seed"] = per_seed
-    out["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    out["config"] = args_record(args)
     out["eval_samples_per_arm"] = {"train_captions": args.prompts * args.train_eval_seeds,
                                    "heldout": len(splits(args)[1]) * args.eval_seeds}
     return out
@@ -310,6 +310,11 @@ def svg_plot(summary: dict[str, Any], seeds: int) -> str:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def args_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's arguments as JSON values, kept beside its results (summary.json, probe.json)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def json_object(text: str) -> dict[str, Any]:
