@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +20,11 @@ class BlobStore(Protocol):
     """Minimal object-store contract: whole-object put/get, existence, prefix listing."""
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+
+    def put_many(self, objects: Sequence[tuple[str, bytes, str]]) -> None:
+        """Put every (key, data, content type); a store may send them concurrently. All are tried,
+        then the first failure is raised."""
+        ...
 
     def get(self, key: str) -> bytes: ...
 
@@ -61,6 +66,17 @@ class LocalDirStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def put_many(self, objects: Sequence[tuple[str, bytes, str]]) -> None:
+        # a local write is a syscall or two, not a round trip: nothing to gain from threads
+        errors = []
+        for obj in objects:
+            try:
+                self.put(*obj)
+            except Exception as exc:  # noqa: BLE001 - the others still go out, as the protocol says
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def get(self, key: str) -> bytes:
         try:

@@ -156,6 +156,10 @@ class S3Store:
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
         logger.debug("put %s (%d bytes)", key, len(data))
 
+    def put_many(self, objects: Sequence[tuple[str, bytes, str]]) -> None:
+        """The puts concurrently (each is a round trip), IO_THREADS at a time."""
+        each(lambda obj: self.put(*obj), objects)
+
     def get(self, key: str) -> bytes:
         check_key(key)
         with _mapped("get", key):

@@ -52,6 +52,20 @@ def test_round_trip(store: BlobStore) -> None:
     assert store.list(prefix) == [f"{prefix}/a/x.bin"]
 
 
+def test_put_many_stores_every_object_and_raises_the_first_failure_after_the_rest(store: BlobStore) -> None:
+    prefix = f"jobs/{uuid.uuid4().hex}"
+    batch = [(f"{prefix}/o{i:02d}.bin", bytes([i]) * (1000 + i), "application/octet-stream") for i in range(20)]
+    store.put_many(batch)
+    assert store.list(prefix) == [k for k, _, _ in batch]
+    assert all(store.get(k) == d for k, d, _ in batch)
+    # a bad key in the middle: the batch's other objects still land, and the error names the field
+    bad = [(f"{prefix}/p0.bin", b"a", "text/plain"), (f"{prefix}//p1.bin", b"b", "text/plain"),
+           (f"{prefix}/p2.bin", b"c", "text/plain")]
+    with pytest.raises(ConfigError, match="key"):
+        store.put_many(bad)
+    assert store.get(f"{prefix}/p0.bin") == b"a" and store.get(f"{prefix}/p2.bin") == b"c"
+
+
 def test_missing_key_is_blob_not_found(store: BlobStore) -> None:
     with pytest.raises(BlobNotFound) as info:
         store.get(f"missing/{uuid.uuid4().hex}")

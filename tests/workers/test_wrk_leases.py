@@ -19,7 +19,7 @@ from dfusion_core.storage import LocalDirStore
 from services.state import JobStatus, LeaseLost
 from services.state.memory import MemoryJobStore
 from services.state.redis import RedisJobStore
-from services.storage import S3Store
+from services.storage import IO_THREADS, S3Store
 from tests.infra import SeaweedServer, run_redis
 from tests.integration.stack_helpers import small_job
 from workers.leases import FencedStore, Heartbeat, new_lease, unit_of
@@ -198,21 +198,21 @@ def test_a_batch_after_a_lost_lease_stores_nothing_and_one_cut_short_records_not
 
 
 def test_a_put_issued_long_after_the_batch_s_check_renews_first(redis_url: str, tmp_path: Path) -> None:
-    """The batch's one check covers the puts issued soon after it. Here the first eight (the pool's
-    width) stall past a third of the TTL, and the unit passes to another delivery meanwhile: the
+    """The batch's one check covers the puts issued soon after it. Here the first IO_THREADS (the
+    pool's width) stall past a third of the TTL, and the unit passes to another delivery meanwhile: the
     puts queued behind them renew before they go out, find the lease lost, and store nothing."""
     state, ttl = RedisJobStore.from_url(redis_url), 1.5
     job = uuid.uuid4().hex
     stale, winner = new_lease("sample-e0-p0-b0", "t1", "w1"), new_lease("sample-e0-p0-b0", "t2", "w2")
     state.create_job(job, "acme", {})
-    batch = _batch(job, "s", 10)
+    batch = _batch(job, "s", IO_THREADS + 2)
 
     class Stalling(LocalDirStore):
         def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
             if key == batch[0][0]:
                 state.release_lease(job, stale)  # its expiry, while the process stalls
                 assert state.acquire_lease(job, winner, 30) is None
-            if key in {k for k, _, _ in batch[:8]}:
+            if key in {k for k, _, _ in batch[:IO_THREADS]}:
                 time.sleep(ttl / 3 + 0.1)
             super().put(key, data, content_type)
 
@@ -220,7 +220,7 @@ def test_a_put_issued_long_after_the_batch_s_check_renews_first(redis_url: str, 
     store = Stalling(tmp_path)
     with Heartbeat(state, job, stale, ttl) as beat, pytest.raises(LeaseLost):
         FencedStore(store, beat, state.fenced(job, stale)).put_many(batch)
-    assert sorted(store.list()) == sorted(k for k, _, _ in batch[:8])
+    assert sorted(store.list()) == sorted(k for k, _, _ in batch[:IO_THREADS])
     assert _ledger(state, job) == (0, 0)
     state.delete_job(job)
 

@@ -13,7 +13,6 @@ from services.state import JobStatus, JobStore
 from services.storage import each, io_timer
 from workers.context import Context, Dispatch
 from workers.flow import Event, JobFlow, sent_scope
-from workers.leases import FencedStore
 
 __all__ = ["Context", "Dispatch", "advance", "fail_job", "failure_reason", "fan_in", "get_all", "job_spec",
            "load_trajectory", "put_all", "sent"]
@@ -65,13 +64,10 @@ def sent(ctx: Context, job_id: str, scope: str) -> None:
 
 # --- objects -----------------------------------------------------------------------------------
 def put_all(ctx: Context, objects: list[tuple[str, bytes, str]]) -> None:
-    """Store a task's objects concurrently; under a lease (the Celery tasks), behind one lease
-    check and with one ledger write for the batch (`FencedStore.put_many`)."""
+    """Store a task's objects as one batch: concurrently on S3, and under a lease (the Celery
+    tasks) behind one lease check and with one ledger write (`FencedStore.put_many`)."""
     with io_timer():
-        if isinstance(ctx.store, FencedStore):
-            ctx.store.put_many(objects)
-        else:
-            each(lambda o: ctx.store.put(*o), objects)
+        ctx.store.put_many(objects)
 
 
 def get_all(ctx: Context, keys_: list[str]) -> list[bytes]:
