@@ -1,11 +1,16 @@
 """CPU: what the queue costs. The same tiny job embedded (one process, local files) and on the
 local stack (Redis broker, SeaweedFS S3, one worker process per stage), timed end to end.
 
-    .venv/bin/python bench/overhead.py [--prompts 4] [--samples 8] [--steps 20]
+    .venv/bin/python bench/overhead.py [--prompts 4] [--samples 8] [--steps 20] [--worker-threads 2]
 
 Last line: JSON with ratio_stack_over_embedded (wall time, submit -> succeeded, after a warm-up
 job) and median_task_overhead_ms (per task: publish -> start latency counted from when its
 worker was free, plus object-store I/O time; recorded by workers/telemetry.py).
+
+`--worker-threads` sets each stack worker's torch threads (default 1: four workers share the
+cores). Two, so that the one worker computing while the stages of an epoch wait on each other would
+use both cores, made it worse on 2 cores (ratio 1.91, bench/RESULTS.md): the stages overlap enough
+that eight threads on two cores thrash.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
 
 from devstack.harness import running_stack  # noqa: E402
 from dfusion_core.evaluation import load_prompts  # noqa: E402
@@ -41,6 +48,7 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--worker-threads", type=int, default=1, help="torch threads per stack worker")
     args = ap.parse_args()
     body = job(args.prompts, args.samples, args.steps)
 
@@ -51,7 +59,8 @@ def main() -> int:
         assert result.status == "succeeded", result.error
         print(f"embedded: {embedded_s:.1f} s", file=sys.stderr)
 
-        with running_stack(Path(tmp) / "stack") as stack, stack.client() as client:
+        threads = {"DFUSION_TORCH_THREADS": str(args.worker_threads)}
+        with running_stack(Path(tmp) / "stack", env=threads) as stack, stack.client() as client:
             warm = client.post("/v1/jobs", json={**job(1, 4, 2), "eval_seeds": 1}).json()["id"]
             stack.wait_job(warm)
             Telemetry.from_url(stack.facts["redis_url"]).r.delete("dfusion:telemetry:overhead")
@@ -68,6 +77,7 @@ def main() -> int:
     by_stage = {s: statistics.median(1000 * (r["queue_s"] + r["storage_s"]) for r in rows if r["stage"] == s)
                 for s in sorted({r["stage"] for r in rows})}
     print(json.dumps({
+        "worker_threads": args.worker_threads, "embedded_threads": torch.get_num_threads(),
         "embedded_s": round(embedded_s, 2), "stack_s": round(stack_s, 2),
         "ratio_stack_over_embedded": round(stack_s / embedded_s, 3),
         "tasks": len(rows),
