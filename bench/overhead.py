@@ -1,7 +1,7 @@
 """CPU: what the queue costs. The same tiny job embedded (one process, local files) and on the
 local stack (Redis broker, SeaweedFS S3, one worker process per stage), timed end to end.
 
-    .venv/bin/python bench/overhead.py [--prompts 4] [--samples 8] [--steps 20] [--worker-threads 2]
+    .venv/bin/python bench/overhead.py [--prompts 4] [--samples 8] [--steps 20] [--worker-threads 1]
 
 Last line: JSON with ratio_stack_over_embedded (wall time, submit -> succeeded, after a warm-up
 job) and median_task_overhead_ms (per task: publish -> start latency counted from when its

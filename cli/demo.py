@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.run import DEMO_PROMPTS, add_job_arguments, build_spec, execute, finish
+from dfusion_core.presets import MODEL_PRESETS, TOY_JOB
 
 TOY_PROMPTS = [
     "a red circle above a blue square",
@@ -32,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_job_arguments(p)
     p.set_defaults(out=Path("demo-run"), model="toy")
     p.epilog = ("The demo's own defaults: --model toy (the shipped toy-world model, on four toy captions with the "
-                "toy preset's settings: 32 samples a caption, 10 DDIM steps, one epoch, its scorer, fusion and "
-                "training), --out demo-run. --model tiny runs the random tiny model on two of the paper's prompts "
+                f"toy preset's settings: {TOY_JOB['samples_per_prompt']} samples a caption, "
+                f"{MODEL_PRESETS['toy']['sampling']['num_steps']} DDIM steps, {TOY_JOB['epochs']} epoch(s), its "
+                "scorer, fusion and training), --out demo-run. --model tiny runs the random tiny model on two of the paper's prompts "
                 f"for {TINY_EPOCHS} epochs (machinery only).")
 
 

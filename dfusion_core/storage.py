@@ -22,8 +22,9 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
 
     def put_many(self, objects: Sequence[tuple[str, bytes, str]]) -> None:
-        """Put every (key, data, content type); a store may send them concurrently. All are tried,
-        then the first failure is raised."""
+        """Put every (key, data, content type); a store may send them concurrently. Once the batch
+        has begun, every put is tried and then the first failure is raised; a store that refuses the
+        whole batch (a fenced one whose lease is lost) raises before any."""
         ...
 
     def get(self, key: str) -> bytes: ...
