@@ -71,7 +71,17 @@ def test_rel_lost_message_is_sent_again(rstack):
     assert f"{unit} of job {job_id}: not committed, not running and in no queue" in text
 
 
+def _retry_delays(stack, offsets: dict[str, int]) -> set[int]:
+    text = "".join(stack.log_since(w, offsets[w]) for w in WORKERS)
+    return {int(d) for d in re.findall(r"transient failure, retry in (\d+)s", text)}
+
+
 def test_rel_object_store_unreachable_for_10s(rstack):
+    """The store stays down for at least 10 s and until some task has backed off three times (1, 2,
+    then 4 s). A fixed 10 s alone was not enough on a loaded machine: the first task to touch the
+    store may be seconds into a sampling step when the outage starts, and it then saw only two
+    failures before the store came back. The task that first backs off 4 s is the one furthest
+    along (at most 3 retries of 5), so the restart leaves every task 8 + 16 s of retries in hand."""
     spec = small_job()
     offsets = {w: rstack.log_size(w) for w in WORKERS}
     job_id = rstack.submit(spec)
@@ -79,18 +89,20 @@ def test_rel_object_store_unreachable_for_10s(rstack):
     procs = rstack.processes()
     supervisor, weed = procs["supervisor"].pid, procs["seaweedfs"]
     host, port = rstack.facts["s3_endpoint"].rsplit(":", 1)
-    os.kill(supervisor, signal.SIGSTOP)  # hold the restart: the store stays down for the whole 10 s
+    os.kill(supervisor, signal.SIGSTOP)  # hold the restart: the store stays down until we let it up
     try:
         os.killpg(weed.pid, signal.SIGKILL)
         wait_for(lambda: not tcp_open(host, int(port)), 10, "S3 to go away", poll_s=0.05)
         time.sleep(10)
+        wait_for(lambda: 4 in _retry_delays(rstack, offsets), 60, "a task to back off 4 s", poll_s=0.1)
     finally:
         os.kill(supervisor, signal.SIGCONT)
     job = rstack.wait_job(job_id, timeout_s=240)
     assert job["status"] == "succeeded", job
     assert_exact_outputs(rstack.state(), rstack.store(), job_id, spec)
     # the tasks that hit the outage were retried with exponential backoff, none failed
-    text = "".join(rstack.log_since(w, offsets[w]) for w in WORKERS)
-    delays = {int(d) for d in re.findall(r"transient failure, retry in (\d+)s", text)}
+    delays = _retry_delays(rstack, offsets)
     assert {1, 2, 4} <= delays, sorted(delays)
+    assert delays <= {1, 2, 4, 8, 16}, sorted(delays)
+    text = "".join(rstack.log_since(w, offsets[w]) for w in WORKERS)
     assert "failed permanently" not in text
