@@ -23,9 +23,12 @@ from dfusion_core.toy import world as toyworld
 NESTED = ("sampling", "fusion", "training")
 
 #: Toy job fields (JobSpec): 32 samples a caption, one epoch, every held-out caption once, and the
-#: before/after score on the job's own captions with 32 fresh seeds each (`train_eval_seeds`; 4
-#: captions x 32 = 128 paired samples: the scores move in steps of 0.2, and at 64 the interval was
-#: as wide as the effect the preset makes, about +0.04).
+#: before/after score on the job's own captions with 128 fresh seeds each (`train_eval_seeds`). The
+#: count is sized by power: the preset gains about +0.038 (bench/alignment.py), and one paired
+#: sample's difference has an SD of about 0.21 (scores move in steps of 0.2), so 4 captions x 128 =
+#: 512 samples give a 95 % interval of about +-0.019, clear of zero for an effect that size; at 32
+#: seeds (+-0.037) a run that gained as much as the bench's mean read as no change about half the
+#: time. It is most of the demo's time: about 1 s a seed on 2 cores for both policies.
 #: One epoch, because a second one of D-Fusion pairs under Diffusion-DPO breaks this model: the
 #: policy's denoising error on its pairs rises from about 0.021 to 0.035 during it, and the score
 #: falls below the untrained model's on most seeds (bench/RESULTS.md, "The paper's protocol"); plain
@@ -36,7 +39,7 @@ TOY_JOB: dict[str, Any] = {
     "epochs": 1,
     "eval_prompts": toyworld.heldout_captions(),
     "eval_seeds": 1,
-    "train_eval_seeds": 32,
+    "train_eval_seeds": 128,
 }
 
 
@@ -70,9 +73,15 @@ def preset_name(model: object) -> str | None:
 def merge(preset: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
     """The job's values over the preset's: the job's top-level values win; a nested config the job
     gives as a mapping is merged key by key (its keys win). A nested value that is not a mapping is
-    left for validation to refuse."""
+    left for validation to refuse.
+
+    A job that names another `algorithm` than the preset's training takes none of the preset's
+    training values: they were measured for that algorithm (the toy preset's learning rate, step
+    budget and `sft_weight` are Diffusion-DPO's), so the job gets the defaults under its own."""
     out = {**preset, **job}
     for name in NESTED:
         if name in preset and isinstance(job.get(name), Mapping):
-            out[name] = {**preset[name], **job[name]}
+            ours, theirs = preset[name], job[name]
+            other_algorithm = "algorithm" in theirs and theirs["algorithm"] != ours.get("algorithm", theirs["algorithm"])
+            out[name] = dict(theirs) if other_algorithm else {**ours, **theirs}
     return out

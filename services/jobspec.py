@@ -24,7 +24,7 @@ MAX_PROMPT_CHARS = 300
 MAX_PROMPTS = 256
 MAX_SAMPLES_PER_PROMPT = 256
 MAX_EPOCHS = 100
-MAX_TRAIN_EVAL_SEEDS = 32
+MAX_TRAIN_EVAL_SEEDS = 256
 #: The model and scorer of a job that names none: the random `tiny` pair (dfusion_core/registry.py).
 #: It takes any prompt and needs no weights, so a job checks the plumbing anywhere; its scores mean
 #: nothing. Alignment is measured with `toy` (toy-world captions only) or a real model (README).

@@ -35,15 +35,26 @@ def test_a_toy_job_gets_the_toy_settings() -> None:
 
 def test_the_jobs_own_values_win_key_by_key() -> None:
     level = 0.25 if world.TOY_FUSION.get("mask_level") != 0.25 else 0.35
-    spec = _toy(fusion={"mask_level": level}, training={"algorithm": "trajectory_dpo", "lora_rank": 2},
+    spec = _toy(fusion={"mask_level": level}, training={"lora_rank": 2},
                 scorer="tiny", train_eval_seeds=0, eval_seeds=3)
     assert spec.fusion == FusionConfig(**{**world.TOY_FUSION, "mask_level": level})
-    assert spec.training == TrainingConfig(**{**world.TOY_TRAINING, "algorithm": "trajectory_dpo", "lora_rank": 2})
-    assert spec.training.beta == 0.1  # the algorithm's own beta, as without a preset
+    assert spec.training == TrainingConfig(**{**world.TOY_TRAINING, "lora_rank": 2})
     assert (spec.scorer, spec.train_eval_seeds, spec.eval_seeds, spec.preset) == ("tiny", 0, 3, "toy")
     # a config given as a model counts with the fields it was given, not its defaults
     built = JobSpec(prompts=TOY_PROMPTS, model="toy", fusion=FusionConfig(mask_level=level))  # type: ignore[arg-type]
     assert built.fusion == spec.fusion
+
+
+def test_another_algorithm_takes_none_of_the_presets_training_values() -> None:
+    """The toy preset's learning rate, step budget and sft_weight were measured for Diffusion-DPO."""
+    assert world.TOY_TRAINING["algorithm"] != "trajectory_dpo" and world.TOY_TRAINING["sft_weight"] > 0
+    spec = _toy(training={"algorithm": "trajectory_dpo", "lora_rank": 2})
+    assert spec.training == TrainingConfig(algorithm="trajectory_dpo", lora_rank=2)
+    assert spec.training.beta == 0.1 and spec.training.sft_weight == 0  # the algorithm's own, as without a preset
+    assert spec.fusion == FusionConfig(**world.TOY_FUSION)  # the other configs keep the preset's
+    # naming the preset's own algorithm is a key like any other
+    same = _toy(training={"algorithm": world.TOY_TRAINING["algorithm"], "lora_rank": 2})
+    assert same.training == TrainingConfig(**{**world.TOY_TRAINING, "lora_rank": 2})
 
 
 def test_a_tiny_job_gets_no_preset() -> None:
