@@ -10,9 +10,9 @@ epochs: the service's own stages, workers/embedded.py). Arms: `none` (the shippe
 
 - the same training captions per seed (a seeded draw from the training split), the same sample
   seeds, the same optimizer steps per epoch (`training.steps_per_epoch`) of the same number of
-  pairs, so both make the same pair visits whatever the pair filter keeps. The step budget is set
-  in passes over the pairs D-Fusion keeps (about one a epoch: `passes` in the summary), so a few
-  kept pairs are not memorised;
+  pairs, so both make the same pair visits whatever the pair filter keeps. The summary gives the
+  budget in passes over the pairs each arm's filter kept (`passes`): at the toy preset's 200 steps
+  of 8, some 25-40 passes an epoch, since the filter keeps 40-65 pairs of six captions;
 - after every epoch every arm's checkpoint is scored on the same evaluation noise: the seed's
   training captions on fresh seeds (the primary measure: the paper's protocol) and the held-out
   captions (secondary, reported as it falls); the untrained model once per seed on the same noise;
