@@ -1,6 +1,7 @@
 """A throwaway local stack to drive, for the integration tests and the benches: `running_stack`
-starts its own Redis (AOF) and SeaweedFS on free ports, the API and one Celery worker per queue as
-processes under the stack supervisor (`devstack.stack`), and kills it all on exit (`stack_kill`);
+starts its own Redis (AOF) and SeaweedFS on free ports, the API and one Celery worker per queue
+(one prefork child each unless placed otherwise) as processes under the stack supervisor
+(`devstack.stack`), and kills it all on exit (`stack_kill`);
 `Stack` is its handle (API clients, the job state, the object store, its processes and their logs).
 `TINY_JOB` is the smallest job that runs every stage twice.
 
@@ -10,7 +11,7 @@ outputs are is `workers.audit`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,15 +123,20 @@ def _terminal(job: dict[str, Any]) -> dict[str, Any] | None:
 
 @contextmanager
 def running_stack(root: Path, env: dict[str, str] | None = None, host: str = "127.0.0.1",
-                  plan: Callable[[list[ProcessSpec]], list[ProcessSpec]] | None = None) -> Iterator[Stack]:
+                  plan: Callable[[list[ProcessSpec]], list[ProcessSpec]] | None = None,
+                  worker_concurrency: Mapping[str, int] | None = None,
+                  worker_threads: Mapping[str, int] | None = None) -> Iterator[Stack]:
     """Start a stack in `root`; `env` adds to STACK_ENV, `host` is where Redis and S3 listen,
-    `plan` may rewrite the process list (e.g. run workers elsewhere: `devstack.netns.workers_on`)."""
+    `plan` may rewrite the process list (e.g. run workers elsewhere: `devstack.netns.workers_on`),
+    `worker_concurrency` / `worker_threads` place the stage workers (`Settings`; default one child
+    on DFUSION_TORCH_THREADS threads each)."""
     # The stack's settings go to its processes only: several stacks may be alive at once in a
     # test session, so nothing here may change this process's environment.
     # report_to jobs write their tracker files into the stack's folder, not the worker's cwd (the repo)
     env = {"DFUSION_TRACKING_DIR": str(root / "tracking"), **STACK_ENV, **(env or {})}
     settings = Settings(redis_url=f"redis://{host}:{free_port()}/0", api_port=free_port(), s3_bucket="dfusion-it",
-                        s3_endpoint=None if host == "127.0.0.1" else f"{host}:{free_port(grpc_pair=True)}")
+                        s3_endpoint=None if host == "127.0.0.1" else f"{host}:{free_port(grpc_pair=True)}",
+                        worker_concurrency=dict(worker_concurrency or {}), worker_threads=dict(worker_threads or {}))
     try:
         specs, facts = default_specs(settings, root)
         specs = [replace(spec, env={**env, **spec.env}) for spec in specs]

@@ -1,7 +1,8 @@
 """What the local stack runs: its processes as data (`ProcessSpec`) and the connection facts.
 
-`default_specs` is the compose file's shape for these settings; `devstack.stack` starts and
-supervises the plan.
+`default_specs` is the compose file's shape for these settings (one worker per stage queue, its
+prefork children and their torch threads from `Settings.worker_concurrency` / `worker_threads`);
+`devstack.stack` starts and supervises the plan.
 """
 
 from __future__ import annotations
@@ -78,9 +79,20 @@ def default_specs(settings: Settings, root_dir: Path) -> tuple[list[ProcessSpec]
         cmd = [py, "-m", "uvicorn", "api.main:app", "--host", settings.api_host, "--port", str(settings.api_port)]
         specs.append(ProcessSpec("api", cmd, env=env, port=settings.api_port, restart=True))
     facts["api_url"] = f"http://{settings.api_host}:{settings.api_port}"
+    return specs + _worker_specs(settings, py, env), facts
+
+
+def _worker_specs(settings: Settings, python: str, env: dict[str, str]) -> list[ProcessSpec]:
+    """One worker per stage queue, placed by the settings: `worker_concurrency` prefork children
+    (default 1), each on `worker_threads` torch threads (its DFUSION_TORCH_THREADS; default: the
+    variable the stack's processes inherit)."""
+    specs = []
     for q in QUEUES:
-        specs.append(ProcessSpec(f"worker-{q}", worker_command(py, [q], f"{q}@%h"), env=env, queues=[q], restart=True))
-    return specs, facts
+        threads = settings.worker_threads.get(q)
+        command = worker_command(python, [q], f"{q}@%h", settings.worker_concurrency.get(q, 1))
+        specs.append(ProcessSpec(f"worker-{q}", command, queues=[q], restart=True,
+                                 env=env if threads is None else {**env, "DFUSION_TORCH_THREADS": str(threads)}))
+    return specs
 
 
 def _loopback(host: str) -> bool:

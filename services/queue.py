@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+# The worker queues, one per stage kind, are listed in services.settings (the local stack's worker
+# placement is keyed by them); the rest of the code imports them from here.
+from services.settings import QUEUES as QUEUES
 from services.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # Celery loads with the app, so the task names import without it (workers.flow)
     from celery import Celery
-
-#: The worker queues, one per stage kind: the one place they are listed.
-QUEUES = ("sample", "score", "fuse", "train")
 
 # Task names: the one place they are spelled (workers register bodies under them, stages enqueue them).
 START_JOB = "dfusion.start_job"
@@ -44,15 +44,15 @@ ROUTES = {
 
 def worker_argv(queues: Sequence[str], hostname: str, concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
     """The `celery worker` arguments of every dfusion worker: its queues and node name, prefork with
-    `concurrency` children (one: a killed child's task is redelivered, the model loads after fork),
-    prefetch 1, task events."""
+    `concurrency` children (each loads its models after fork and holds its own leases; a killed
+    child's task is redelivered), prefetch 1 per child, task events."""
     return ["worker", "-Q", ",".join(queues), "-n", hostname, "-c", str(concurrency),
             "--prefetch-multiplier", "1", "-l", loglevel, "-E"]
 
 
-def worker_command(python: str, queues: Sequence[str], hostname: str) -> list[str]:
+def worker_command(python: str, queues: Sequence[str], hostname: str, concurrency: int = 1) -> list[str]:
     """A worker as its own process (the local stack, the tests): `python -m celery -A workers.celery_app worker ...`."""
-    return [python, "-m", "celery", "-A", "workers.celery_app", *worker_argv(queues, hostname)]
+    return [python, "-m", "celery", "-A", "workers.celery_app", *worker_argv(queues, hostname, concurrency)]
 
 
 def make_app(settings: Settings) -> Celery:

@@ -8,14 +8,23 @@ override settings by constructing `Settings(...)` directly. Hyperparameters live
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, PositiveInt, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dfusion_core.hub import HubOptions
 from dfusion_core.registry import MODELS
+
+#: The worker queues, one per stage kind: the one place they are listed (here, below
+#: `services.queue`, which routes tasks to them, because the worker placement below is keyed by them).
+QUEUES = ("sample", "score", "fuse", "train")
+#: stage queue -> a positive count; from the environment as `sample=2,fuse=2` or a JSON object.
+StageCounts = Annotated[dict[str, PositiveInt], NoDecode]
 
 
 def _alias(name: str) -> AliasChoices:
@@ -96,6 +105,28 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=5, ge=0)
     device: str | None = Field(default=None, description="torch device of a worker (cuda:N, cpu); None = the GPU if any")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads per worker process; None = torch's default")
+    worker_concurrency: StageCounts = Field(
+        default_factory=dict,
+        description="the local stack (devstack): stage queue -> prefork children of its worker (celery -c), "
+                    "e.g. 'sample=2,fuse=2'; a stage left out runs 1. Each child loads its own models",
+    )
+    worker_threads: StageCounts = Field(
+        default_factory=dict,
+        description="the local stack (devstack): stage queue -> torch threads of each child of its worker, "
+                    "e.g. 'train=2'; a stage left out runs torch_threads",
+    )
+
+    @field_validator("worker_concurrency", "worker_threads", mode="before")
+    @classmethod
+    def _stage_counts_from_text(cls, value: Any) -> Any:
+        return _stage_counts(value) if isinstance(value, str) else value
+
+    @field_validator("worker_concurrency", "worker_threads")
+    @classmethod
+    def _known_stages(cls, value: dict[str, int]) -> dict[str, int]:
+        if unknown := [stage for stage in value if stage not in QUEUES]:
+            raise ValueError(f"unknown stage(s) {', '.join(map(repr, unknown))}; the stages are {', '.join(QUEUES)}")
+        return value
 
     def broker(self) -> str:
         """The Celery broker URL: `broker_url`, else Redis."""
@@ -108,6 +139,21 @@ class Settings(BaseSettings):
     def model_names(self) -> list[str]:
         """Names a job may ask for: the built-in models (`dfusion_core.registry`) plus the configured ones."""
         return sorted({*MODELS, *self.models})
+
+
+def _stage_counts(text: str) -> Mapping[str, Any]:
+    """`sample=2,fuse=2` (or the JSON object `{"sample": 2, "fuse": 2}`) as a mapping; the counts
+    are validated by the field that reads it. An empty string is the empty mapping."""
+    text = text.strip()
+    if text.startswith("{"):
+        return dict(json.loads(text))  # a JSONDecodeError is a ValueError: pydantic reports it on the field
+    counts: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        stage, eq, count = (s.strip() for s in item.partition("="))
+        if not (stage and eq and count) or stage in counts:
+            raise ValueError(f"{item!r} in {text!r}: write stage=N once per stage, comma-separated, e.g. sample=2,fuse=2")
+        counts[stage] = count
+    return counts
 
 
 @lru_cache(maxsize=1)

@@ -141,6 +141,21 @@ def test_default_plan(tmp_path: Path, redis_url: str) -> None:
         assert spec.command[1:] == ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", q, "-n", f"{q}@%h",
                                     "-c", "1", "--prefetch-multiplier", "1", "-l", "INFO", "-E"]
         assert spec.env["S3_SECRET_KEY"] == "sekrit" and spec.env["REDIS_URL"] == redis_url
+        assert "DFUSION_TORCH_THREADS" not in spec.env  # the stack's own (harness: 1 thread), or torch's default
+
+
+def test_plan_places_workers_per_stage(tmp_path: Path) -> None:
+    """`worker_concurrency` is each stage worker's `-c`, `worker_threads` its DFUSION_TORCH_THREADS
+    (a spec's env wins over the environment the stack gives all processes); other stages keep the defaults."""
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_port=free_port(),
+                        worker_concurrency="sample=2,fuse=2", worker_threads={"train": 2})
+    workers = {s.queues[0]: s for s in default_specs(settings, tmp_path)[0] if s.queues}
+    assert list(workers) == list(QUEUES)
+    for q, spec in workers.items():
+        children = 2 if q in ("sample", "fuse") else 1
+        assert spec.command == worker_command(sys.executable, [q], f"{q}@%h", children)
+        assert spec.command[spec.command.index("-c") + 1] == str(children)
+        assert spec.env.get("DFUSION_TORCH_THREADS") == ("2" if q == "train" else None)
 
 
 def test_default_plan_starts_missing_redis(tmp_path: Path) -> None:

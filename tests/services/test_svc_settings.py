@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from services.settings import Settings, get_settings
 
@@ -33,3 +34,34 @@ def test_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_get_settings_cached() -> None:
     assert get_settings() is get_settings()
+
+
+def test_worker_placement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local stack's per-stage placement: `stage=N,...` or a JSON object, as the other mappings."""
+    monkeypatch.delenv("DFUSION_WORKER_CONCURRENCY", raising=False)
+    monkeypatch.delenv("DFUSION_WORKER_THREADS", raising=False)
+    assert (Settings().worker_concurrency, Settings().worker_threads) == ({}, {})  # one child, torch_threads
+    monkeypatch.setenv("DFUSION_WORKER_CONCURRENCY", " sample=2, fuse=3,")
+    monkeypatch.setenv("DFUSION_WORKER_THREADS", '{"train": 2}')
+    s = Settings()
+    assert (s.worker_concurrency, s.worker_threads) == ({"sample": 2, "fuse": 3}, {"train": 2})
+    assert Settings(worker_concurrency="", worker_threads={"score": 1}).worker_threads == {"score": 1}
+
+
+@pytest.mark.parametrize(("value", "loc", "message"), [
+    ("smaple=2", (), "unknown stage(s) 'smaple'; the stages are sample, score, fuse, train"),
+    ("sample=0", ("sample",), "greater than 0"),
+    ("train=-1", ("train",), "greater than 0"),
+    ("fuse=two", ("fuse",), "valid integer"),
+    ("sample", (), "write stage=N once per stage"),
+    ("sample=1,sample=2", (), "write stage=N once per stage"),
+    ('{"score": 0}', ("score",), "greater than 0"),
+])
+@pytest.mark.parametrize("field", ["worker_concurrency", "worker_threads"])
+def test_bad_worker_placement_names_the_field(monkeypatch: pytest.MonkeyPatch, field: str, value: str,
+                                              loc: tuple[str, ...], message: str) -> None:
+    monkeypatch.setenv(f"DFUSION_{field.upper()}", value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    [error] = info.value.errors()
+    assert error["loc"] == (field, *loc) and message in error["msg"]
