@@ -33,6 +33,11 @@ class BlobStore(Protocol):
 
     def list(self, prefix: str = "") -> list[str]: ...
 
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Key -> size in bytes of every object under `prefix`, as the listing gives it: no object is
+        read (an audit of a job's stored bytes would otherwise move every byte the job stored)."""
+        ...
+
     def delete(self, key: str) -> None: ...
 
 
@@ -97,6 +102,15 @@ class LocalDirStore:
 
     def list(self, prefix: str = "") -> list[str]:
         return sorted(self._walk(prefix))
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        out = {}
+        for key in self.list(prefix):
+            try:
+                out[key] = self._path(key).stat().st_size
+            except FileNotFoundError:  # deleted since the walk: no longer stored
+                continue
+        return out
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -26,6 +26,12 @@ MAX_COMPARE_SEEDS = 8
 DEFAULT_MASK_THRESHOLD = 0.01
 #: Most compares of one job queued or running at once (each holds a sample worker for a while).
 MAX_ACTIVE_COMPARES = 4
+#: Most compares of one tenant queued or running at once, over all its jobs. The tenant's job limit
+#: counts only unfinished jobs and a compare needs a finished one, so without this a tenant with
+#: many could fill the sample queue ahead of every other job's stage tasks, which fair admission
+#: lets in a few at a time (docs/fairness.md). 8: the places the defaults give a tenant's running
+#: jobs there (queued_per_job 2 x max_concurrent_jobs_per_tenant 4).
+MAX_TENANT_COMPARES = 8
 #: A compare still unfinished this long after it was asked for no longer counts as active.
 ACTIVE_FOR_S = 3600.0
 
@@ -47,7 +53,8 @@ class CompareNotFound(StateError, KeyError):
 
 
 class TooManyCompares(StateError):
-    """The job already has MAX_ACTIVE_COMPARES compares queued or running (HTTP 429)."""
+    """The job already has MAX_ACTIVE_COMPARES compares queued or running, or its tenant
+    MAX_TENANT_COMPARES (HTTP 429)."""
 
 
 class CompareStatus(enum.StrEnum):

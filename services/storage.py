@@ -184,6 +184,12 @@ class S3Store:
             objects = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=True)
             return sorted(o.object_name for o in objects if o.object_name and not o.is_dir)
 
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """One listing (S3 returns each key's size with it, a thousand keys a request): no HEAD or GET per object."""
+        with _mapped("list", prefix):
+            objects = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=True)
+            return {o.object_name: int(o.size or 0) for o in objects if o.object_name and not o.is_dir}
+
     def delete(self, key: str) -> None:
         """Remove `key`; deleting a missing key is not an error (S3 semantics, same as LocalDirStore)."""
         check_key(key)

@@ -156,3 +156,6 @@ class FencedStore:
 
     def list(self, prefix: str = "") -> list[str]:
         return self.store.list(prefix)
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        return self.store.sizes(prefix)

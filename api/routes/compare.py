@@ -2,7 +2,8 @@
 
 The work runs on a sample worker (workers/compare.py); this process only checks the request against
 the job (services.compare.resolve: 409 while the job runs, 422 naming `version` for one it never
-published), stores the queued record and enqueues the task by name, so it loads no torch.
+published; 429 past the job's or the tenant's limit of compares queued or running), stores the
+queued record and enqueues the task by name, so it loads no torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from api.errors import QueueUnavailable
 from api.routes.jobs import object_url
 from api.schemas import CompareCreated, ComparePublic, ComparesPublic, MaskPublic, SeedComparePublic
 from services import queue
-from services.compare import CompareCreate, CompareRecord, CompareStatus, check_room, resolve
+from services.compare import (
+    MAX_TENANT_COMPARES,
+    CompareCreate,
+    CompareRecord,
+    CompareStatus,
+    check_room,
+    resolve,
+)
 from services.records import CheckpointRecord
 from services.state.compares import RedisCompareStore, open_compares, set_status
 from services.state.redis import RedisJobStore
@@ -55,7 +63,8 @@ def submit(job: JobRecord, body: CompareCreate, state: RedisJobStore, compares: 
     now = time.time()
     record = resolve(job, versions, body, uuid.uuid4().hex, now)
     check_room(job.job_id, compares.list(job.job_id), now)
-    compares.put(record)
+    # Counted per tenant as well: a compare is exempt from the stages' fair admission (docs/fairness.md).
+    compares.admit(job.tenant, record, MAX_TENANT_COMPARES, now)
     try:
         queue.send(celery, queue.COMPARE, job_id=job.job_id, compare_id=record.id)
     except Exception as e:  # kombu/redis raise many types; all mean "broker did not take it"

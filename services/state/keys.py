@@ -33,7 +33,8 @@ def compares(job_id: str) -> str:
 
 
 def tenant(name: str, part: str) -> str:
-    """The tenant's `jobs` index (a sorted set by creation time), `active` set or `tokens` set."""
+    """The tenant's `jobs` index (a sorted set by creation time), `active` set, `tokens` set or
+    `compares` (those queued or running over its jobs, a sorted set by when they were asked for)."""
     return f"{PREFIX}:tenant:{check_id('tenant', name)}:{part}"
 
 

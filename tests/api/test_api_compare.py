@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.compare import MAX_ACTIVE_COMPARES, MAX_COMPARE_SEEDS, CompareStatus
+from services.compare import MAX_ACTIVE_COMPARES, MAX_COMPARE_SEEDS, MAX_TENANT_COMPARES, CompareStatus
 from services.records import CheckpointRecord
 from services.state.compares import RedisCompareStore, set_status
 from services.state.redis import RedisJobStore
@@ -142,6 +142,27 @@ def test_a_job_has_at_most_a_few_compares_queued_at_once(client: TestClient, acm
     compares = RedisCompareStore(state.r)
     set_status(compares, job_id, urls[0].rsplit("/", 1)[1], CompareStatus.SUCCEEDED)
     assert client.post(f"/v1/jobs/{job_id}/compare", json={"prompt": PROMPT}, headers=acme).status_code == 202
+
+
+def test_a_tenant_has_at_most_a_few_compares_queued_over_all_its_jobs(client: TestClient, acme: dict, globex: dict,
+                                                                      state: RedisJobStore) -> None:
+    """Compares skip the stages' fair admission (docs/fairness.md), so finished jobs, which the
+    tenant's job limit does not count, must not let one tenant fill the sample queue with them."""
+    per_job = MAX_ACTIVE_COMPARES - 1
+    # finished, they free the tenant's job slots: it may have more of them than it may run at once
+    jobs = [_job(client, acme, state) for _ in range(-(-MAX_TENANT_COMPARES // per_job) + 1)]
+    posted = [client.post(f"/v1/jobs/{job_id}/compare", json={"prompt": PROMPT}, headers=acme)
+              for job_id in jobs for _ in range(per_job)]
+    assert [r.status_code for r in posted] == [202] * MAX_TENANT_COMPARES + [429] * (len(posted) - MAX_TENANT_COMPARES)
+    assert posted[-1].json()["detail"] == f"tenant acme already has {MAX_TENANT_COMPARES} compares queued or " \
+                                          "running over its jobs; wait for one to finish"
+    assert len(_messages(state)) == MAX_TENANT_COMPARES
+    assert sum(len(RedisCompareStore(state.r).list(j)) for j in jobs) == MAX_TENANT_COMPARES
+    other = _job(client, globex, state)
+    assert client.post(f"/v1/jobs/{other}/compare", json={"prompt": PROMPT}, headers=globex).status_code == 202
+    first = posted[0].json()["url"].rsplit("/", 1)[1]
+    set_status(RedisCompareStore(state.r), jobs[0], first, CompareStatus.SUCCEEDED)
+    assert client.post(f"/v1/jobs/{jobs[-1]}/compare", json={"prompt": PROMPT}, headers=acme).status_code == 202
 
 
 _BODIES = st.fixed_dictionaries({}, optional={

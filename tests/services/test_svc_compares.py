@@ -12,6 +12,7 @@ from dfusion_core.errors import ConfigError
 from services.compare import (
     ACTIVE_FOR_S,
     MAX_ACTIVE_COMPARES,
+    MAX_TENANT_COMPARES,
     CompareCreate,
     CompareNotFound,
     CompareRecord,
@@ -68,6 +69,43 @@ def test_a_deleted_job_takes_its_compares_along(redis_store: RedisJobStore) -> N
     compares.put(_record("a", job_id="j9"))
     redis_store.delete_job("j9")
     assert compares.list("j9") == []
+
+
+def test_a_tenant_has_at_most_limit_compares_queued_or_running_over_its_jobs(compares: CompareStore) -> None:
+    """Counted over the tenant's jobs, not per job: ended and stale compares no longer count, a
+    refused one is not stored, and other tenants are not affected."""
+    now, limit = 10_000.0, 3
+    for i in range(limit):
+        compares.admit("acme", _record(f"a{i}", job_id=f"j{i}", at=now - 10), limit, now)
+    with pytest.raises(TooManyCompares, match=f"^tenant acme already has {limit} compares queued or running"):
+        compares.admit("acme", _record("x", job_id="j9", at=now), limit, now)
+    assert compares.list("j9") == []
+    compares.admit("globex", _record("g", job_id="j9", at=now), limit, now)
+    set_status(compares, "j0", "a0", CompareStatus.FAILED, error="compare: RuntimeError: x")
+    compares.admit("acme", _record("b", job_id="j9", at=now), limit, now)  # in the ended one's place
+    with pytest.raises(TooManyCompares):
+        compares.admit("acme", _record("y", job_id="j1", at=now), limit, now)
+    later = now + ACTIVE_FOR_S - 5  # a0..a2 were asked for over ACTIVE_FOR_S ago: their workers gave up
+    compares.admit("acme", _record("c", job_id="j1", at=later), limit, later)
+    assert [r.id for r in compares.list("j1")] == ["a1", "c"] and compares.get("j9", "b").status == CompareStatus.QUEUED
+
+
+def test_a_compare_whose_job_was_deleted_no_longer_counts(redis_store: RedisJobStore) -> None:
+    compares = RedisCompareStore(redis_store.r)
+    redis_store.create_job("j9", "acme", {"prompts": [{"text": "a cat"}]})
+    compares.admit("acme", _record("a", job_id="j9"), 1, 1.0)
+    with pytest.raises(TooManyCompares):
+        compares.admit("acme", _record("b"), 1, 1.0)
+    redis_store.delete_job("j9")
+    compares.admit("acme", _record("b"), 1, 1.0)
+
+
+def test_the_tenant_limit_is_the_places_fair_admission_gives_its_running_jobs() -> None:
+    from services.settings import Settings
+
+    default = {name: field.default for name, field in Settings.model_fields.items()}
+    assert default["queued_per_job"] * default["max_concurrent_jobs_per_tenant"] == MAX_TENANT_COMPARES
+    assert MAX_TENANT_COMPARES >= MAX_ACTIVE_COMPARES  # one job alone can still have all of its own
 
 
 def _job(status: JobStatus) -> JobRecord:

@@ -52,6 +52,22 @@ def test_round_trip(store: BlobStore) -> None:
     assert store.list(prefix) == [f"{prefix}/a/x.bin"]
 
 
+def test_sizes_come_from_the_listing_without_reading_an_object(store: BlobStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = f"jobs/{uuid.uuid4().hex}"
+    objects = {f"{prefix}/a/x.bin": bytes(range(256)) * 100, f"{prefix}/b.json": b"{}", f"{prefix}/empty": b""}
+    for key, data in objects.items():
+        store.put(key, data)
+    store.put(f"{prefix}-other/c.bin", b"not under the prefix's folder")
+    monkeypatch.setattr(store, "get", lambda key: pytest.fail(f"sizes read {key} back"))
+    if isinstance(store, S3Store):  # nor a HEAD or GET per object behind the store's back
+        for call in ("get_object", "stat_object"):
+            monkeypatch.setattr(store._client, call, lambda *a, **k: pytest.fail(f"sizes sent {a}"))
+    assert store.sizes(f"{prefix}/") == {k: len(v) for k, v in objects.items()}
+    assert store.sizes(f"{prefix}/a/") == {f"{prefix}/a/x.bin": 25600}
+    assert store.sizes(f"{prefix}/none/") == {}
+
+
 def test_put_many_stores_every_object_and_raises_the_first_failure_after_the_rest(store: BlobStore) -> None:
     prefix = f"jobs/{uuid.uuid4().hex}"
     batch = [(f"{prefix}/o{i:02d}.bin", bytes([i]) * (1000 + i), "application/octet-stream") for i in range(20)]
