@@ -9,6 +9,7 @@ this again on a redelivery.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,8 @@ from services.jobspec import JobSpec
 from services.records import CheckpointRecord, PairRecord, SampleRecord
 from workers import keys
 from workers.context import Context
+
+log = logging.getLogger(__name__)
 
 
 def epoch_metrics(
@@ -111,10 +114,14 @@ def train_captions(ctx: Context, job_id: str, spec: JobSpec, model: Any, version
 
     key = keys.train_eval_base_key(job_id)  # written by epoch 0 (over any older run's), read by the later ones
     base = json.loads(ctx.store.get(key)) if version > 1 and ctx.store.exists(key) else None
+    # the slowest part of a small job (the toy preset's is half the demo): say what runs meanwhile
+    what = f"{len(prompts)} prompt(s) x {len(seeds)} fresh seeds"
     if not isinstance(base, list) or len(base) != len(prompts) * len(seeds):
+        log.info("job %s: scoring the untrained model on its own prompts, %s", job_id, what)
         with adapters_disabled(model.unet):
             base = scores()
         ctx.store.put(key, json.dumps(base).encode(), "application/json")
+    log.info("job %s: scoring policy %d on its own prompts, %s", job_id, version, what)
     after = scores()
     ci = paired_ci(after, base)
     lo, hi = (None if math.isnan(ci[k]) else ci[k] for k in ("lo", "hi"))  # NaN: one pair, no interval
