@@ -1,6 +1,6 @@
 """Does fusion make a better image? D-Fusion pairs on the toy model, no training.
 
-    .venv/bin/python bench/fusion_quality.py [--captions 48] [--samples 8] [--steps 10] \
+    .venv/bin/python bench/fusion_quality.py [--captions 48] [--samples 32] [--steps 10] \
         [--mask-mode minmax] [--mask-level 0.5] [--mask-resolution 16] [--out bench/results/fusion_quality]
 
 For each of --captions training captions (a seeded draw from the toy world's training split):
@@ -148,7 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy")
     p.add_argument("--captions", type=int, default=48)
-    p.add_argument("--samples", type=int, default=8, help="samples per caption (multiple of 4)")
+    # the toy job's own count: which samples become references and bases depends on it
+    p.add_argument("--samples", type=int, default=tw.TOY_SAMPLES_PER_PROMPT,
+                   help="samples per caption (multiple of 4; default: a toy job's)")
     p.add_argument("--steps", type=int, default=10, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--mask-mode", default=tw.TOY_FUSION["mask_mode"], choices=["absolute", "minmax", "quantile"])
