@@ -43,6 +43,7 @@ from dfusion_core.evaluation import load_prompts  # noqa: E402
 from services.jobspec import JobSpec  # noqa: E402
 from services.queue import QUEUES, worker_command  # noqa: E402
 from workers.flow import PAIRS_SCORED, JobFlow  # noqa: E402
+from workers.keys import job_prefix  # noqa: E402
 
 
 def job(prompts: int, samples: int, steps: int, seed: int = 0, train_steps: int = 4) -> dict[str, Any]:
@@ -79,8 +80,7 @@ def redis_calls(stack: Stack) -> int:
 
 
 def stored_bytes(stack: Stack, job_id: str) -> int:
-    store = stack.store()
-    return sum(o.size or 0 for o in store._client.list_objects(store.bucket, prefix=f"jobs/{job_id}/", recursive=True))
+    return sum(stack.store().sizes(job_prefix(job_id)).values())
 
 
 def parallel_phase(stack: Stack, job_ids: list[str], specs: list[dict[str, Any]]) -> float:
