@@ -2,7 +2,7 @@
 
 Columns: pair_id, epoch, policy_version, prompt_index, prompt, winner_image, loser_image, mask
 (PNG images as Hugging Face Image features), winner_score (the target's own), loser_score,
-reference_score, trained, winner/loser trajectory keys and sample ids. Load it with `datasets.load_dataset("parquet", data_files=FILE)`.
+reference_score, trained, winner/loser trajectory refs (`bundle key#member`; services/export.py) and sample ids. Load it with `datasets.load_dataset("parquet", data_files=FILE)`.
 """
 
 from __future__ import annotations

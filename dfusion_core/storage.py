@@ -42,9 +42,13 @@ class BlobStore(Protocol):
 
 
 def check_key(key: str) -> str:
-    """Reject keys that could escape a store's root or that S3 would treat oddly."""
+    """Reject keys that could escape a store's root or that S3 would treat oddly, and keys holding
+    '#': a trajectory ref is `key#member` (workers.keys.member_ref), so its first '#' must end the key
+    (and a URL would cut the key there anyway)."""
     if not key or key.startswith("/") or "\\" in key:
         raise ConfigError("key", f"object key must be a non-empty relative path, got {key!r}")
+    if "#" in key:
+        raise ConfigError("key", f"object key must not contain '#' (it separates a key from a bundle member): {key!r}")
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ConfigError("key", f"object key has an empty, '.' or '..' segment: {key!r}")

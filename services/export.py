@@ -1,7 +1,7 @@
 """A job's pairs as a Parquet dataset a DPO user can load anywhere (torch-free).
 
 One row per pair: the prompt, the winner and loser images, their scores, the item mask, the
-trajectory keys and whether the epoch trained on the pair. Images are Hugging Face `Image` features (struct of PNG `bytes` and a `path`),
+trajectory refs and whether the epoch trained on the pair. Images are Hugging Face `Image` features (struct of PNG `bytes` and a `path`),
 declared in the schema's `huggingface` metadata, so
 
     datasets.load_dataset("parquet", data_files="pairs.parquet")["train"][0]["winner_image"]
@@ -12,6 +12,12 @@ the scorer's value on the target's own image; `reference_score` is the reference
 steered it. For a plain pair the winner is the reference itself (both scores equal) and the mask is
 empty. `winner_score` is null until the target was scored and `trained` null until the epoch's
 train stage ran (false: the pair filter dropped it).
+
+`winner_trajectory_key` / `loser_trajectory_key` keep their names but hold trajectory refs:
+`<object key>#<member>`, a member (the pair id for a fused target, the sample id otherwise) of a
+safetensors bundle of several trajectories (`dfusion_core.trajectories.unpack_trajectories(data)
+[member]`). A job stored before bundles has plain object keys there, one whole trajectory each
+(`Trajectory.from_bytes`).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ SCHEMA = pa.schema([
     ("loser_score", pa.float64()),
     ("reference_score", pa.float64()),
     ("trained", pa.bool_()),
-    ("winner_trajectory_key", pa.string()),
+    ("winner_trajectory_key", pa.string()),  # a ref, `key#member` (above)
     ("loser_trajectory_key", pa.string()),
     ("winner_sample_id", pa.string()),
     ("loser_sample_id", pa.string()),

@@ -36,7 +36,9 @@ class SampleRecord(_Record):
     seed: int = Field(description="seed of the sample's noise stream")
     policy_version: int = Field(ge=0, description="the job's published LoRA version that sampled it")
     prompt: str
-    trajectory_key: str
+    trajectory_key: str = Field(description="ref of the trajectory: `bundle key#sample id`, a member of its sample "
+                                            "task's bundle (workers.keys.member_ref); a plain key for a job stored "
+                                            "before bundles")
     image_key: str
     score: float | None = None  # the scorer's value on the image; None until scored
 
@@ -62,8 +64,9 @@ class PairRecord(_Record):
     base_score: float
     reference_image_key: str
     base_image_key: str
-    base_trajectory_key: str
-    target_key: str = Field(description="the winner's trajectory")
+    base_trajectory_key: str = Field(description="ref of the base's trajectory (SampleRecord.trajectory_key)")
+    target_key: str = Field(description="ref of the winner's trajectory: `bundle key#pair id` of its fuse chunk's "
+                                        "target bundle, or a plain pair's winning sample's ref")
     target_image_key: str
     mask_key: str | None = None  # the union item mask; None for plain pairs
     target_score: float | None = None

@@ -16,6 +16,7 @@ from services.jobspec import JobSpec
 from services.records import PairRecord
 from services.state.protocol import JobStore
 from workers import keys
+from workers.flow import JobFlow
 
 
 def steps_per_epoch(spec: JobSpec, kept: int) -> int:
@@ -38,20 +39,30 @@ def expected_keys(job_id: str, spec: JobSpec, kept: list[int]) -> set[str]:
     """Every object a successful job stores; trainer state versions count optimizer steps."""
     from dfusion_core.checkpoint import STATE_NAME, WEIGHTS_NAME  # torch: only once a check runs
 
-    n_pairs = spec.expected_counts().pairs_per_prompt
+    jf = JobFlow.of(spec)
     out, version = set(), 0
     for e in range(spec.epochs):
-        for p in range(len(spec.prompts)):
-            for i in range(spec.samples_per_prompt):
-                sid = keys.sample_id(e, p, i)
-                out |= {keys.trajectory_key(job_id, sid), keys.image_key(job_id, sid)}
-            for k in range(n_pairs):
-                pid = keys.pair_id(e, p, k)
-                out |= {keys.target_key(job_id, pid), keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid)}
+        for p in range(jf.prompts):
+            out |= _prompt_keys(job_id, jf, e, p)
         version += steps_per_epoch(spec, kept[e])
         unit = keys.trainer_state_prefix(job_id, e)
         out |= {f"{unit}/metrics.json", f"{unit}/{version}/{WEIGHTS_NAME}", f"{unit}/{version}/{STATE_NAME}"}
         out.add(keys.checkpoint_key(job_id, e + 1))
+    return out
+
+
+def _prompt_keys(job_id: str, jf: JobFlow, epoch: int, prompt: int) -> set[str]:
+    """A prompt's objects in an epoch: a trajectory bundle and a PNG per sample for each sample
+    batch; for D-Fusion pairs, a target bundle per fuse chunk and a target PNG and a mask PNG per
+    pair (a plain pair's winner is a sample: it stores nothing of its own)."""
+    out = {keys.sample_bundle_key(job_id, epoch, prompt, b) for b in range(jf.batches)}
+    out |= {keys.image_key(job_id, keys.sample_id(epoch, prompt, i)) for i in range(jf.samples_per_prompt)}
+    if jf.plain:
+        return out
+    out |= {keys.target_bundle_key(job_id, epoch, prompt, c) for c in range(jf.chunks)}
+    for k in range(jf.pairs_per_prompt):
+        pid = keys.pair_id(epoch, prompt, k)
+        out |= {keys.target_image_key(job_id, pid), keys.mask_key(job_id, pid)}
     return out
 
 

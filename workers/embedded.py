@@ -2,7 +2,7 @@
 
 The same stage functions the Celery workers run, fed from an in-process FIFO instead of the
 broker, with `MemoryJobStore` standing in for Redis. The run folder holds the job's objects
-(images, masks, pairs, trajectories, checkpoints/<version>/) plus metrics.json and report.html,
+(images, masks, pairs, trajectory bundles, checkpoints/<version>/) plus metrics.json and report.html,
 and with `report_to` the job's curves: tensorboard/, wandb/ or mlflow.db (workers/tracking.py).
 """
 

@@ -37,8 +37,9 @@ def _records(store: LocalDirStore) -> list[PairRecord]:
             "id": pid, "epoch": 0, "prompt_index": 0, "index": i, "prompt": "a cat eating a sandwich",
             "reference": ref, "base": base, "reference_score": 0.5 + i, "base_score": 0.1 * i,
             "reference_image_key": keys["ref"], "base_image_key": keys["base"],
-            "base_trajectory_key": f"jobs/j/e0/samples/{base}.safetensors",
-            "target_key": f"jobs/j/e0/pairs/{pid}.target.safetensors" if fusion else f"jobs/j/e0/samples/{ref}.st",
+            "base_trajectory_key": f"jobs/j/e0/samples/e0-p000-b000.safetensors#{base}",
+            "target_key": f"jobs/j/e0/pairs/e0-p000-c000.targets.safetensors#{pid}" if fusion
+            else f"jobs/j/e0/samples/e0-p000-b000.safetensors#{ref}",
             "target_image_key": keys["target"] if fusion else keys["ref"],
             "mask_key": keys["mask"] if fusion else None, "policy_version": 0,
             "target_score": target_scores[i], "trained": trained[i],

@@ -6,6 +6,8 @@ import io
 
 import pytest
 
+from workers.keys import split_ref
+
 pytestmark = pytest.mark.integration
 
 
@@ -30,8 +32,12 @@ def test_exported_rows_match_the_job_records(stack, tiny_job, tmp_path):
         assert (row["winner_score"], row["loser_score"]) == (rec["target_score"], rec["base_score"])
         assert row["winner_score"] is not None and row["reference_score"] == rec["reference_score"]
         assert row["trained"] is rec["trained"] and row["trained"] is not None  # the job finished: filter ran
-        assert {row["winner_trajectory_key"], row["loser_trajectory_key"]} <= keys
-        assert row["winner_trajectory_key"].endswith(".target.safetensors")
+        # refs: `bundle key#member`, the winner a member of its chunk's target bundle
+        assert row["winner_trajectory_key"] == rec["target_key"]
+        assert row["loser_trajectory_key"] == rec["base_trajectory_key"]
+        winner, loser = split_ref(row["winner_trajectory_key"]), split_ref(row["loser_trajectory_key"])
+        assert {winner[0], loser[0]} <= keys and (winner[1], loser[1]) == (row["pair_id"], rec["base"])
+        assert winner[0].endswith(".targets.safetensors")
         want = Image.open(io.BytesIO(store.get(rec["mask_key"])))
         assert row["mask"].tobytes() == want.tobytes() and row["mask"].size == want.size
         assert row["winner_image"].tobytes() == Image.open(io.BytesIO(store.get(rec["target_image_key"]))).tobytes()

@@ -7,6 +7,7 @@ import pytest
 
 from devstack.harness import TINY_JOB
 from services.jobspec import JobSpec
+from workers.keys import split_ref
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +35,16 @@ def test_job_succeeds_with_every_object_stored(stack, tiny_job):
     store, state = stack.store(), stack.state()
     keys = set(store.list(f"jobs/{job_id}/"))
     for rec in state.list_samples(job_id).values():
-        assert {rec["trajectory_key"], rec["image_key"]} <= keys
+        assert {split_ref(rec["trajectory_key"])[0], rec["image_key"]} <= keys
     for rec in state.list_pairs(job_id).values():
-        assert {rec["target_key"], rec["target_image_key"], rec["mask_key"]} <= keys
+        assert {split_ref(rec["target_key"])[0], rec["target_image_key"], rec["mask_key"]} <= keys
     for rec in state.list_checkpoints(job_id):
         assert rec["key"] in keys
-    # nothing stored twice: exactly one trajectory and one image per sample, three objects per pair
-    assert len([k for k in keys if "/samples/" in k]) == 16
-    assert len([k for k in keys if "/pairs/" in k]) == 8 * 3
+    # nothing stored twice: a trajectory bundle per sample task (one batch of 4 per prompt and epoch)
+    # and a PNG per sample; a target bundle per fuse chunk (one per prompt and epoch), two PNGs per pair
+    assert len([k for k in keys if "/samples/" in k]) == 4
+    assert len([k for k in keys if "/images/" in k]) == 16
+    assert len([k for k in keys if "/pairs/" in k]) == 4 + 8 * 2
 
 
 def test_embedded_run_selects_the_same_pairs(stack, tiny_job, tmp_path):

@@ -25,5 +25,5 @@ def test_a_sim_job_runs_on_the_stack(stack):
     assert [c["version"] for c in done.checkpoints] == [1]
     assert all(p["target_score"] is not None for p in done.pairs)
     keys = set(stack.store().list(f"jobs/{done.id}/"))
-    assert len([k for k in keys if k.endswith(".target.safetensors")]) == 2
+    assert len([k for k in keys if k.endswith(".targets.safetensors")]) == 1  # both pairs: one fuse chunk
     assert any(k.endswith("checkpoints/1/pytorch_lora_weights.safetensors") for k in keys)

@@ -47,4 +47,4 @@ def test_rel_cancel_stops_new_work_and_keeps_what_finished(rstack):
     samples = state.list_samples(job_id)
     assert len(samples) == counts["samples"]
     assert set(rstack.store().list(keys.job_prefix(job_id))) == {
-        k for r in samples.values() for k in (r["trajectory_key"], r["image_key"])}
+        k for r in samples.values() for k in (keys.split_ref(r["trajectory_key"])[0], r["image_key"])}

@@ -37,8 +37,8 @@ def test_rel_corrupt_trajectory_fails_the_job(rstack):
         state = rstack.state()
         wait_for(lambda: state.get_counts(job_id)["scored"] == 8, 120, "all samples scored")
         store = rstack.store()
-        for sid in state.list_samples(job_id):
-            store.put(keys.trajectory_key(job_id, sid), b"\x00not a safetensors file")
+        for bundle in {keys.split_ref(r["trajectory_key"])[0] for r in state.list_samples(job_id).values()}:
+            store.put(bundle, b"\x00not a safetensors file")
     finally:
         signal_all(fuser, signal.SIGCONT)
     job = rstack.wait_job(job_id, timeout_s=120)

@@ -14,7 +14,7 @@ from services.state import JobStore, StateError
 def _sample(i: int, score: float | None = None) -> SampleRecord:
     sid = f"e0-p000-s{i:03d}"
     return SampleRecord(id=sid, epoch=0, prompt_index=0, index=i, seed=100 + i, policy_version=0, prompt="a cat",
-                        trajectory_key=f"jobs/j/e0/samples/{sid}.safetensors", image_key=f"jobs/j/e0/images/{sid}.png",
+                        trajectory_key=f"jobs/j/e0/samples/e0-p000-b000.safetensors#{sid}", image_key=f"jobs/j/e0/images/{sid}.png",
                         score=score)
 
 
@@ -23,7 +23,7 @@ def _pair(k: int, target_score: float | None = None, mask: bool = True) -> PairR
     return PairRecord(
         id=pid, epoch=0, prompt_index=0, index=k, prompt="a cat", policy_version=0, reference="e0-p000-s000",
         base=f"e0-p000-s{k + 2:03d}", reference_score=0.5, base_score=0.1 * k, reference_image_key="r.png",
-        base_image_key="b.png", base_trajectory_key="b.safetensors", target_key=f"{pid}.target.safetensors",
+        base_image_key="b.png", base_trajectory_key="b.safetensors#s1", target_key=f"c000.targets.safetensors#{pid}",
         target_image_key=f"{pid}.target.png", mask_key=f"{pid}.mask.png" if mask else None, target_score=target_score)
 
 

@@ -88,7 +88,7 @@ def test_missing_key_is_blob_not_found(store: BlobStore) -> None:
     assert isinstance(info.value, KeyError) and isinstance(info.value, DFusionError)
 
 
-@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", "", "a\\b"])
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", "", "a\\b", "a/b.safetensors#member"])
 def test_bad_keys_rejected(store: BlobStore, key: str) -> None:
     with pytest.raises(ConfigError):
         store.put(key, b"x")

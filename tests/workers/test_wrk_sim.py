@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dfusion_core import sim
+from dfusion_core.trajectories import unpack_trajectories
 from services.jobspec import JobSpec
 from workers.embedded import run_embedded
 
@@ -47,7 +48,9 @@ def test_a_sim_job_runs_embedded_and_its_time_is_the_waits(tmp_path: Path, sim_w
     assert (result.status, result.error) == ("succeeded", None)
     assert result.counts == {"samples": 4, "scored": 4, "pairs": 2, "trained_steps": 1}
     assert (tmp_path / "checkpoints" / "1" / "pytorch_lora_weights.safetensors").is_file()
-    assert len(list((tmp_path / "e0" / "pairs").glob("*.target.safetensors"))) == 2
+    bundles = list((tmp_path / "e0" / "pairs").glob("*.safetensors"))  # both pairs are one fuse chunk
+    assert [b.name for b in bundles] == ["e0-p000-c000.targets.safetensors"]
+    assert sorted(unpack_trajectories(bundles[0].read_bytes())) == ["e0-p000-k000", "e0-p000-k001"]
     # sampling (6 calls), fusion (7), held-out and training calls: dozens of waits
     assert waits["denoiser"] >= 6 + 7 and waits["scorer"] >= 2
     waited = WAIT * (waits["denoiser"] + waits["scorer"])

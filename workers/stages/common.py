@@ -7,15 +7,16 @@ from __future__ import annotations
 import logging
 
 from dfusion_core.errors import TrajectoryError
-from dfusion_core.trajectories import Trajectory
+from dfusion_core.trajectories import Trajectory, unpack_trajectories
 from services.jobspec import JobSpec
 from services.state import JobStatus, JobStore
 from services.storage import each, io_timer
+from workers import keys
 from workers.context import Context, Dispatch
 from workers.flow import Event, JobFlow, sent_scope
 
 __all__ = ["Context", "Dispatch", "advance", "fail_job", "failure_reason", "fan_in", "get_all", "job_spec",
-           "load_trajectory", "put_all", "sent"]
+           "load_trajectories", "put_all", "sent"]
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,33 @@ def get_all(ctx: Context, keys_: list[str]) -> list[bytes]:
         return each(ctx.store.get, keys_)
 
 
-def load_trajectory(key: str, data: bytes) -> Trajectory:
-    """A stored trajectory; a corrupt one fails the job with an error naming its object."""
+def load_trajectories(ctx: Context, refs: list[str]) -> list[Trajectory]:
+    """The trajectories `refs` name (`keys.split_ref`), in their order: each distinct object is
+    fetched once (all concurrently) and decoded once, however many of its members are named. A plain
+    key is a whole single-trajectory object, as jobs stored before trajectories were bundled."""
+    wanted: dict[str, set[str | None]] = {}
+    for key, member in map(keys.split_ref, refs):
+        wanted.setdefault(key, set()).add(member)
+    names = list(wanted)
+    loaded: dict[tuple[str, str | None], Trajectory] = {}
+    for key, data in zip(names, get_all(ctx, names), strict=True):
+        loaded |= {(key, m): t for m, t in _decode(key, data, wanted[key]).items()}
+    return [loaded[keys.split_ref(ref)] for ref in refs]
+
+
+def _decode(key: str, data: bytes, members: set[str | None]) -> dict[str | None, Trajectory]:
+    """`members` of the object `key` (None: the object is one whole trajectory); a corrupt object
+    or a missing member fails the job with an error naming both."""
     try:
-        return Trajectory.from_bytes(data)
+        if members == {None}:
+            return {None: Trajectory.from_bytes(data)}
+        bundle: dict[str | None, Trajectory] = {m: t for m, t in unpack_trajectories(data).items()}
     except TrajectoryError as exc:
         raise TrajectoryError(f"object {key}: {exc}") from exc
+    missing = sorted(str(m) for m in members - bundle.keys())
+    if missing:
+        raise TrajectoryError(f"object {key}: the bundle has no member {missing[0]!r}")
+    return {m: bundle[m] for m in members}
 
 
 # --- failure policy ----------------------------------------------------------------------------

@@ -1,16 +1,18 @@
 """The fuse stage: select a prompt's pairs and store one chunk of them, as D-Fusion targets (scored
-next by score_targets) or as plain pairs, whose winner is an already scored sample."""
+next by score_targets; the chunk's target trajectories in one bundle) or as plain pairs, whose
+winner is an already scored sample."""
 
 from __future__ import annotations
 
 from dfusion_core import pipeline
 from dfusion_core.items import map_items
 from dfusion_core.pairs import PairPlan, select_fusion_pairs, select_plain_pairs
+from dfusion_core.trajectories import pack_trajectories
 from services.jobspec import JobSpec
 from services.records import PairRecord, SampleRecord
 from workers import flow, keys
 from workers.images import mask_image, png_bytes
-from workers.stages.common import Context, advance, get_all, job_spec, load_trajectory, put_all
+from workers.stages.common import Context, advance, job_spec, load_trajectories, put_all
 
 
 def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int) -> list[SampleRecord]:
@@ -39,36 +41,34 @@ def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None
             _put_pair(ctx, job_id, plan, records, target_key=win.trajectory_key, target_image_key=win.image_key,
                       mask_key=None, target_score=win.score)
     else:
-        _fuse_chunk(ctx, job_id, spec, prompt, plans, records)
+        _fuse_chunk(ctx, job_id, spec, prompt, chunk, plans, records)
     advance(ctx, job_id, jf, flow.Fused(epoch, prompt, chunk))
 
 
-def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, plans: list[PairPlan],
+def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, chunk: int, plans: list[PairPlan],
                 records: list[SampleRecord]) -> None:
-    """Fuse the pairs under the policy version that sampled them; store targets, masks, records."""
+    """Fuse the pairs under the policy version that sampled them; store the chunk's targets (one
+    bundle), their images and masks, and the pair records."""
     epoch = records[0].epoch
-    needed = sorted({x for p in plans for x in (p.reference, p.base)})
-    blobs = get_all(ctx, [records[i].trajectory_key for i in needed])
-    load = {i: load_trajectory(records[i].trajectory_key, b) for i, b in zip(needed, blobs, strict=True)}
+    trajs = load_trajectories(ctx, [records[i].trajectory_key for p in plans for i in (p.reference, p.base)])
     ps = spec.prompts[prompt]
     with ctx.runtime.lock:
         model = ctx.runtime.policy(spec.model_ref, ctx.store, job_id, epoch)
         items = map_items(model.tokenizer, ps.text, ps.items, ps.mask_thresholds)
-        fused = pipeline.fuse_pairs(model, [load[p.reference] for p in plans], [load[p.base] for p in plans],
-                                    [items] * len(plans), spec.fusion)
-    objects = []
-    for plan, fp in zip(plans, fused, strict=True):
-        pid = keys.pair_id(epoch, prompt, plan.index)
+        fused = pipeline.fuse_pairs(model, trajs[0::2], trajs[1::2], [items] * len(plans), spec.fusion)
+    bundle = keys.target_bundle_key(job_id, epoch, prompt, chunk)
+    pids = [keys.pair_id(epoch, prompt, plan.index) for plan in plans]
+    objects = [(bundle, pack_trajectories({pid: fp.target for pid, fp in zip(pids, fused, strict=True)}),
+                "application/octet-stream")]
+    for pid, fp in zip(pids, fused, strict=True):
         assert fp.target.image is not None
         height, width = fp.target.image.shape[:2]
         mask = mask_image(fp.masks, fp.mask_resolution, (height, width))
-        objects += [(keys.target_key(job_id, pid), fp.target.to_bytes(), "application/octet-stream"),
-                    (keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
+        objects += [(keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
                     (keys.mask_key(job_id, pid), png_bytes(mask), "image/png")]
     put_all(ctx, objects)
-    for plan in plans:
-        pid = keys.pair_id(epoch, prompt, plan.index)
-        _put_pair(ctx, job_id, plan, records, target_key=keys.target_key(job_id, pid),
+    for pid, plan in zip(pids, plans, strict=True):
+        _put_pair(ctx, job_id, plan, records, target_key=keys.member_ref(bundle, pid),
                   target_image_key=keys.target_image_key(job_id, pid), mask_key=keys.mask_key(job_id, pid))
 
 

@@ -1,9 +1,11 @@
 """Job start and the sample stage: one batch of a prompt's samples under the policy version of
-the epoch."""
+the epoch, stored as one trajectory bundle and a PNG per sample (galleries and direct URLs show
+those PNGs)."""
 
 from __future__ import annotations
 
 from dfusion_core import pipeline
+from dfusion_core.trajectories import pack_trajectories
 from services.records import SampleRecord
 from services.state import JobStatus
 from workers import flow, keys
@@ -32,17 +34,16 @@ def sample(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> No
     with ctx.runtime.lock:
         model = ctx.runtime.policy(spec.model_ref, ctx.store, job_id, epoch)
         trajs = pipeline.sample(model, [text] * len(seeds), spec.sampling, seeds=seeds, policy_version=epoch)
-    objects = []
-    for i, traj in zip(indices, trajs, strict=True):
-        sid = keys.sample_id(epoch, prompt, i)
+    sids = [keys.sample_id(epoch, prompt, i) for i in indices]
+    bundle = keys.sample_bundle_key(job_id, epoch, prompt, batch)
+    objects = [(bundle, pack_trajectories(dict(zip(sids, trajs, strict=True))), "application/octet-stream")]
+    for sid, traj in zip(sids, trajs, strict=True):
         assert traj.image is not None
-        objects += [(keys.trajectory_key(job_id, sid), traj.to_bytes(), "application/octet-stream"),
-                    (keys.image_key(job_id, sid), png_bytes(traj.image), "image/png")]
+        objects.append((keys.image_key(job_id, sid), png_bytes(traj.image), "image/png"))
     put_all(ctx, objects)
-    for i, seed in zip(indices, seeds, strict=True):
-        sid = keys.sample_id(epoch, prompt, i)
+    for i, sid, seed in zip(indices, sids, seeds, strict=True):
         ctx.state.put_sample(job_id, sid, SampleRecord(
             id=sid, epoch=epoch, prompt_index=prompt, index=i, seed=seed, policy_version=epoch, prompt=text,
-            trajectory_key=keys.trajectory_key(job_id, sid), image_key=keys.image_key(job_id, sid),
+            trajectory_key=keys.member_ref(bundle, sid), image_key=keys.image_key(job_id, sid),
         ).dump())
     advance(ctx, job_id, jf, flow.Sampled(epoch, prompt, batch))

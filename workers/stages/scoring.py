@@ -1,21 +1,26 @@
 """The score stage (a batch of samples) and score_targets (a chunk of fused targets, on their own
-images)."""
+images). Each reads its task's one trajectory bundle, whose members carry their decoded images (the
+same pixels as their PNGs), instead of one PNG per image."""
 
 from __future__ import annotations
 
+from dfusion_core.errors import TrajectoryError
 from services.jobspec import JobSpec
 from workers import flow, keys
-from workers.images import png_tensor
-from workers.stages.common import Context, advance, get_all, job_spec
+from workers.stages.common import Context, advance, job_spec, load_trajectories
 
 
-def _score_images(ctx: Context, spec: JobSpec, image_keys: list[str], text: str) -> list[float]:
-    """The job's scorer on stored PNGs, all against the prompt `text`."""
+def _score_images(ctx: Context, spec: JobSpec, refs: list[str], text: str) -> list[float]:
+    """The job's scorer on the images of the trajectories `refs` name, all against the prompt `text`."""
     import torch
 
-    images = torch.stack([png_tensor(b) for b in get_all(ctx, image_keys)])
+    images = []
+    for ref, traj in zip(refs, load_trajectories(ctx, refs), strict=True):
+        if traj.image is None:
+            raise TrajectoryError(f"trajectory {ref} has no image to score")
+        images.append(traj.image)
     with ctx.runtime.lock:
-        scores = ctx.runtime.scorer(spec.scorer).score(images, [text] * len(image_keys))
+        scores = ctx.runtime.scorer(spec.scorer).score(torch.stack(images), [text] * len(refs))
     return [float(s) for s in scores.tolist()]
 
 
@@ -25,7 +30,8 @@ def score(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> Non
         return
     jf = flow.JobFlow.of(spec)
     sids = [keys.sample_id(epoch, prompt, i) for i in jf.sample_range(batch)]
-    scores = _score_images(ctx, spec, [keys.image_key(job_id, sid) for sid in sids], spec.prompts[prompt].text)
+    bundle = keys.sample_bundle_key(job_id, epoch, prompt, batch)
+    scores = _score_images(ctx, spec, [keys.member_ref(bundle, sid) for sid in sids], spec.prompts[prompt].text)
     for sid, s in zip(sids, scores, strict=True):
         ctx.state.update_sample(job_id, sid, {"score": s})
     advance(ctx, job_id, jf, flow.Scored(epoch, prompt, batch))
@@ -38,7 +44,8 @@ def score_targets(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int
         return
     jf = flow.JobFlow.of(spec)
     pids = [keys.pair_id(epoch, prompt, k) for k in jf.chunk_range(chunk)]
-    scores = _score_images(ctx, spec, [keys.target_image_key(job_id, pid) for pid in pids], spec.prompts[prompt].text)
+    bundle = keys.target_bundle_key(job_id, epoch, prompt, chunk)
+    scores = _score_images(ctx, spec, [keys.member_ref(bundle, pid) for pid in pids], spec.prompts[prompt].text)
     for pid, s in zip(pids, scores, strict=True):
         ctx.state.update_pair(job_id, pid, {"target_score": s})
     advance(ctx, job_id, jf, flow.TargetsScored(epoch, prompt, chunk))

@@ -11,7 +11,7 @@ from services.records import PairRecord, SampleRecord, load_all
 from services.state import JobStatus
 from workers import flow, keys, publish, tracking
 from workers.keys import derive_seed
-from workers.stages.common import Context, advance, get_all, job_spec, load_trajectory
+from workers.stages.common import Context, advance, job_spec, load_trajectories
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,11 @@ def _epoch_pairs(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> list[P
 
 
 def _train_pairs(ctx: Context, records: list[PairRecord]) -> list:
-    """TrainPairs: winner = the target trajectory, loser = the base's; rewards are their own scores."""
+    """TrainPairs: winner = the target trajectory, loser = the base's; rewards are their own scores.
+    Each bundle the pairs name is fetched once (a legacy job's plain keys load as whole objects)."""
     from dfusion_core.training import TrainPair
 
-    names = [key for rec in records for key in (rec.target_key, rec.base_trajectory_key)]
-    trajs = [load_trajectory(key, data) for key, data in zip(names, get_all(ctx, names), strict=True)]
+    trajs = load_trajectories(ctx, [ref for rec in records for ref in (rec.target_key, rec.base_trajectory_key)])
     out = []
     for k, rec in enumerate(records):
         assert rec.target_score is not None  # _epoch_pairs checked

@@ -1,0 +1,98 @@
+"""Trajectory refs (`key#member` of a bundle, or a plain key of a job stored before bundles) and
+`load_trajectories`: each object is fetched once however many of its members are named, and a
+legacy single-trajectory object still loads."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfusion_core.errors import ConfigError, TrajectoryError
+from dfusion_core.storage import LocalDirStore, check_key
+from dfusion_core.trajectories import Trajectory, pack_trajectories
+from services.state.memory import MemoryJobStore
+from workers import keys
+from workers.stages import Context
+from workers.stages.common import load_trajectories
+
+BUNDLE = keys.sample_bundle_key("j1", 0, 1, 2)
+LEGACY = "jobs/j1/e0/samples/e0-p001-s009.safetensors"  # one whole trajectory, as stored before bundles
+
+
+class CountingStore(LocalDirStore):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gets: Counter[str] = Counter()
+
+    def get(self, key: str) -> bytes:
+        self.gets[key] += 1
+        return super().get(key)
+
+
+def _traj(seed: int) -> Trajectory:
+    g = torch.Generator().manual_seed(seed)
+    return Trajectory(prompt="a cat", seed=seed, policy_version=0, latents=torch.randn(3, 4, 2, 2, generator=g),
+                      timesteps=torch.tensor([2, 1]), log_probs=torch.randn(2, generator=g), eta=1.0,
+                      guidance_scale=5.0, image=torch.full((2, 2, 3), seed, dtype=torch.uint8))
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    store = CountingStore(tmp_path)
+    store.put(BUNDLE, pack_trajectories({f"e0-p001-s{i:03d}": _traj(i) for i in range(3)}))
+    store.put(LEGACY, _traj(9).to_bytes())
+    return Context(state=MemoryJobStore(), store=store, dispatch=lambda *a, **k: None, runtime=None)  # type: ignore[arg-type]
+
+
+def test_a_ref_joins_and_splits():
+    ref = keys.member_ref(BUNDLE, "e0-p001-s000")
+    assert ref == "jobs/j1/e0/samples/e0-p001-b002.safetensors#e0-p001-s000"
+    assert keys.split_ref(ref) == (BUNDLE, "e0-p001-s000")
+    assert keys.split_ref(LEGACY) == (LEGACY, None)
+    for bad in (lambda: keys.member_ref(BUNDLE, ""), lambda: keys.member_ref("a#b", "m"),
+                lambda: keys.split_ref(f"{BUNDLE}#")):
+        with pytest.raises(ValueError, match="#"):
+            bad()
+
+
+def test_bundle_keys_are_per_task_and_valid_object_keys():
+    assert keys.target_bundle_key("j1", 3, 4, 5) == "jobs/j1/e3/pairs/e3-p004-c005.targets.safetensors"
+    assert check_key(BUNDLE) == BUNDLE and check_key(keys.target_bundle_key("j1", 0, 0, 0))
+
+
+def test_an_object_key_never_holds_a_ref_separator(tmp_path: Path):
+    with pytest.raises(ConfigError, match="'#'"):
+        check_key(keys.member_ref(BUNDLE, "e0-p001-s000"))
+    with pytest.raises(ConfigError, match="'#'"):
+        LocalDirStore(tmp_path).put("jobs/j1/a#b", b"x")
+
+
+def test_each_object_is_fetched_once_for_several_members_and_a_legacy_key_still_loads(ctx: Context):
+    names = ["e0-p001-s002", "legacy", "e0-p001-s000", "e0-p001-s002"]
+    refs = [LEGACY if n == "legacy" else keys.member_ref(BUNDLE, n) for n in names]
+    trajs = load_trajectories(ctx, refs)
+    assert ctx.store.gets == {BUNDLE: 1, LEGACY: 1}  # type: ignore[attr-defined]
+    assert [t.seed for t in trajs] == [2, 9, 0, 2]
+    assert torch.equal(trajs[1].latents, _traj(9).latents) and torch.equal(trajs[0].image, _traj(2).image)
+    assert trajs[0] is trajs[3]  # decoded once
+
+
+def test_a_missing_member_names_the_object_and_the_member(ctx: Context):
+    with pytest.raises(TrajectoryError, match=rf"object {BUNDLE}: the bundle has no member 'e0-p001-s007'"):
+        load_trajectories(ctx, [keys.member_ref(BUNDLE, "e0-p001-s000"), keys.member_ref(BUNDLE, "e0-p001-s007")])
+
+
+def test_a_corrupt_object_or_member_is_named(ctx: Context):
+    ctx.store.put(LEGACY, b"\x00not a safetensors file")
+    with pytest.raises(TrajectoryError, match=rf"object {LEGACY}: not a dfusion trajectory"):
+        load_trajectories(ctx, [LEGACY])
+    bad = _traj(1)
+    object.__setattr__(bad, "log_probs", torch.zeros(5))  # past __post_init__: as a damaged writer would store it
+    ctx.store.put(BUNDLE, pack_trajectories({"e0-p001-s000": _traj(0), "e0-p001-s001": bad}))
+    with pytest.raises(TrajectoryError, match=rf"object {BUNDLE}: member 'e0-p001-s001': log_probs must be"):
+        load_trajectories(ctx, [keys.member_ref(BUNDLE, "e0-p001-s000")])
+    with pytest.raises(TrajectoryError, match=rf"object {BUNDLE}: unknown trajectory format"):
+        load_trajectories(ctx, [BUNDLE])  # a bundle named by its plain key
