@@ -102,8 +102,8 @@ class TrainPair:
 # -- bundles ---------------------------------------------------------------------------------------
 def pack_trajectories(members: Mapping[str, Trajectory]) -> bytes:
     """Several trajectories as one safetensors file, so a task stores (and the next one fetches) one
-    object instead of one per trajectory: the store's round trips, not its bytes, are what a task
-    waits on. Tensors are named `<member>/<tensor>`; the `dfusion` metadata is
+    object instead of one per trajectory (each object is a round trip and a request the store serves,
+    whatever its size). Tensors are named `<member>/<tensor>`; the `dfusion` metadata is
     {"format": BUNDLE_FORMAT, "members": {member: the header `Trajectory.to_bytes` writes}}."""
     tensors: dict[str, torch.Tensor] = {}
     headers: dict[str, dict[str, Any]] = {}
