@@ -96,3 +96,47 @@ def test_a_corrupt_object_or_member_is_named(ctx: Context):
         load_trajectories(ctx, [keys.member_ref(BUNDLE, "e0-p001-s000")])
     with pytest.raises(TrajectoryError, match=rf"object {BUNDLE}: unknown trajectory format"):
         load_trajectories(ctx, [BUNDLE])  # a bundle named by its plain key
+
+
+def _scored_job(tmp_path: Path, bundled: bool) -> tuple[Context, str, list[str]]:
+    """A sim job of one prompt whose one sample batch is stored, as now (a bundle and PNGs) or as a
+    version before bundles stored it (a trajectory object and a PNG per sample), not yet scored."""
+    from services.jobspec import JobSpec
+    from services.records import SampleRecord
+    from services.state import JobStatus
+    from workers.images import png_bytes
+    from workers.runtime import Runtime
+
+    spec = JobSpec.model_validate({"model": "sim", "scorer": "sim", "samples_per_prompt": 4, "sampling": {"batch_size": 4},
+                                   "prompts": [{"text": "a cat", "items": ["cat"], "mask_thresholds": [0.5]}]})
+    state, store = MemoryJobStore(), LocalDirStore(tmp_path)
+    state.create_job("j1", "acme", spec.model_dump(mode="json"))
+    state.set_status("j1", JobStatus.RUNNING)
+    sids = [keys.sample_id(0, 0, i) for i in range(4)]
+    trajs = {sid: _traj(40 * i + 7) for i, sid in enumerate(sids)}  # images of different brightness
+    bundle = keys.sample_bundle_key("j1", 0, 0, 0)
+    if bundled:
+        store.put(bundle, pack_trajectories(trajs))
+    for i, (sid, t) in enumerate(trajs.items()):
+        legacy = f"jobs/j1/e0/samples/{sid}.safetensors"
+        if not bundled:
+            store.put(legacy, t.to_bytes())
+        assert t.image is not None
+        store.put(keys.image_key("j1", sid), png_bytes(t.image))
+        state.put_sample("j1", sid, SampleRecord(
+            id=sid, epoch=0, prompt_index=0, index=i, seed=t.seed or 0, policy_version=0, prompt="a cat",
+            trajectory_key=keys.member_ref(bundle, sid) if bundled else legacy, image_key=keys.image_key("j1", sid),
+        ).dump())
+    ctx = Context(state=state, store=store, dispatch=lambda *a, **k: None, runtime=Runtime(models={}))
+    return ctx, "j1", sids
+
+
+@pytest.mark.parametrize("bundled", [True, False])
+def test_the_score_stage_reads_the_bundle_or_the_pngs_of_a_batch_stored_before_bundles(tmp_path: Path, bundled: bool):
+    from workers.stages import score
+
+    ctx, job_id, sids = _scored_job(tmp_path, bundled)
+    score(ctx, job_id, 0, 0, 0)
+    scores = [ctx.state.get_sample(job_id, sid)["score"] for sid in sids]  # type: ignore[index]
+    # the sim scorer is mean brightness (float32: 1e-6 is rounding), whichever objects held the images
+    assert scores == pytest.approx([(40 * i + 7) / 255 for i in range(4)], abs=1e-6)
