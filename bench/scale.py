@@ -130,7 +130,7 @@ def sim_compute_ms(spec: dict[str, Any]) -> dict[str, float]:
             t2 = time.process_time()
             best = {"sample_batch": min(best["sample_batch"], t1 - t0), "fuse_chunk": min(best["fuse_chunk"], t2 - t1)}
         per_prompt = flow.batches * best["sample_batch"] + flow.chunks * best["fuse_chunk"]
-        return {k: round(v * 1000, 1) for k, v in {**best, "prompt": per_prompt}.items()}
+        return {name: round(v * 1000, 1) for name, v in {**best, "prompt": per_prompt}.items()}
     finally:
         torch.set_num_threads(threads)
 
