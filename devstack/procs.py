@@ -38,14 +38,34 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 _handed_out: set[int] = set()
 
 
-def free_port(grpc_pair: bool = False, host: str = "127.0.0.1") -> int:
-    """A currently free TCP port not handed out before by this process.
+def ephemeral_ports() -> range:
+    """The kernel's range for the local ports of outgoing connections.
 
-    With `grpc_pair`, port + GRPC_OFFSET is free too (SeaweedFS needs both). Random choice in a
-    range below the ephemeral one so that a recently killed server's ports are unlikely picks.
+    Any process's connect() may take a port in it at any moment and hold it as long as the
+    connection lives, so a server told to listen there can fail to bind over and over (SeaweedFS
+    exits at once: a restart loop on the same ports until its stack gives up).
     """
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 49152, 65535  # IANA's dynamic range, which macOS and Windows use
+    return range(low, high + 1)
+
+
+def free_port(grpc_pair: bool = False, host: str = "127.0.0.1") -> int:
+    """A currently free TCP port, outside the ephemeral range, not handed out before by this process.
+
+    With `grpc_pair`, port + GRPC_OFFSET is free too and outside that range (SeaweedFS needs both).
+    Random choice below the ephemeral range so that a recently killed server's ports are unlikely
+    picks and no outgoing connection can take the port between this pick and the server's bind.
+    """
+    ephemeral = ephemeral_ports()
+    low, high = (15000, 30000) if grpc_pair else (20000, 32000)
+    pool = [p for p in range(low, high + 1)
+            if p not in ephemeral and not (grpc_pair and p + GRPC_OFFSET in ephemeral)]
     for _ in range(1000):
-        port = random.randint(20000, 30000) if grpc_pair else random.randint(20000, 32000)
+        # An unusual kernel setting can leave no port outside the range: then take the old risk.
+        port = random.choice(pool) if pool else random.randint(low, high)
         if port in _handed_out or not port_is_free(port, host):
             continue
         if grpc_pair and (port + GRPC_OFFSET in _handed_out or not port_is_free(port + GRPC_OFFSET, host)):
@@ -54,7 +74,7 @@ def free_port(grpc_pair: bool = False, host: str = "127.0.0.1") -> int:
         if grpc_pair:
             _handed_out.add(port + GRPC_OFFSET)
         return port
-    raise RuntimeError("no free TCP port found in 20000..32000")
+    raise RuntimeError(f"no free TCP port found in {low}..{high}")
 
 
 def find_binary(name: str) -> str | None:
