@@ -102,6 +102,11 @@ class MemoryJobStore:
         with self._lock:
             return JobRecord.from_hash(self._head(job_id))
 
+    def job_stamp(self, job_id: str) -> tuple[JobStatus, float]:
+        with self._lock:
+            head = self._head(job_id)
+            return JobStatus(head["status"]), float(head["created_at"])
+
     def list_jobs(self, tenant: str, offset: int = 0, limit: int | None = None) -> list[JobRecord]:
         """The tenant's jobs, newest first (ties: the larger id first, as Redis's ZREVRANGE);
         `limit` of them from `offset` (None: all)."""
@@ -228,30 +233,35 @@ class MemoryJobStore:
             return True
 
     # --- insert-once records ---
-    def _insert(self, job_id: str, kind: str, rid: str, record: dict[str, Any], counter: str) -> bool:
+    def _insert(self, job_id: str, kind: str, records: Mapping[str, dict[str, Any]], counter: str) -> int:
         with self._lock:
             self._check_fence(job_id)
             self._head(job_id)
             table = self._table(job_id, kind)
-            if rid in table:
-                return False
-            table[rid] = dumps(record)
-            if counter:
-                self.incr_count(job_id, counter)
-            return True
+            new = {rid: dumps(record) for rid, record in records.items() if rid not in table}
+            table.update(new)
+            if counter and new:
+                self.incr_count(job_id, counter, len(new))
+            return len(new)
 
-    def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
+    def _merge(self, job_id: str, kind: str, updates: Mapping[str, dict[str, Any]], first: str, counter: str) -> int:
+        """All of `updates` or, when a record is missing, none (as the Redis transaction)."""
         with self._lock:
             self._check_fence(job_id)
-            raw = self._peek(job_id, kind).get(rid)
-            if raw is None:
-                raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
-            record = json.loads(raw)
-            was_first = record.get(first) is None and updates.get(first) is not None
-            self._table(job_id, kind)[rid] = dumps({**record, **updates})
-            if was_first and counter:
-                self.incr_count(job_id, counter)
-            return was_first
+            table = self._peek(job_id, kind)
+            missing = next((rid for rid in updates if rid not in table), None)
+            if missing is not None:
+                raise StateError(f"job {job_id}: no {kind[:-1]} {missing!r} to update")
+            merged, firsts = {}, 0
+            for rid, upd in updates.items():
+                record = json.loads(table[rid])
+                firsts += record.get(first) is None and upd.get(first) is not None
+                merged[rid] = dumps({**record, **upd})
+            if merged:
+                self._table(job_id, kind).update(merged)
+            if firsts and counter:
+                self.incr_count(job_id, counter, firsts)
+            return firsts
 
     def _records(self, job_id: str, kind: str) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -259,30 +269,48 @@ class MemoryJobStore:
         return {k: json.loads(raw[k]) for k in sorted(raw)}
 
     def put_sample(self, job_id: str, sample_id: str, record: dict[str, Any]) -> bool:
-        return self._insert(job_id, "samples", check_id("sample_id", sample_id), record, "samples")
+        return self.put_samples(job_id, {sample_id: record}) == 1
+
+    def put_samples(self, job_id: str, records: Mapping[str, dict[str, Any]]) -> int:
+        return self._insert(job_id, "samples", {check_id("sample_id", k): v for k, v in records.items()}, "samples")
 
     def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None:
         with self._lock:
             raw = self._peek(job_id, "samples").get(sample_id)
         return json.loads(raw) if raw is not None else None
 
+    def get_samples(self, job_id: str, sample_ids: list[str]) -> list[dict[str, Any] | None]:
+        with self._lock:
+            table = self._peek(job_id, "samples")
+            raw = [table.get(sid) for sid in sample_ids]
+        return [json.loads(r) if r is not None else None for r in raw]
+
     def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
-        return self._merge(job_id, "samples", sample_id, updates, first="score", counter="scored")
+        return self.update_samples(job_id, {sample_id: updates}) == 1
+
+    def update_samples(self, job_id: str, updates: Mapping[str, dict[str, Any]]) -> int:
+        return self._merge(job_id, "samples", updates, first="score", counter="scored")
 
     def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]:
         return self._records(job_id, "samples")
 
     def put_pair(self, job_id: str, pair_id: str, record: dict[str, Any]) -> bool:
-        return self._insert(job_id, "pairs", check_id("pair_id", pair_id), record, "pairs")
+        return self.put_pairs(job_id, {pair_id: record}) == 1
+
+    def put_pairs(self, job_id: str, records: Mapping[str, dict[str, Any]]) -> int:
+        return self._insert(job_id, "pairs", {check_id("pair_id", k): v for k, v in records.items()}, "pairs")
 
     def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
-        return self._merge(job_id, "pairs", pair_id, updates, first="target_score", counter="")
+        return self.update_pairs(job_id, {pair_id: updates}) == 1
+
+    def update_pairs(self, job_id: str, updates: Mapping[str, dict[str, Any]]) -> int:
+        return self._merge(job_id, "pairs", updates, first="target_score", counter="")
 
     def list_pairs(self, job_id: str) -> dict[str, dict[str, Any]]:
         return self._records(job_id, "pairs")
 
     def put_checkpoint(self, job_id: str, version: int, record: dict[str, Any]) -> bool:
-        return self._insert(job_id, "checkpoints", str(check_version(version)), {**record, "version": version}, "")
+        return self._insert(job_id, "checkpoints", {str(check_version(version)): {**record, "version": version}}, "") == 1
 
     def list_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
         raw = self._records(job_id, "checkpoints")

@@ -39,6 +39,11 @@ class JobStore(Protocol):
 
     def get_job(self, job_id: str) -> JobRecord: ...
 
+    def job_stamp(self, job_id: str) -> tuple[JobStatus, float]:
+        """The job's status and creation time: one small read, whatever the spec's size, for a worker
+        that keeps parsed specs by (job_id, created_at) instead of reading one every task."""
+        ...
+
     def list_jobs(self, tenant: str, offset: int = 0, limit: int | None = None) -> list[JobRecord]:
         """The tenant's jobs, newest first; `limit` of them from `offset` (None: all)."""
         ...
@@ -106,18 +111,39 @@ class JobStore(Protocol):
     # --- insert-once records ---
     def put_sample(self, job_id: str, sample_id: str, record: dict[str, Any]) -> bool: ...
 
+    def put_samples(self, job_id: str, records: Mapping[str, dict[str, Any]]) -> int:
+        """`put_sample` for each (sample id -> record) in one step; how many were inserted now."""
+        ...
+
     def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None: ...
+
+    def get_samples(self, job_id: str, sample_ids: list[str]) -> list[dict[str, Any] | None]:
+        """`get_sample` for each, in one read."""
+        ...
 
     def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
         """True (and `scored` += 1) when this call set the sample's first score."""
+        ...
+
+    def update_samples(self, job_id: str, updates: Mapping[str, dict[str, Any]]) -> int:
+        """`update_sample` for each, all or none (StateError naming a missing one); how many first
+        scores it set."""
         ...
 
     def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]: ...
 
     def put_pair(self, job_id: str, pair_id: str, record: dict[str, Any]) -> bool: ...
 
+    def put_pairs(self, job_id: str, records: Mapping[str, dict[str, Any]]) -> int:
+        """`put_pair` for each in one step; how many were inserted now."""
+        ...
+
     def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
         """True when this call set the pair's first `target_score`; no counter moves."""
+        ...
+
+    def update_pairs(self, job_id: str, updates: Mapping[str, dict[str, Any]]) -> int:
+        """`update_pair` for each, all or none; how many first target scores it set."""
         ...
 
     def list_pairs(self, job_id: str) -> dict[str, dict[str, Any]]: ...

@@ -93,6 +93,13 @@ class RedisJobStore(RedisCoordination):
         return JobRecord.from_hash(h)
 
     @mapped
+    def job_stamp(self, job_id: str) -> tuple[JobStatus, float]:
+        status, created_at = self.r.hmget(keys.job(job_id), "status", "created_at")
+        if status is None:
+            raise JobNotFound(job_id)
+        return JobStatus(status), float(created_at)
+
+    @mapped
     def list_jobs(self, tenant: str, offset: int = 0, limit: int | None = None) -> list[JobRecord]:
         """The tenant's jobs, newest first; `limit` of them from `offset` (None: all)."""
         stop = -1 if limit is None else offset + limit - 1
@@ -240,7 +247,12 @@ class RedisJobStore(RedisCoordination):
     @mapped
     def put_sample(self, job_id: str, sample_id: str, record: dict[str, Any]) -> bool:
         """Store a sample once; True (and `samples` += 1) only on the first insert."""
-        return self._insert(job_id, "samples", check_id("sample_id", sample_id), record, "samples")
+        return self.put_samples(job_id, {sample_id: record}) == 1
+
+    @mapped
+    def put_samples(self, job_id: str, records: Mapping[str, dict[str, Any]]) -> int:
+        """`put_sample` for each, in one step; how many were inserted now."""
+        return self._insert(job_id, "samples", {check_id("sample_id", k): v for k, v in records.items()}, "samples")
 
     @mapped
     def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None:
@@ -248,41 +260,62 @@ class RedisJobStore(RedisCoordination):
         return json.loads(raw) if raw is not None else None
 
     @mapped
+    def get_samples(self, job_id: str, sample_ids: list[str]) -> list[dict[str, Any] | None]:
+        raw = self.r.hmget(keys.job(job_id, "samples"), sample_ids) if sample_ids else []
+        return [json.loads(r) if r is not None else None for r in raw]
+
+    @mapped
     def update_sample(self, job_id: str, sample_id: str, updates: dict[str, Any]) -> bool:
         """Merge `updates` into a stored sample; True (and `scored` += 1) when this call set its first score."""
-        return self._merge(job_id, "samples", sample_id, updates, first="score", counter="scored")
+        return self.update_samples(job_id, {sample_id: updates}) == 1
+
+    @mapped
+    def update_samples(self, job_id: str, updates: Mapping[str, dict[str, Any]]) -> int:
+        """`update_sample` for each, in one transaction; how many first scores it set."""
+        return self._merge(job_id, "samples", updates, first="score", counter="scored")
 
     @mapped
     def update_pair(self, job_id: str, pair_id: str, updates: dict[str, Any]) -> bool:
         """Merge `updates` (e.g. `target_score`, `trained`) into a stored pair; True when this call
         set its first `target_score`. No counter moves: pairs are counted when inserted."""
-        return self._merge(job_id, "pairs", pair_id, updates, first="target_score", counter="")
+        return self.update_pairs(job_id, {pair_id: updates}) == 1
 
-    def _merge(self, job_id: str, kind: str, rid: str, updates: dict[str, Any], first: str, counter: str) -> bool:
-        """Merge `updates` into record `rid`; True when `updates` set field `first` for the first time
-        (then `counter` += 1 in the same transaction). WATCH/MULTI rather than Lua so floats
-        round-trip exactly through Python's json; a fenced store watches its lease too, so the
+    @mapped
+    def update_pairs(self, job_id: str, updates: Mapping[str, dict[str, Any]]) -> int:
+        """`update_pair` for each, in one transaction; how many first target scores it set."""
+        return self._merge(job_id, "pairs", updates, first="target_score", counter="")
+
+    def _merge(self, job_id: str, kind: str, updates: Mapping[str, dict[str, Any]], first: str, counter: str) -> int:
+        """Merge each of `updates` into its record, all or none; how many set field `first` for the
+        first time (`counter` moves by that in the same transaction). WATCH/MULTI rather than Lua so
+        floats round-trip exactly through Python's json; a fenced store watches its lease too, so the
         transaction applies only while the lease it read is still the one in Redis."""
+        if not updates:
+            return 0
         key, counts = keys.job(job_id, kind), keys.job(job_id, "counts")
         fence, holder = self._fence(job_id)
-        was_first = False
+        ids = list(updates)
+        firsts = 0
 
         def txn(pipe: redis.client.Pipeline) -> None:
-            nonlocal was_first
+            nonlocal firsts
             if holder and pipe.get(fence) != holder:
-                raise LeaseLost(f"{kind[:-1]} {rid} of job {job_id}: the lease on this unit is no longer held")
-            raw = pipe.hget(key, rid)
-            if raw is None:
-                raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
-            record = json.loads(raw)
-            was_first = record.get(first) is None and updates.get(first) is not None
+                raise LeaseLost(f"{kind} {ids[0]}.. of job {job_id}: the lease on this unit is no longer held")
+            merged: dict[Any, str] = {}  # redis-py types a mapping's keys invariantly
+            firsts = 0  # again from the start when a watched key changed and this re-runs
+            for rid, raw in zip(ids, pipe.hmget(key, ids), strict=True):
+                if raw is None:
+                    raise StateError(f"job {job_id}: no {kind[:-1]} {rid!r} to update")
+                record = json.loads(raw)
+                firsts += record.get(first) is None and updates[rid].get(first) is not None
+                merged[rid] = dumps({**record, **updates[rid]})
             pipe.multi()
-            pipe.hset(key, rid, dumps({**record, **updates}))
-            if was_first and counter:
-                pipe.hincrby(counts, counter, 1)
+            pipe.hset(key, mapping=merged)
+            if firsts and counter:
+                pipe.hincrby(counts, counter, firsts)
 
         self.r.transaction(txn, key, *([fence] if holder else []))
-        return was_first
+        return firsts
 
     @mapped
     def list_samples(self, job_id: str) -> dict[str, dict[str, Any]]:
@@ -292,7 +325,12 @@ class RedisJobStore(RedisCoordination):
     @mapped
     def put_pair(self, job_id: str, pair_id: str, record: dict[str, Any]) -> bool:
         """Store a preference pair once; True (and `pairs` += 1) only on the first insert."""
-        return self._insert(job_id, "pairs", check_id("pair_id", pair_id), record, "pairs")
+        return self.put_pairs(job_id, {pair_id: record}) == 1
+
+    @mapped
+    def put_pairs(self, job_id: str, records: Mapping[str, dict[str, Any]]) -> int:
+        """`put_pair` for each, in one step; how many were inserted now."""
+        return self._insert(job_id, "pairs", {check_id("pair_id", k): v for k, v in records.items()}, "pairs")
 
     @mapped
     def list_pairs(self, job_id: str) -> dict[str, dict[str, Any]]:
@@ -301,7 +339,7 @@ class RedisJobStore(RedisCoordination):
     @mapped
     def put_checkpoint(self, job_id: str, version: int, record: dict[str, Any]) -> bool:
         """Record the checkpoint for a policy version once (e.g. its LoRA object key)."""
-        return self._insert(job_id, "checkpoints", str(check_version(version)), {**record, "version": version}, "")
+        return self._insert(job_id, "checkpoints", {str(check_version(version)): {**record, "version": version}}, "") == 1
 
     @mapped
     def list_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
@@ -309,13 +347,15 @@ class RedisJobStore(RedisCoordination):
         raw = self.r.hgetall(keys.job(job_id, "checkpoints"))
         return [json.loads(raw[k]) for k in sorted(raw, key=int)]
 
-    def _insert(self, job_id: str, kind: str, rid: str, record: dict[str, Any], counter: str) -> bool:
+    def _insert(self, job_id: str, kind: str, records: Mapping[str, dict[str, Any]], counter: str) -> int:
+        if not records:
+            return 0
         fence, holder = self._fence(job_id)
         rc = int(self._put_once(keys=[fence, keys.job(job_id), keys.job(job_id, kind), keys.job(job_id, "counts")],
-                                args=[holder, rid, dumps(record), counter]))
+                                args=[holder, counter, *(x for rid, rec in records.items() for x in (rid, dumps(rec)))]))
         if rc == -1:
             raise JobNotFound(job_id)
-        return rc == 1
+        return rc
 
     def _records(self, job_id: str, kind: str) -> dict[str, dict[str, Any]]:
         raw = self.r.hgetall(keys.job(job_id, kind))

@@ -44,14 +44,17 @@ end
 return {-2, cur}
 """
 
-# KEYS: fence, job, records, counts. ARGV: holder, id, json, counter ('' = none). -1 no job, 1 inserted, 0 existed
+# KEYS: fence, job, records, counts. ARGV: holder, counter ('' = none), then (id, json) pairs.
+# -1 no job, else how many ids were inserted now (the others existed: left as they were). A task's
+# records in one atomic step: one round trip, not one a record.
 PUT_ONCE = FENCE + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 1 then
-  if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[4], 1) end
-  return 1
+local inserted = 0
+for i = 3, #ARGV, 2 do
+  inserted = inserted + redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1])
 end
-return 0
+if inserted > 0 and ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[2], inserted) end
+return inserted
 """
 
 # KEYS: fence, job, objects (key -> size). ARGV: holder, then (object key, size) pairs (size -1: deleted).

@@ -39,6 +39,16 @@ def test_create_and_get(store: JobStore, job: str) -> None:
         store.get_job("nope")
 
 
+def test_job_stamp_is_the_status_and_creation_time(store: JobStore, job: str) -> None:
+    """What a worker reads each task instead of the whole job (it keeps specs by id and stamp)."""
+    created = store.get_job(job).created_at
+    assert store.job_stamp(job) == (S.QUEUED, created)
+    store.set_status(job, S.RUNNING)
+    assert store.job_stamp(job) == (S.RUNNING, created)
+    with pytest.raises(JobNotFound):
+        store.job_stamp("nope")
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -129,6 +139,30 @@ def test_put_sample_idempotent(store: JobStore, job: str) -> None:
     assert store.get_sample(job, "s0") == {"prompt": 0, "key": "a", "score": 0.5}
     with pytest.raises(JobNotFound):
         store.put_sample("nojob", "s0", {})
+
+
+def test_batched_records_are_the_single_calls_in_one_step(store: JobStore, job: str) -> None:
+    """A task writes its samples, scores and pairs in one call each (one round trip on Redis): each
+    record as its single call would, counters moved by the number of first inserts / scores, and an
+    update naming a missing record changes nothing."""
+    assert store.put_samples(job, {}) == 0 and store.update_samples(job, {}) == 0
+    assert store.put_sample(job, "s1", {"seed": 1, "key": "first"})
+    assert store.put_samples(job, {"s0": {"seed": 0}, "s1": {"seed": 1, "key": "CHANGED"}, "s2": {"seed": 2}}) == 2
+    assert store.list_samples(job) == {"s0": {"seed": 0}, "s1": {"seed": 1, "key": "first"}, "s2": {"seed": 2}}
+    assert store.get_samples(job, ["s2", "nope", "s0"]) == [{"seed": 2}, None, {"seed": 0}]
+    assert store.update_sample(job, "s0", {"score": 0.25})
+    assert store.update_samples(job, {"s0": {"score": 0.5}, "s1": {"score": 0.1}, "s2": {"note": "x"}}) == 1
+    with pytest.raises(StateError, match="nope"):
+        store.update_samples(job, {"s2": {"score": 0.9}, "nope": {"score": 0.9}})
+    assert store.get_samples(job, ["s0", "s1", "s2"]) == [{"seed": 0, "score": 0.5}, {"seed": 1, "key": "first", "score": 0.1},
+                                                         {"seed": 2, "note": "x"}]
+    assert store.put_pairs(job, {"p0": {"base": "s2"}, "p1": {"base": "s1"}}) == 2
+    assert store.put_pairs(job, {"p1": {"base": "s0"}}) == 0
+    assert store.update_pairs(job, {"p0": {"target_score": 0.7}, "p1": {"trained": True}}) == 1
+    assert store.list_pairs(job) == {"p0": {"base": "s2", "target_score": 0.7}, "p1": {"base": "s1", "trained": True}}
+    assert store.get_counts(job) == {"samples": 3, "scored": 2, "pairs": 2, "trained_steps": 0}
+    with pytest.raises(JobNotFound):
+        store.put_samples("nojob", {"s0": {}})
 
 
 def test_put_sample_concurrent_duplicates(store: JobStore, job: str) -> None:
@@ -365,6 +399,10 @@ def _fenced_writes(job: str, n: int) -> list[Callable[[JobStore], object]]:
         lambda s: s.update_sample(job, "s0", {"score": 0.5 + n}),
         lambda s: s.put_pair(job, f"k{n}", {"base": "s0"}),
         lambda s: s.update_pair(job, "k0", {"target_score": 0.25 + n}),
+        lambda s: s.put_samples(job, {f"m{n}": {"seed": n}, f"m{n + 2}": {"seed": n}}),
+        lambda s: s.update_samples(job, {"s0": {"note": n}, f"m{n}": {"score": 0.1 + n}}),
+        lambda s: s.put_pairs(job, {f"q{n}": {"base": "s0"}}),
+        lambda s: s.update_pairs(job, {"k0": {"trained": bool(n)}, f"q{n}": {"target_score": 0.5}}),
         lambda s: s.put_checkpoint(job, 1 + n, {"key": f"lora/{1 + n}"}),
         lambda s: s.mark_done(job, "e0-p000", f"b{n}", 2),
         lambda s: s.commit_unit(job, f"sample-e0-p0-b{n}"),

@@ -5,6 +5,8 @@ and the embedded runner)."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 
 from dfusion_core.errors import TrajectoryError
 from dfusion_core.trajectories import Trajectory, unpack_trajectories
@@ -24,13 +26,32 @@ log = logging.getLogger(__name__)
 MAX_REASON = 2000
 
 
+#: Parsed specs this process keeps, by (job_id, created_at): a spec never changes after submission,
+#: and reading and validating a 240-prompt spec every task made each task's cost grow with its job.
+#: The creation time keeps two stores' jobs of one id apart (tests, the embedded runner).
+_specs: OrderedDict[tuple[str, float], JobSpec] = OrderedDict()
+_specs_lock = threading.Lock()
+MAX_CACHED_SPECS = 64
+
+
 def job_spec(ctx: Context, job_id: str) -> JobSpec | None:
     """The job's spec, or None when the job should do no more work (cancelled, failed, done)."""
-    job = ctx.state.get_job(job_id)
-    if job.status.terminal:
-        log.info("job %s is %s: skipping", job_id, job.status.value)
+    status, created_at = ctx.state.job_stamp(job_id)
+    if status.terminal:
+        log.info("job %s is %s: skipping", job_id, status.value)
         return None
-    return JobSpec.model_validate(job.spec)
+    key = (job_id, created_at)
+    with _specs_lock:
+        spec = _specs.get(key)
+        if spec is not None:
+            _specs.move_to_end(key)
+            return spec
+    spec = JobSpec.model_validate(ctx.state.get_job(job_id).spec)
+    with _specs_lock:
+        _specs[key] = spec
+        while len(_specs) > MAX_CACHED_SPECS:
+            _specs.popitem(last=False)
+    return spec
 
 
 # --- the flow ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from workers.stages.common import Context, advance, job_spec, load_trajectories,
 
 
 def _prompt_samples(ctx: Context, job_id: str, spec: JobSpec, epoch: int, prompt: int) -> list[SampleRecord]:
-    raw = [ctx.state.get_sample(job_id, keys.sample_id(epoch, prompt, i)) for i in range(spec.samples_per_prompt)]
+    raw = ctx.state.get_samples(job_id, [keys.sample_id(epoch, prompt, i) for i in range(spec.samples_per_prompt)])
     records = [None if r is None else SampleRecord.load(r) for r in raw]
     missing = [i for i, r in enumerate(records) if r is None or r.score is None]
     if missing:
@@ -36,10 +36,10 @@ def fuse(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int) -> None
     plans = (select_plain_pairs if jf.plain else select_fusion_pairs)(scores)
     plans = [plans[k] for k in jf.chunk_range(chunk)]
     if jf.plain:
-        for plan in plans:
-            win = records[plan.reference]
-            _put_pair(ctx, job_id, plan, records, target_key=win.trajectory_key, target_image_key=win.image_key,
-                      mask_key=None, target_score=win.score)
+        ctx.state.put_pairs(job_id, dict(
+            _pair_record(plan, records, target_key=records[plan.reference].trajectory_key,
+                         target_image_key=records[plan.reference].image_key, mask_key=None,
+                         target_score=records[plan.reference].score) for plan in plans))
     else:
         _fuse_chunk(ctx, job_id, spec, prompt, chunk, plans, records)
     advance(ctx, job_id, jf, flow.Fused(epoch, prompt, chunk))
@@ -67,20 +67,22 @@ def _fuse_chunk(ctx: Context, job_id: str, spec: JobSpec, prompt: int, chunk: in
         objects += [(keys.target_image_key(job_id, pid), png_bytes(fp.target.image), "image/png"),
                     (keys.mask_key(job_id, pid), png_bytes(mask), "image/png")]
     put_all(ctx, objects)
-    for pid, plan in zip(pids, plans, strict=True):
-        _put_pair(ctx, job_id, plan, records, target_key=keys.member_ref(bundle, pid),
-                  target_image_key=keys.target_image_key(job_id, pid), mask_key=keys.mask_key(job_id, pid))
+    ctx.state.put_pairs(job_id, dict(
+        _pair_record(plan, records, target_key=keys.member_ref(bundle, pid),
+                     target_image_key=keys.target_image_key(job_id, pid), mask_key=keys.mask_key(job_id, pid))
+        for pid, plan in zip(pids, plans, strict=True)))
 
 
-def _put_pair(ctx: Context, job_id: str, plan: PairPlan, records: list[SampleRecord], *, target_key: str,
-              target_image_key: str, mask_key: str | None, target_score: float | None = None) -> None:
+def _pair_record(plan: PairPlan, records: list[SampleRecord], *, target_key: str, target_image_key: str,
+                 mask_key: str | None, target_score: float | None = None) -> tuple[str, dict]:
+    """(pair id, the pair's record) of `plan` over the prompt's sample `records`."""
     ref, base = records[plan.reference], records[plan.base]
     assert ref.score is not None and base.score is not None
     pid = keys.pair_id(base.epoch, base.prompt_index, plan.index)
-    ctx.state.put_pair(job_id, pid, PairRecord(
+    return pid, PairRecord(
         id=pid, epoch=base.epoch, prompt_index=base.prompt_index, index=plan.index, prompt=base.prompt,
         policy_version=base.policy_version, reference=ref.id, base=base.id, reference_score=ref.score,
         base_score=base.score, reference_image_key=ref.image_key, base_image_key=base.image_key,
         base_trajectory_key=base.trajectory_key, target_key=target_key, target_image_key=target_image_key,
         mask_key=mask_key, target_score=target_score,
-    ).dump())
+    ).dump()

@@ -41,9 +41,8 @@ def sample(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> No
         assert traj.image is not None
         objects.append((keys.image_key(job_id, sid), png_bytes(traj.image), "image/png"))
     put_all(ctx, objects)
-    for i, sid, seed in zip(indices, sids, seeds, strict=True):
-        ctx.state.put_sample(job_id, sid, SampleRecord(
-            id=sid, epoch=epoch, prompt_index=prompt, index=i, seed=seed, policy_version=epoch, prompt=text,
-            trajectory_key=keys.member_ref(bundle, sid), image_key=keys.image_key(job_id, sid),
-        ).dump())
+    ctx.state.put_samples(job_id, {sid: SampleRecord(
+        id=sid, epoch=epoch, prompt_index=prompt, index=i, seed=seed, policy_version=epoch, prompt=text,
+        trajectory_key=keys.member_ref(bundle, sid), image_key=keys.image_key(job_id, sid),
+    ).dump() for i, sid, seed in zip(indices, sids, seeds, strict=True)})
     advance(ctx, job_id, jf, flow.Sampled(epoch, prompt, batch))

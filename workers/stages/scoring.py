@@ -46,8 +46,7 @@ def score(ctx: Context, job_id: str, epoch: int, prompt: int, batch: int) -> Non
     bundle = keys.sample_bundle_key(job_id, epoch, prompt, batch)
     scores = _score_images(ctx, spec, [keys.member_ref(bundle, sid) for sid in sids],
                            [keys.image_key(job_id, sid) for sid in sids], spec.prompts[prompt].text)
-    for sid, s in zip(sids, scores, strict=True):
-        ctx.state.update_sample(job_id, sid, {"score": s})
+    ctx.state.update_samples(job_id, {sid: {"score": s} for sid, s in zip(sids, scores, strict=True)})
     advance(ctx, job_id, jf, flow.Scored(epoch, prompt, batch))
 
 
@@ -61,6 +60,5 @@ def score_targets(ctx: Context, job_id: str, epoch: int, prompt: int, chunk: int
     bundle = keys.target_bundle_key(job_id, epoch, prompt, chunk)
     scores = _score_images(ctx, spec, [keys.member_ref(bundle, pid) for pid in pids],
                            [keys.target_image_key(job_id, pid) for pid in pids], spec.prompts[prompt].text)
-    for pid, s in zip(pids, scores, strict=True):
-        ctx.state.update_pair(job_id, pid, {"target_score": s})
+    ctx.state.update_pairs(job_id, {pid: {"target_score": s} for pid, s in zip(pids, scores, strict=True)})
     advance(ctx, job_id, jf, flow.TargetsScored(epoch, prompt, chunk))

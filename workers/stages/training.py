@@ -68,8 +68,7 @@ def _train_unit(ctx: Context, job_id: str, spec: JobSpec, epoch: int) -> int:
         published = publish.publish(ctx, job_id, spec, epoch, unit.trainer.model, metrics)
     tracking.report_epoch(ctx.store.get, job_id, spec.report_to, published, steps, pairs)
     kept_ids = {p.id for p in kept}
-    for p in pairs:
-        ctx.state.update_pair(job_id, p.id, {"trained": p.id in kept_ids})
+    ctx.state.update_pairs(job_id, {p.id: {"trained": p.id in kept_ids} for p in pairs})
     return len(steps)
 
 
