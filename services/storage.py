@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -71,19 +71,61 @@ def io_timer() -> Iterator[None]:
 #: Object-store calls a task keeps in flight at once: each is a round trip, and a task has a dozen.
 IO_THREADS = 8
 
+#: One pool per process for every caller (threads of a worker, the API's requests): starting 8
+#: threads for each task's dozen calls cost about 1 ms of CPU a task, more than some of the calls.
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_POOL_THREADS = 4 * IO_THREADS
+_POOL_PREFIX = "dfusion-io"
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_POOL_THREADS, thread_name_prefix=_POOL_PREFIX)
+        return _pool
+
+
+def _forget_pool() -> None:
+    """In a forked child (Celery's prefork pool): the parent's threads did not come along."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
 
 def fan_out(call: Callable[[T], R], items: Sequence[T]) -> list[Future[R]]:
-    """`call` on every item, IO_THREADS at a time; returns once all have ended (none is abandoned
-    halfway when another fails), their futures in the items' order."""
-    if len(items) == 1:  # one call (a single fenced put) is not worth starting a thread for
-        done: Future[R] = Future()
-        try:
-            done.set_result(call(items[0]))
-        except Exception as exc:  # noqa: BLE001 - handed over in the future, as the pool would
-            done.set_exception(exc)
-        return [done]
-    with ThreadPoolExecutor(max_workers=max(1, min(IO_THREADS, len(items)))) as pool:
-        return [pool.submit(call, item) for item in items]
+    """`call` on every item, IO_THREADS at a time, in the items' order; returns once all have ended
+    (none is abandoned halfway when another fails), their futures in the items' order."""
+    futures: list[Future[R]] = [Future() for _ in items]
+    # One call is not worth a thread hop; a call from an I/O thread runs in place, as waiting there
+    # on the same pool could leave no thread to run what it waits for.
+    if len(items) == 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
+        for item, future in zip(items, futures, strict=True):
+            _settle(future, call, item)
+        return futures
+    todo, todo_lock = iter(enumerate(items)), threading.Lock()
+
+    def drain() -> None:  # one of the call's IO_THREADS lanes: the next item not yet taken, until none
+        while True:
+            with todo_lock:
+                nxt = next(todo, None)
+            if nxt is None:
+                return
+            _settle(futures[nxt[0]], call, nxt[1])
+
+    pool = _io_pool()
+    wait([pool.submit(drain) for _ in range(min(IO_THREADS, len(items)))])
+    return futures
+
+
+def _settle(future: Future[R], call: Callable[[T], R], item: T) -> None:
+    try:
+        future.set_result(call(item))
+    except Exception as exc:  # noqa: BLE001 - handed over in the future, as a pool would
+        future.set_exception(exc)
 
 
 def each(call: Callable[[T], R], items: Sequence[T]) -> list[R]:
