@@ -17,8 +17,10 @@ and `attn.norm_q/norm_k` kept; nothing else.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -181,6 +183,29 @@ def _blend(ref: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return ref * mask + tgt * (1 - mask)
 
 
+def cache_call_signature(processor_type: type) -> type:
+    """Keep `processor_type.__call__`'s signature on the function, where inspect finds it.
+
+    diffusers' `Attention.forward` calls `inspect.signature(processor.__call__)` on every call (to
+    warn about unused keyword arguments): some 40 us of CPU each, one per attention layer per
+    denoiser call, rebuilt from the code every time. With `__signature__` set, inspect returns it
+    as it is. What it returns does not change: it is the same signature, computed once.
+    """
+    call: Any = processor_type.__call__
+    if getattr(call, "__signature__", None) is None:
+        call.__signature__ = inspect.signature(call)
+    return processor_type
+
+
+def cache_processor_signatures(*modules: torch.nn.Module | None) -> None:
+    """`cache_call_signature` for the type of every attention processor in `modules`."""
+    for module in modules:
+        for sub in module.modules() if module is not None else ():
+            if isinstance(sub, Attention):
+                cache_call_signature(type(sub.processor))
+
+
+@cache_call_signature
 class FusionAttnProcessor:
     """SDPA attention with D-Fusion's hooks; identical to `AttnProcessor2_0` when idle.
 
@@ -281,4 +306,4 @@ def uninstall(unet: UNet2DConditionModel) -> None:
     """Back to stock SDPA processors."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    unet.set_attn_processor(AttnProcessor2_0())
+    unet.set_attn_processor(cache_call_signature(AttnProcessor2_0)())

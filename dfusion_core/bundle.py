@@ -18,6 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from dfusion_core.attention import cache_processor_signatures
 from dfusion_core.conditioning import Conditioning
 
 # SD 2.1-base's DDIM schedule (its scheduler_config.json); the golden cases use it too.
@@ -195,5 +196,6 @@ def assemble(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype,
             module.to(dtype=want)
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)
+    cache_processor_signatures(unet, vae)
     return DiffusionModel(unet, vae, text_encoder, tokenizer, scheduler, name, device, dtype,
                           text_encoder_2, tokenizer_2, zero_uncond)

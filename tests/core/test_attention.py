@@ -163,3 +163,23 @@ def test_relative_masks_through_fusion(tiny, fast_sampling):
     cover = pair.masks.float().mean(dim=1)  # [T, items]: share of the 8x8 cells on, per step and item
     # the top half of each item's own map, whatever the absolute probabilities (0.5 would give nothing)
     assert ((cover >= 0.5) & (cover <= 0.75)).all(), cover
+
+
+def test_cached_processor_signatures_are_the_signatures(tiny):
+    """diffusers' Attention.forward inspects its processor's __call__ on every call; the models
+    keep that signature on the function (cache_call_signature). It must be the very signature
+    inspect computes, or Attention would drop or warn about the wrong keyword arguments."""
+    import inspect
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for kind in (AttnProcessor2_0, FusionAttnProcessor):
+        cached = inspect.signature(kind.__call__)
+        assert kind.__call__.__signature__ is cached  # set when a model is assembled / at import
+        del kind.__call__.__signature__
+        try:
+            assert inspect.signature(kind.__call__) == cached
+        finally:
+            attention.cache_call_signature(kind)
+    procs = {type(m.processor) for m in tiny.unet.modules() if isinstance(m, Attention)}
+    assert procs and all(getattr(p.__call__, "__signature__", None) is not None for p in procs)

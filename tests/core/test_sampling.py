@@ -94,3 +94,20 @@ def test_seeds_and_noise_together_is_an_error(tiny, fast_sampling):
 def test_images_are_decoded(tiny, fast_sampling):
     t = pipeline.sample(tiny, ["a cat"], fast_sampling, seeds=[0])[0]
     assert t.image is not None and t.image.dtype == torch.uint8 and t.image.shape == (64, 64, 3)
+
+
+def test_made_schedulers_are_fresh_copies_of_the_same_schedule(tiny):
+    """make_scheduler keeps a prepared scheduler per (config, steps, device) and hands out copies:
+    each equals a scheduler built from scratch, and changing one changes no other."""
+    from diffusers import DDIMScheduler
+
+    fresh = DDIMScheduler.from_config(tiny.scheduler.config)
+    fresh.set_timesteps(7)
+    a, b = make_scheduler(tiny.scheduler, 7), make_scheduler(tiny.scheduler, 7)
+    assert a is not b and torch.equal(a.timesteps, fresh.timesteps)
+    assert torch.equal(a.alphas_cumprod, fresh.alphas_cumprod)
+    a.timesteps[0] = -1
+    a.set_timesteps(3)
+    assert torch.equal(b.timesteps, fresh.timesteps) and torch.equal(make_scheduler(tiny.scheduler, 7).timesteps,
+                                                                     fresh.timesteps)
+    assert len(make_scheduler(tiny.scheduler, 3).timesteps) == 3
