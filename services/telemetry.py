@@ -85,10 +85,10 @@ class Telemetry:
         pipe.hincrbyfloat(self._k("task_seconds"), stage, float(seconds))
         if not ok:
             pipe.hincrby(self._k("task_failures"), stage, 1)
-        for bound, le in zip(BUCKETS, BUCKET_LABELS, strict=False):
-            if seconds <= bound:
-                pipe.hincrby(self._k("task_buckets"), f"{stage}|{le}", 1)
-        pipe.hincrby(self._k("task_buckets"), f"{stage}|+Inf", 1)
+        # the one bucket it falls in; `snapshot` sums them into Prometheus's cumulative buckets (one
+        # command a task, where incrementing each bucket above it was up to twelve)
+        le = next((le for bound, le in zip(BUCKETS, BUCKET_LABELS, strict=False) if seconds <= bound), "+Inf")
+        pipe.hincrby(self._k("task_hist"), f"{stage}|{le}", 1)
         pipe.execute()
 
     def record_duplicate(self, stage: str) -> None:
@@ -126,15 +126,14 @@ class Telemetry:
 
     def snapshot(self, now: float | None = None) -> Snapshot:
         pipe = self.r.pipeline(transaction=False)
-        for name in ("task_count", "task_seconds", "task_failures", "task_buckets", "produced", "gpu_memory",
-                     "duplicates"):
+        for name in ("task_count", "task_seconds", "task_failures", "task_buckets", "task_hist", "produced",
+                     "gpu_memory", "duplicates"):
             pipe.hgetall(self._k(name))
-        count, seconds, failures, buckets, produced, gpu, duplicates = pipe.execute()
+        count, seconds, failures, buckets, hist, produced, gpu, duplicates = pipe.execute()
         stages = {}
         for stage in count:
-            own = {k.split("|", 1)[1]: int(v) for k, v in buckets.items() if k.split("|", 1)[0] == stage}
             stages[stage] = StageStats(int(count[stage]), float(seconds.get(stage, 0.0)),
-                                       int(failures.get(stage, 0)), own)
+                                       int(failures.get(stage, 0)), _cumulative(stage, buckets, hist))
         now = time.time() if now is None else now
         memory = {}
         for worker, value in gpu.items():
@@ -143,6 +142,20 @@ class Telemetry:
                 memory[worker] = int(peak)
         return Snapshot(stages, {k: int(v) for k, v in produced.items()}, memory,
                         {k: int(v) for k, v in duplicates.items()})
+
+
+def _cumulative(stage: str, cumulative: dict[str, str], per_bucket: dict[str, str]) -> dict[str, int]:
+    """The stage's tasks at or under each bound (labels with none left out): the per-bucket counts
+    summed upwards, plus the cumulative counts a deployment recorded before (`task_buckets`)."""
+    def own(table: dict[str, str]) -> dict[str, int]:
+        return {k.split("|", 1)[1]: int(v) for k, v in table.items() if k.split("|", 1)[0] == stage}
+
+    before, counts, running, out = own(cumulative), own(per_bucket), 0, {}
+    for le in BUCKET_LABELS:
+        running += counts.get(le, 0)
+        if total := running + before.get(le, 0):
+            out[le] = total
+    return out
 
 
 def all_jobs(store: JobStore) -> list[JobRecord]:

@@ -34,6 +34,21 @@ def test_durations_failures_and_buckets(r):
     assert "0.1" not in stats.buckets
 
 
+def test_buckets_recorded_before_one_bucket_a_task_still_count(r):
+    """A deployment's histogram from before tasks wrote their one bucket (`task_buckets` held each
+    bucket at or above the duration): old and new counts add up, bucket by bucket, as one histogram."""
+    t = Telemetry(r)
+    r.hset(t._k("task_buckets"),
+           mapping={"sample|0.5": 1, "sample|1": 1, "sample|2.5": 1, "sample|5": 1, "sample|10": 1, "sample|30": 1,
+                    "sample|60": 1, "sample|120": 1, "sample|300": 1, "sample|600": 1, "sample|+Inf": 1})
+    r.hincrby(t._k("task_count"), "sample", 1)  # that 0.3 s task, recorded the old way
+    t.record_task("sample", 1.7)
+    t.record_task("sample", 700.0)
+    buckets = t.snapshot().stages["sample"].buckets
+    assert buckets == {"0.5": 1, "1": 1, "2.5": 2, "5": 2, "10": 2, "30": 2, "60": 2, "120": 2, "300": 2, "600": 2,
+                       "+Inf": 3}
+
+
 def test_produced_counts_never_double_count(r):
     t = Telemetry(r)
     t.record_produced("j1", {"samples": 4, "pairs": 0})
