@@ -2,7 +2,7 @@
 fan-in), not the maths.
 
 `SimDenoiser` is the toy model's transformer (`ToyDiT`: PixArt-alpha blocks, each with a
-self-attention `attn1` and a cross-attention `attn2`) at a tiny size, 2 blocks over 4x4 tokens,
+self-attention `attn1` and a cross-attention `attn2`) at a tiny size, 1 block over 4x4 tokens,
 that waits `SimTiming.denoiser_s` seconds after each call, with `time.sleep`: a stand-in for a GPU
 kernel that leaves the CPU free. Its outputs are real (correct shapes, finite, trainable), so a sim
 job goes through sampling, fusion (the processors find its layers as they find the toy's) and
@@ -10,7 +10,7 @@ LoRA training like any other; only the time is simulated. Its images are 16x16 n
 waits `SimTiming.scorer_s` per call and scores an image by its mean brightness: deterministic,
 cheap, and different between samples, so pairs have an order and some survive the pair filter.
 
-Many worker processes can then share two cores (each spends about 4 ms of CPU a denoiser call on
+Many worker processes can then share two cores (each spends 1-2.5 ms of CPU a denoiser call on
 its tiny tensors, against the 60 ms it waits): what the clock measures is the waits plus the
 coordination between them. (Threads in one worker would not add slots: a worker runs its model
 under one lock, workers/runtime.py.)
@@ -43,13 +43,14 @@ SIM_SEED = 0
 LATENT_FACTOR = 2
 LATENT_CHANNELS = 3 * LATENT_FACTOR**2
 
-#: 2 blocks of width 16 over 4x4 tokens (2x2 patches of the 8x8 latent; images are 16x16).
+#: 1 block of width 16 over 4x4 tokens (2x2 patches of the 8x8 latent; images are 16x16): the
+#: least that still has a self- and a cross-attention for fusion (2 blocks cost a third more CPU a call).
 SIM_DIT_CONFIG: dict = {
     "sample_size": 8,
     "in_channels": LATENT_CHANNELS,
     "out_channels": LATENT_CHANNELS,
     "patch_size": 2,
-    "num_layers": 2,
+    "num_layers": 1,
     "num_attention_heads": 2,
     "attention_head_dim": 8,
     "cross_attention_dim": 16,
