@@ -1,7 +1,7 @@
 """Scale, measured with the `sim` model: the queue's coordination cost as worker slots grow.
 
     .venv/bin/python bench/scale.py [--prompts 240] [--samples 8] [--steps 20] [--slots 1,2,4,8,16,32]
-                                    [--concurrent 1,10] [--out bench/results/scale]
+                                    [--concurrent 1,10] [--out bench/results/scale] [--slots-only]
 
 Each slot is one Celery worker process consuming every stage queue, on a fresh local stack (Redis,
 SeaweedFS, the API). The sim model waits `--denoiser-ms` per denoiser call and `--scorer-ms` per
@@ -252,6 +252,8 @@ def main() -> int:
     ap.add_argument("--denoiser-ms", type=float, default=60.0)
     ap.add_argument("--scorer-ms", type=float, default=20.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale")
+    ap.add_argument("--slots-only", action="store_true",
+                    help="only the slot counts' runs (no concurrent jobs, no fairness): an A/B between commits")
     args = ap.parse_args()
     spec = job(args.prompts, args.samples, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -261,10 +263,13 @@ def main() -> int:
             rows.append(run_slots(slots, spec, args, Path(tmp)))
             print(json.dumps(rows[-1]), file=sys.stderr)
         svg(rows, args.out / "efficiency.svg")
-        small_spec = job(args.concurrent_prompts, args.samples, args.steps)
-        per_task = {str(n): run_concurrent(n, args.concurrent_slots, small_spec, args, Path(tmp))
-                    for n in [int(c) for c in args.concurrent.split(",")]}
-        slowdown = small_job_slowdown(args.fairness_slots, spec, args, Path(tmp))
+        per_task: dict[str, float] = {}
+        slowdown = None
+        if not args.slots_only:
+            small_spec = job(args.concurrent_prompts, args.samples, args.steps)
+            per_task = {str(n): run_concurrent(n, args.concurrent_slots, small_spec, args, Path(tmp))
+                        for n in [int(c) for c in args.concurrent.split(",")]}
+            slowdown = small_job_slowdown(args.fairness_slots, spec, args, Path(tmp))
     compute = sim_compute_ms(spec)
     # from the seconds, not the rounded efficiency: 0.89952 must not print as 0.9 and pass
     good = [r["slots"] for r in rows if r["ideal_s"] / (r["slots"] * r["seconds"]) >= 0.9]
