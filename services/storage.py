@@ -124,8 +124,8 @@ def fan_out(call: Callable[[T], R], items: Sequence[T]) -> list[Future[R]]:
 def _settle(future: Future[R], call: Callable[[T], R], item: T) -> None:
     try:
         future.set_result(call(item))
-    except Exception as exc:  # noqa: BLE001 - handed over in the future, as a pool would
-        future.set_exception(exc)
+    except BaseException as exc:  # noqa: BLE001 - handed over in the future, as a pool's work item
+        future.set_exception(exc)  # does: a future left unset would block its caller's result()
 
 
 def each(call: Callable[[T], R], items: Sequence[T]) -> list[R]:

@@ -130,3 +130,31 @@ def test_s3_down_is_storage_unavailable() -> None:
 def test_wrong_credentials_rejected(seaweed_server) -> None:
     with pytest.raises(StorageRejected):
         S3Store(seaweed_server.endpoint, seaweed_server.access_key, "wrong-secret", "dfusion-test")
+
+
+def test_fan_out_reuses_its_threads_runs_nested_calls_in_place_and_keeps_the_order() -> None:
+    """The process's I/O pool: a second call runs on threads the first started (none started a
+    call); a call made from an I/O thread runs there instead of waiting on the pool (which could
+    leave no thread for it); each item's result or error comes back in the items' order."""
+    import threading
+
+    from services.storage import IO_THREADS, each, fan_out
+
+    def name(_: int) -> str:
+        return threading.current_thread().name
+
+    first = set(each(name, list(range(3 * IO_THREADS))))
+    assert all(n.startswith("dfusion-io") for n in first) and len(first) <= IO_THREADS
+    assert set(each(name, list(range(3 * IO_THREADS)))) <= {t.name for t in threading.enumerate()}
+    nested = each(lambda i: each(lambda j: (i, j, name(j)), [0, 1]), list(range(IO_THREADS)))
+    assert all(outer[0][2] == outer[1][2] for outer in nested)  # both inner items on the caller's thread
+    assert [r[0][:2] for r in nested] == [(i, 0) for i in range(IO_THREADS)]
+
+    def odd_fails(i: int) -> int:
+        if i % 2:
+            raise ValueError(f"item {i}")
+        return i
+
+    futures = fan_out(odd_fails, list(range(6)))
+    assert [f.result() for f in futures[0::2]] == [0, 2, 4]
+    assert [str(f.exception()) for f in futures[1::2]] == ["item 1", "item 3", "item 5"]
