@@ -275,9 +275,7 @@ class MemoryJobStore:
         return self._insert(job_id, "samples", {check_id("sample_id", k): v for k, v in records.items()}, "samples")
 
     def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            raw = self._peek(job_id, "samples").get(sample_id)
-        return json.loads(raw) if raw is not None else None
+        return self.get_samples(job_id, [sample_id])[0]
 
     def get_samples(self, job_id: str, sample_ids: list[str]) -> list[dict[str, Any] | None]:
         with self._lock:

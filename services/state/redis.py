@@ -256,8 +256,7 @@ class RedisJobStore(RedisCoordination):
 
     @mapped
     def get_sample(self, job_id: str, sample_id: str) -> dict[str, Any] | None:
-        raw = self.r.hget(keys.job(job_id, "samples"), sample_id)
-        return json.loads(raw) if raw is not None else None
+        return self.get_samples(job_id, [sample_id])[0]
 
     @mapped
     def get_samples(self, job_id: str, sample_ids: list[str]) -> list[dict[str, Any] | None]:
