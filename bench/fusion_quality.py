@@ -13,7 +13,10 @@ own image. Reports, over all pairs:
 - the mean absolute pixel distance target-base against reference-base (fusion should change the
   base where the items are, not replace it with the reference);
 - the IoU of the reference's union item mask, per denoising step, with the true union of the
-  caption's two objects in the reference image (`toy.scorer.object_masks`).
+  caption's two objects in the reference image (`toy.scorer.object_masks`);
+- fact by fact (A's colour and shape, B's colour and shape, the relation): how often the target
+  gains a fact its reference has and its base lacks (`fixed`), and how often it loses one its base
+  had (`broken`): which facts fusion carries over, and at what cost.
 
 Gate for the toy world: gain >= +0.10 with its 95 % CI above zero, P(target > base) >= 0.5, and
 distance ratio <= 0.5 (the target stays nearer its base than the reference is). Writes summary.json under --out;
@@ -38,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.stats import mean_ci  # noqa: E402
+from bench.toy_facts import FACTS  # noqa: E402
 from dfusion_core import pipeline  # noqa: E402
 from dfusion_core.config import FusionConfig, SamplingConfig  # noqa: E402
 from dfusion_core.items import map_items  # noqa: E402
@@ -69,6 +73,7 @@ def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfi
                                 [items] * len(plans), fusion)
     targets = torch.stack([f.target.image for f in fused])
     target_scores = scorer.score(targets, [caption] * len(plans)).tolist()
+    facts = [[int(x) for x in toy_scorer.caption_facts(img, caption)] for img in images.numpy()]
     rows = []
     for plan, f, ts in zip(plans, fused, target_scores, strict=True):
         ref, base, tgt = (x.numpy().astype(np.float32) / 255 for x in
@@ -77,11 +82,25 @@ def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfi
         rows.append({
             "caption": caption, "reference_score": scores[plan.reference], "base_score": scores[plan.base],
             "target_score": ts, "gain": ts - scores[plan.base],
+            "reference_facts": facts[plan.reference], "base_facts": facts[plan.base],
+            "target_facts": [int(x) for x in toy_scorer.caption_facts(f.target.image.numpy(), caption)],
             "dist_target_base": float(np.abs(tgt - base).mean()), "dist_reference_base": float(np.abs(ref - base).mean()),
             "mask_iou": [toy_scorer.mask_iou(m, f.mask_resolution, truth) for m in f.masks],
             "mask_cover": [float(m.amax(-1).mean()) for m in f.masks],
         })
     return rows
+
+
+def fact_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per fact: of the pairs whose reference has it and base lacks it, the share whose target has
+    it (`fixed`); of the pairs whose base has it, the share whose target lacks it (`broken`)."""
+    out = {}
+    for k, name in enumerate(FACTS):
+        fixable = [r["target_facts"][k] for r in rows if r["reference_facts"][k] and not r["base_facts"][k]]
+        kept = [r["target_facts"][k] for r in rows if r["base_facts"][k]]
+        out[name] = {"fixable": len(fixable), "fixed": statistics.fmean(fixable) if fixable else None,
+                     "held": len(kept), "broken": 1 - statistics.fmean(kept) if kept else None}
+    return out
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,6 +122,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "dist_target_base": d_tb, "dist_reference_base": d_rb, "distance_ratio": d_tb / max(d_rb, 1e-12),
         "mask_iou_per_step": [statistics.fmean(r["mask_iou"][s] for r in rows) for s in range(steps)],
         "mask_cover_per_step": [statistics.fmean(r["mask_cover"][s] for r in rows) for s in range(steps)],
+        "facts": fact_transfer(rows),
     }
 
 
@@ -180,6 +200,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"pixel distance target-base {summary['dist_target_base']:.4f} vs reference-base "
           f"{summary['dist_reference_base']:.4f} (ratio {summary['distance_ratio']:.2f})")
     print("mask IoU per step: " + " ".join(f"{x:.2f}" for x in summary["mask_iou_per_step"]))
+    for name, t in summary["facts"].items():
+        fixed = "-" if t["fixed"] is None else f"{t['fixed']:.2f}"
+        broken = "-" if t["broken"] is None else f"{t['broken']:.2f}"
+        print(f"{name}: fixed {fixed} of {t['fixable']} (reference has it, base lacks it); "
+              f"broken {broken} of {t['held']} (base has it)")
     print(json.dumps({k: summary[k] for k in ("pairs", "p_target_beats_base", "gain", "distance_ratio", "gate")}))
     return summary
 

@@ -30,7 +30,15 @@ def test_fusion_quality_reduced(tmp_path, capsys):
     assert 0.0 <= summary["p_target_beats_base"] <= 1.0 and math.isfinite(summary["gain"]["mean"])
     assert len(summary["mask_iou_per_step"]) == 4 and all(0 <= x <= 1 for x in summary["mask_iou_per_step"])
     assert summary["dist_reference_base"] > 0 and summary["distance_ratio"] >= 0
+    rows = json.loads((tmp_path / "pairs.json").read_text())
+    for k, t in enumerate(summary["facts"].values()):  # the transfer table counts the pairs' own facts
+        assert t["fixable"] == sum(r["reference_facts"][k] and not r["base_facts"][k] for r in rows)
+        assert t["held"] == sum(r["base_facts"][k] for r in rows)
+        assert t["fixed"] is None or 0.0 <= t["fixed"] <= 1.0
+        for r in rows:  # a pair's score is the mean of its facts
+            assert math.isclose(r["target_score"], sum(r["target_facts"]) / 5, abs_tol=1e-6)
     out = capsys.readouterr().out
+    assert re.search(r"^shape_b: fixed (-|\d\.\d\d) of \d+ ", out, re.M), out
     assert re.search(r"^fusion target gain: [+-]\d\.\d\d \(95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\), "
                      r"P\(target>base\) \d\.\d\d$", out, re.M), out
     assert json.loads((tmp_path / "summary.json").read_text())["gate"]["gain_at_least"] == 0.10
