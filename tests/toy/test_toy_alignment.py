@@ -35,8 +35,9 @@ def test_fusion_quality_reduced(tmp_path, capsys):
         assert t["fixable"] == sum(r["reference_facts"][k] and not r["base_facts"][k] for r in rows)
         assert t["held"] == sum(r["base_facts"][k] for r in rows)
         assert t["fixed"] is None or 0.0 <= t["fixed"] <= 1.0
-        for r in rows:  # a pair's score is the mean of its facts
-            assert math.isclose(r["target_score"], sum(r["target_facts"]) / 5, abs_tol=1e-6)
+    for r in rows:  # each image's facts are read from that image: its score is their mean
+        for role in ("reference", "base", "target"):
+            assert math.isclose(r[f"{role}_score"], sum(r[f"{role}_facts"]) / 5, abs_tol=1e-6), (role, r)
     out = capsys.readouterr().out
     assert re.search(r"^shape_b: fixed (-|\d\.\d\d) of \d+ ", out, re.M), out
     assert re.search(r"^fusion target gain: [+-]\d\.\d\d \(95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\), "
