@@ -16,7 +16,8 @@ own image. Reports, over all pairs:
   caption's two objects in the reference image (`toy.scorer.object_masks`);
 - fact by fact (A's colour and shape, B's colour and shape, the relation): how often the target
   gains a fact its reference has and its base lacks (`fixed`), and how often it loses one its base
-  had (`broken`): which facts fusion carries over, and at what cost.
+  had (`broken`): which facts fusion carries over, and at what cost; and the shapes fixed by the
+  shape word the caption asks for.
 
 Gate for the toy world: gain >= +0.10 with its 95 % CI above zero, P(target > base) >= 0.5, and
 distance ratio <= 0.5 (the target stays nearer its base than the reference is). Writes summary.json under --out;
@@ -103,6 +104,18 @@ def fact_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def shape_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per shape word the caption asks for (either object): of the pairs whose reference drew it and
+    base did not, how many and the share whose target drew it."""
+    fixable: dict[str, list[int]] = {shape: [] for shape in tw.SHAPES}
+    for r in rows:
+        c = tw.parse_caption(r["caption"])
+        for k, shape in ((FACTS.index("shape_a"), c.shape_a), (FACTS.index("shape_b"), c.shape_b)):
+            if r["reference_facts"][k] and not r["base_facts"][k]:
+                fixable[shape].append(r["target_facts"][k])
+    return {shape: {"fixable": len(v), "fixed": statistics.fmean(v) if v else None} for shape, v in fixable.items()}
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by_caption: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -123,6 +136,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mask_iou_per_step": [statistics.fmean(r["mask_iou"][s] for r in rows) for s in range(steps)],
         "mask_cover_per_step": [statistics.fmean(r["mask_cover"][s] for r in rows) for s in range(steps)],
         "facts": fact_transfer(rows),
+        "shapes": shape_transfer(rows),
     }
 
 
@@ -205,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         broken = "-" if t["broken"] is None else f"{t['broken']:.2f}"
         print(f"{name}: fixed {fixed} of {t['fixable']} (reference has it, base lacks it); "
               f"broken {broken} of {t['held']} (base has it)")
+    print("shapes fixed, by the word asked for: " + ", ".join(
+        f"{shape} {'-' if t['fixed'] is None else format(t['fixed'], '.2f')} of {t['fixable']}"
+        for shape, t in summary["shapes"].items()))
     print(json.dumps({k: summary[k] for k in ("pairs", "p_target_beats_base", "gain", "distance_ratio", "gate")}))
     return summary
 

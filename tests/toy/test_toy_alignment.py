@@ -35,11 +35,15 @@ def test_fusion_quality_reduced(tmp_path, capsys):
         assert t["fixable"] == sum(r["reference_facts"][k] and not r["base_facts"][k] for r in rows)
         assert t["held"] == sum(r["base_facts"][k] for r in rows)
         assert t["fixed"] is None or 0.0 <= t["fixed"] <= 1.0
+    shapes = summary["shapes"]  # the per-word counts add up to the two shape facts' fixable pairs
+    assert sum(t["fixable"] for t in shapes.values()) == summary["facts"]["shape_a"]["fixable"] + \
+        summary["facts"]["shape_b"]["fixable"]
     for r in rows:  # each image's facts are read from that image: its score is their mean
         for role in ("reference", "base", "target"):
             assert math.isclose(r[f"{role}_score"], sum(r[f"{role}_facts"]) / 5, abs_tol=1e-6), (role, r)
     out = capsys.readouterr().out
     assert re.search(r"^shape_b: fixed (-|\d\.\d\d) of \d+ ", out, re.M), out
+    assert re.search(r"^shapes fixed, by the word asked for: circle (-|\d\.\d\d) of \d+, ", out, re.M), out
     assert re.search(r"^fusion target gain: [+-]\d\.\d\d \(95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\), "
                      r"P\(target>base\) \d\.\d\d$", out, re.M), out
     assert json.loads((tmp_path / "summary.json").read_text())["gate"]["gain_at_least"] == 0.10
