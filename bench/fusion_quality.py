@@ -32,6 +32,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfi
     targets = torch.stack([f.target.image for f in fused])
     target_scores = scorer.score(targets, [caption] * len(plans)).tolist()
     facts = [[int(x) for x in toy_scorer.caption_facts(img, caption)] for img in images.numpy()]
+    drawn = [drawn_shapes(img, caption) for img in images.numpy()]
     rows = []
     for plan, f, ts in zip(plans, fused, target_scores, strict=True):
         ref, base, tgt = (x.numpy().astype(np.float32) / 255 for x in
@@ -85,6 +87,7 @@ def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfi
             "target_score": ts, "gain": ts - scores[plan.base],
             "reference_facts": facts[plan.reference], "base_facts": facts[plan.base],
             "target_facts": [int(x) for x in toy_scorer.caption_facts(f.target.image.numpy(), caption)],
+            "base_drawn": drawn[plan.base], "target_drawn": drawn_shapes(f.target.image.numpy(), caption),
             "dist_target_base": float(np.abs(tgt - base).mean()), "dist_reference_base": float(np.abs(ref - base).mean()),
             "mask_iou": [toy_scorer.mask_iou(m, f.mask_resolution, truth) for m in f.masks],
             "mask_cover": [float(m.amax(-1).mean()) for m in f.masks],
@@ -104,16 +107,27 @@ def fact_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def drawn_shapes(image: np.ndarray, caption: str) -> list[str | None]:
+    """The shapes the scorer reads for the caption's objects A and B (None: that colour is absent)."""
+    c = tw.parse_caption(caption)
+    regions = toy_scorer.segment(image)
+    return [regions[col].shape if col in regions else None for col in (c.colour_a, c.colour_b)]
+
+
 def shape_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per shape word the caption asks for (either object): of the pairs whose reference drew it and
-    base did not, how many and the share whose target drew it."""
-    fixable: dict[str, list[int]] = {shape: [] for shape in tw.SHAPES}
+    base did not, how many, the share whose target drew it, and what the bases and targets drew."""
+    fixable: dict[str, list[dict[str, Any]]] = {shape: [] for shape in tw.SHAPES}
     for r in rows:
         c = tw.parse_caption(r["caption"])
-        for k, shape in ((FACTS.index("shape_a"), c.shape_a), (FACTS.index("shape_b"), c.shape_b)):
+        for obj, k, shape in ((0, FACTS.index("shape_a"), c.shape_a), (1, FACTS.index("shape_b"), c.shape_b)):
             if r["reference_facts"][k] and not r["base_facts"][k]:
-                fixable[shape].append(r["target_facts"][k])
-    return {shape: {"fixable": len(v), "fixed": statistics.fmean(v) if v else None} for shape, v in fixable.items()}
+                fixable[shape].append({"fixed": r["target_facts"][k], "base": r["base_drawn"][obj],
+                                       "target": r["target_drawn"][obj]})
+    return {shape: {"fixable": len(v), "fixed": statistics.fmean(x["fixed"] for x in v) if v else None,
+                    "bases_drew": dict(Counter(str(x["base"]) for x in v)),
+                    "targets_drew": dict(Counter(str(x["target"]) for x in v))}
+            for shape, v in fixable.items()}
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -202,6 +216,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """{'circle': 3, 'None': 1} -> 'circle 3, nothing 1', most first."""
+    return ", ".join(f"{'nothing' if k == 'None' else k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -222,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("shapes fixed, by the word asked for: " + ", ".join(
         f"{shape} {'-' if t['fixed'] is None else format(t['fixed'], '.2f')} of {t['fixable']}"
         for shape, t in summary["shapes"].items()))
+    for shape, t in summary["shapes"].items():
+        if t["fixable"]:
+            print(f"  {shape} asked for and missed: the bases drew {_counts(t['bases_drew'])}; "
+                  f"their targets {_counts(t['targets_drew'])}")
     print(json.dumps({k: summary[k] for k in ("pairs", "p_target_beats_base", "gain", "distance_ratio", "gate")}))
     return summary
 

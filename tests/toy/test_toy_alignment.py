@@ -38,6 +38,9 @@ def test_fusion_quality_reduced(tmp_path, capsys):
     shapes = summary["shapes"]  # the per-word counts add up to the two shape facts' fixable pairs
     assert sum(t["fixable"] for t in shapes.values()) == summary["facts"]["shape_a"]["fixable"] + \
         summary["facts"]["shape_b"]["fixable"]
+    for shape, t in shapes.items():  # what the bases and targets drew counts the same pairs
+        assert sum(t["bases_drew"].values()) == sum(t["targets_drew"].values()) == t["fixable"]
+        assert shape not in t["bases_drew"]  # a base that drew the shape asked for had the fact
     for r in rows:  # each image's facts are read from that image: its score is their mean
         for role in ("reference", "base", "target"):
             assert math.isclose(r[f"{role}_score"], sum(r[f"{role}_facts"]) / 5, abs_tol=1e-6), (role, r)
