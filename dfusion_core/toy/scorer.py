@@ -26,12 +26,14 @@ RELATION_MARGIN = 2.0  # pixels between centroids for a relation to hold
 
 @dataclass(frozen=True)
 class Region:
-    """The largest 4-connected blob of one colour: area, centroid (x, y), bounding-box fill ratio."""
+    """The largest 4-connected blob of one colour: area, centroid (x, y), bounding-box fill ratio and
+    the box's aspect ratio (width / height; the world's shapes have square boxes)."""
 
     area: int
     cx: float
     cy: float
     fill: float
+    aspect: float = 1.0
 
     @property
     def shape(self) -> str:
@@ -75,8 +77,8 @@ def segment(image: np.ndarray) -> dict[str, Region]:
         if area < MIN_AREA:
             continue
         ys, xs = np.nonzero(blob)
-        box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
-        out[_NAMES[k]] = Region(area, float(xs.mean()), float(ys.mean()), area / float(box))
+        w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+        out[_NAMES[k]] = Region(area, float(xs.mean()), float(ys.mean()), area / float(w * h), float(w / h))
     return out
 
 

@@ -71,6 +71,17 @@ def test_scorer_is_exact_on_ground_truth_and_penalises_wrong_captions():
     assert torch.equal(scorer.score(blank, caps[:2]), torch.zeros(2))
 
 
+def test_segment_reads_each_object_s_box():
+    scene = tw.sample_scene("a red square left of a blue triangle", np.random.default_rng(3))
+    regions = toy_scorer.segment(tw.render(scene))
+    for obj in scene.objects:  # the world's shapes fill square boxes (aspect 1), symmetric left to right
+        r = regions[obj.colour]
+        assert r.aspect == 1.0 and r.shape == obj.shape and abs(r.cx - obj.cx) < 0.5
+    wide = np.zeros((32, 32, 3), np.uint8)
+    wide[10:15, 4:19] = tw.COLOURS["green"]  # 15 x 5 px
+    assert toy_scorer.segment(wide)["green"].aspect == 3.0
+
+
 def test_scorer_checks_its_inputs():
     scorer = toy_scorer.ToyScorer()
     with pytest.raises(ConfigError):
