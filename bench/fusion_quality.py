@@ -75,19 +75,18 @@ def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfi
                                 [items] * len(plans), fusion)
     targets = torch.stack([f.target.image for f in fused])
     target_scores = scorer.score(targets, [caption] * len(plans)).tolist()
-    facts = [[int(x) for x in toy_scorer.caption_facts(img, caption)] for img in images.numpy()]
-    drawn = [drawn_shapes(img, caption) for img in images.numpy()]
+    read = [read_image(img, caption) for img in images.numpy()]
     rows = []
     for plan, f, ts in zip(plans, fused, target_scores, strict=True):
+        target_facts, target_drawn = read_image(f.target.image.numpy(), caption)
         ref, base, tgt = (x.numpy().astype(np.float32) / 255 for x in
                           (images[plan.reference], images[plan.base], f.target.image))
         truth = toy_scorer.object_masks(images[plan.reference].numpy(), caption).any(0)
         rows.append({
             "caption": caption, "reference_score": scores[plan.reference], "base_score": scores[plan.base],
             "target_score": ts, "gain": ts - scores[plan.base],
-            "reference_facts": facts[plan.reference], "base_facts": facts[plan.base],
-            "target_facts": [int(x) for x in toy_scorer.caption_facts(f.target.image.numpy(), caption)],
-            "base_drawn": drawn[plan.base], "target_drawn": drawn_shapes(f.target.image.numpy(), caption),
+            "reference_facts": read[plan.reference][0], "base_facts": read[plan.base][0], "target_facts": target_facts,
+            "base_drawn": read[plan.base][1], "target_drawn": target_drawn,
             "dist_target_base": float(np.abs(tgt - base).mean()), "dist_reference_base": float(np.abs(ref - base).mean()),
             "mask_iou": [toy_scorer.mask_iou(m, f.mask_resolution, truth) for m in f.masks],
             "mask_cover": [float(m.amax(-1).mean()) for m in f.masks],
@@ -107,11 +106,13 @@ def fact_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def drawn_shapes(image: np.ndarray, caption: str) -> list[str | None]:
-    """The shapes the scorer reads for the caption's objects A and B (None: that colour is absent)."""
+def read_image(image: np.ndarray, caption: str) -> tuple[list[int], list[str]]:
+    """The caption's five facts (0/1, `caption_facts`' order) and the shapes the scorer reads for
+    objects A and B ('nothing' where that colour is absent), from one segmentation of the image."""
     c = tw.parse_caption(caption)
     regions = toy_scorer.segment(image)
-    return [regions[col].shape if col in regions else None for col in (c.colour_a, c.colour_b)]
+    drawn = [regions[col].shape if col in regions else "nothing" for col in (c.colour_a, c.colour_b)]
+    return [int(x) for x in toy_scorer.region_facts(regions, c)], drawn
 
 
 def shape_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -125,8 +126,8 @@ def shape_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 fixable[shape].append({"fixed": r["target_facts"][k], "base": r["base_drawn"][obj],
                                        "target": r["target_drawn"][obj]})
     return {shape: {"fixable": len(v), "fixed": statistics.fmean(x["fixed"] for x in v) if v else None,
-                    "bases_drew": dict(Counter(str(x["base"]) for x in v)),
-                    "targets_drew": dict(Counter(str(x["target"]) for x in v))}
+                    "bases_drew": dict(Counter(x["base"] for x in v)),
+                    "targets_drew": dict(Counter(x["target"] for x in v))}
             for shape, v in fixable.items()}
 
 
@@ -217,8 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    """{'circle': 3, 'None': 1} -> 'circle 3, nothing 1', most first."""
-    return ", ".join(f"{'nothing' if k == 'None' else k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    """{'nothing': 1, 'circle': 3} -> 'circle 3, nothing 1', most first."""
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class Region:
     cx: float
     cy: float
     fill: float
-    aspect: float = 1.0
+    aspect: float
 
     @property
     def shape(self) -> str:
@@ -119,8 +119,12 @@ def relation_holds(relation: str, a: Region, b: Region, margin: float = RELATION
 
 def caption_facts(image: np.ndarray, caption: str | Caption) -> list[bool]:
     """The caption's five facts read from the image: A's colour, A's shape, B's colour, B's shape, relation."""
+    return region_facts(segment(image), caption)
+
+
+def region_facts(regions: dict[str, Region], caption: str | Caption) -> list[bool]:
+    """`caption_facts` from an image's `segment` regions (for a reader that also wants the regions)."""
     c = parse_caption(caption) if isinstance(caption, str) else caption
-    regions = segment(image)
     a, b = regions.get(c.colour_a), regions.get(c.colour_b)
     return [
         a is not None,
