@@ -131,6 +131,21 @@ def shape_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for shape, v in fixable.items()}
 
 
+def by_reference(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """P(target > base) and P(target < base) apart for the pairs whose reference outscores its base
+    (`better`) and those it only ties (`tied`). The authors' selection ties them when a caption's
+    top n/4 and bottom n/2 score alike (a discrete score, a caption most samples draw right): there
+    is nothing to carry over, so a tied pair can only stay or lose, and the tied share moves P."""
+    out = {}
+    for name, keep in (("better", lambda r: r["reference_score"] > r["base_score"]),
+                       ("tied", lambda r: r["reference_score"] <= r["base_score"])):
+        rs = [r for r in rows if keep(r)]
+        out[name] = {"pairs": len(rs),
+                     "p_target_beats_base": statistics.fmean(float(r["gain"] > 0) for r in rs) if rs else None,
+                     "p_target_below_base": statistics.fmean(float(r["gain"] < 0) for r in rs) if rs else None}
+    return out
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by_caption: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
@@ -150,6 +165,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "dist_target_base": d_tb, "dist_reference_base": d_rb, "distance_ratio": d_tb / max(d_rb, 1e-12),
         "mask_iou_per_step": [statistics.fmean(r["mask_iou"][s] for r in rows) for s in range(steps)],
         "mask_cover_per_step": [statistics.fmean(r["mask_cover"][s] for r in rows) for s in range(steps)],
+        "by_reference": by_reference(rows),
         "facts": fact_transfer(rows),
         "shapes": shape_transfer(rows),
     }
@@ -217,6 +233,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _counts(counts: dict[str, int]) -> str:
     """{'nothing': 1, 'circle': 3} -> 'circle 3, nothing 1', most first."""
     return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
@@ -233,14 +253,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(gain_line(summary))
     print(f"pixel distance target-base {summary['dist_target_base']:.4f} vs reference-base "
           f"{summary['dist_reference_base']:.4f} (ratio {summary['distance_ratio']:.2f})")
+    better, tied = summary["by_reference"]["better"], summary["by_reference"]["tied"]
+    print(f"reference outscores its base in {better['pairs']} of {summary['pairs']} pairs: P(target>base) "
+          f"{_share(better['p_target_beats_base'])}, P(target<base) {_share(better['p_target_below_base'])}; "
+          f"in the {tied['pairs']} it ties: P(target<base) {_share(tied['p_target_below_base'])}")
     print("mask IoU per step: " + " ".join(f"{x:.2f}" for x in summary["mask_iou_per_step"]))
     for name, t in summary["facts"].items():
-        fixed = "-" if t["fixed"] is None else f"{t['fixed']:.2f}"
-        broken = "-" if t["broken"] is None else f"{t['broken']:.2f}"
-        print(f"{name}: fixed {fixed} of {t['fixable']} (reference has it, base lacks it); "
-              f"broken {broken} of {t['held']} (base has it)")
+        print(f"{name}: fixed {_share(t['fixed'])} of {t['fixable']} (reference has it, base lacks it); "
+              f"broken {_share(t['broken'])} of {t['held']} (base has it)")
     print("shapes fixed, by the word asked for: " + ", ".join(
-        f"{shape} {'-' if t['fixed'] is None else format(t['fixed'], '.2f')} of {t['fixable']}"
+        f"{shape} {_share(t['fixed'])} of {t['fixable']}"
         for shape, t in summary["shapes"].items()))
     for shape, t in summary["shapes"].items():
         if t["fixable"]:

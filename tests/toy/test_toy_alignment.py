@@ -41,10 +41,17 @@ def test_fusion_quality_reduced(tmp_path, capsys):
     for shape, t in shapes.items():  # what the bases and targets drew counts the same pairs
         assert sum(t["bases_drew"].values()) == sum(t["targets_drew"].values()) == t["fixable"]
         assert shape not in t["bases_drew"]  # a base that drew the shape asked for had the fact
+    split = summary["by_reference"]  # the two groups partition the pairs and recompose the overall P
+    assert split["better"]["pairs"] == sum(r["reference_score"] > r["base_score"] for r in rows)
+    assert split["better"]["pairs"] + split["tied"]["pairs"] == len(rows)
+    wins = sum((g["p_target_beats_base"] or 0.0) * g["pairs"] for g in split.values())
+    assert math.isclose(wins, summary["p_target_beats_base"] * len(rows), abs_tol=1e-9)
     for r in rows:  # each image's facts are read from that image: its score is their mean
         for role in ("reference", "base", "target"):
             assert math.isclose(r[f"{role}_score"], sum(r[f"{role}_facts"]) / 5, abs_tol=1e-6), (role, r)
     out = capsys.readouterr().out
+    assert re.search(r"^reference outscores its base in \d+ of 4 pairs: P\(target>base\) (-|\d\.\d\d), ",
+                     out, re.M), out
     assert re.search(r"^shape_b: fixed (-|\d\.\d\d) of \d+ ", out, re.M), out
     assert re.search(r"^shapes fixed, by the word asked for: circle (-|\d\.\d\d) of \d+, ", out, re.M), out
     assert re.search(r"^fusion target gain: [+-]\d\.\d\d \(95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\), "
