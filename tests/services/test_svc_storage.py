@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.request
 import uuid
 
@@ -94,6 +95,20 @@ def test_bad_keys_rejected(store: BlobStore, key: str) -> None:
         store.put(key, b"x")
     with pytest.raises(ConfigError):
         store.get(key)
+
+
+def test_an_object_over_one_part_is_stored_in_one_put(s3_store: S3Store) -> None:
+    """minio-py splits an object over 5 MiB into parts unless told otherwise; S3 gives a multipart
+    object an ETag ending in -<parts>, a single PUT the body's MD5."""
+    key = f"big/{uuid.uuid4().hex}.bin"
+    data = bytes(range(256)) * (6 * 1024 * 1024 // 256 + 7)  # 6 MiB and a bit
+    s3_store.put(key, data)
+    assert s3_store.get(key) == data
+    url = presigned_url(s3_store, key, 60)
+    assert url is not None
+    with urllib.request.urlopen(url, timeout=60) as resp:  # a hang guard only, as below
+        etag = resp.headers["ETag"].strip('"')
+    assert "-" not in etag and etag == hashlib.md5(data).hexdigest()
 
 
 def test_presigned_url_downloads(s3_store: S3Store) -> None:
