@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
+from dfusion_core import attention
+from dfusion_core.items import map_items
 from dfusion_core.models import SD_SCHEDULER_CONFIG, load_tokenizer
 from dfusion_core.toy import model as toy_model
 from dfusion_core.toy import world as tw
@@ -55,6 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "fresh init, so a model grown by new attention layers trains on from the old one")
     p.add_argument("--init-text", type=Path, default=None,
                    help="start only the text encoder from these toy weights (the denoiser starts fresh)")
+    p.add_argument("--attn-supervision", type=float, default=0.0, metavar="WEIGHT",
+                   help="add WEIGHT x KL(object cells || item map): each item's cross-attention (its colour and "
+                        "shape words, averaged over layers and heads) is pulled toward where its object is, "
+                        "weighted by the step's signal level alpha_bar (0 = off). Sharper item maps make sharper "
+                        "fusion masks (scripts/toy_fusion_probe.py --oracle-masks measures the bound)")
+    p.add_argument("--train-only", choices=["all", "attn2-qk"], default="all",
+                   help="'attn2-qk': only the cross-attention query and key projections learn, so the maps change "
+                        "and what the model draws changes as little as it can")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -136,6 +146,51 @@ def _history(args: argparse.Namespace) -> list[str]:
     return list(previous)
 
 
+class CrossAttentionMaps:
+    """Records each cross-attention layer's probabilities [B, L, S], averaged over heads, with their
+    gradient (a controller for `attention.FusionAttnProcessor` that records and never fuses)."""
+
+    def __init__(self) -> None:
+        self.maps: list[torch.Tensor] = []
+
+    def records(self, tokens: int) -> bool:
+        return True
+
+    def fusing(self, block: int) -> bool:
+        return False
+
+    def record_cross(self, query: torch.Tensor, key: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> None:
+        scores = (query @ key.transpose(-1, -2)) * scale
+        if bias is not None:
+            scores = scores + bias
+        self.maps.append(scores.softmax(dim=-1).mean(dim=1))
+
+    def take(self) -> torch.Tensor:
+        """The mean over layers of this forward's maps, and forget them."""
+        out = torch.stack(self.maps).mean(0)
+        self.maps = []
+        return out
+
+
+def scene_batch(captions: list[str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`tw.make_batch`'s images (the same draws from `rng`) and each scene's object masks [B, 2, S, S]."""
+    scenes = [tw.sample_scene(c, rng) for c in captions]
+    images = np.stack([tw.render(s) for s in scenes])
+    masks = np.stack([[tw.shape_mask(o.shape, o.cx, o.cy, o.half) for o in s.objects] for s in scenes])
+    return images, masks
+
+
+def attention_loss(maps: torch.Tensor, cells: torch.Tensor, positions: list[list[list[int]]],
+                   weight: torch.Tensor) -> torch.Tensor:
+    """KL(object cells || item map) per item, normalised over the token grid, weighted per sample.
+    maps [B, L, S]; cells [B, 2, L] (each object's share of each token's pixels)."""
+    item_maps = torch.stack([torch.stack([maps[b][:, toks].sum(-1) for toks in pos]) for b, pos in enumerate(positions)])
+    q = item_maps / item_maps.sum(-1, keepdim=True).clamp_min(1e-12)
+    t = cells / cells.sum(-1, keepdim=True).clamp_min(1e-12)
+    kl = (t * (t.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(-1).mean(-1)  # [B]
+    return (weight * kl).sum() / weight.sum().clamp_min(1e-12)
+
+
 def _named(unet, text) -> dict[str, torch.Tensor]:
     return {**{f"unet.{k}": p for k, p in unet.named_parameters()},
             **{f"text.{k}": p for k, p in text.named_parameters()}}
@@ -154,7 +209,10 @@ def train(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer()
     scheduler = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one",)})
     alphas = scheduler.alphas_cumprod.to(device)
-    params = [p for p in (*unet.parameters(), *text.parameters())]
+    if args.train_only == "attn2-qk":
+        for name, p in (*unet.named_parameters(prefix="unet"), *text.named_parameters(prefix="text")):
+            p.requires_grad_(".attn2.to_q." in name or ".attn2.to_k." in name)
+    params = [p for p in (*unet.parameters(), *text.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     ema = {k: p.detach().clone() for k, p in _named(unet, text).items()}
     named = _named(unet, text)
@@ -169,12 +227,20 @@ def train(args: argparse.Namespace) -> int:
     vocab = captions + [""]
     ids_all = tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     ids_all = ids_all.to(device)
+    recorder = None
+    if args.attn_supervision:
+        recorder = CrossAttentionMaps()
+        attention.install(unet, recorder)  # type: ignore[arg-type]  # duck-typed: records, never fuses
+        item_positions = [[list(it.positions) for it in map_items(tokenizer, c, tw.parse_caption(c).items, [0.0, 0.0])]
+                          for c in captions]
+        side = tw.IMAGE_SIZE // toy_model.LATENT_FACTOR // unet.config.patch_size  # the token grid
     t0 = time.time()
     losses: list[float] = []
+    aux_losses: list[float] = []
     while step < args.steps:
         rng = np.random.default_rng([args.seed, step])
         idx = rng.integers(0, len(captions), size=args.batch)
-        images = tw.make_batch([captions[i] for i in idx], rng)
+        images, objects = scene_batch([captions[i] for i in idx], rng)
         drop = rng.random(args.batch) < args.uncond
         idx = np.where(drop, len(captions), idx)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -192,6 +258,17 @@ def train(args: argparse.Namespace) -> int:
             loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         else:
             loss = F.mse_loss(pred, noise)
+        if recorder is not None:
+            maps = recorder.take()
+            cell = tw.IMAGE_SIZE // side
+            cells = torch.from_numpy(objects.reshape(args.batch, 2, side, cell, side, cell).mean((3, 5)))
+            cells = cells.reshape(args.batch, 2, side * side).float().to(device)
+            # captions dropped for guidance have no items; the noisiest steps cannot know where objects go
+            weight = torch.from_numpy(~drop).float().to(device) * a.flatten()
+            aux = attention_loss(maps, cells, [item_positions[i] if i < len(captions) else [[], []] for i in idx],
+                                 weight)
+            aux_losses.append(float(aux.detach()))
+            loss = loss + args.attn_supervision * aux
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -206,7 +283,9 @@ def train(args: argparse.Namespace) -> int:
         step += 1
         losses.append(float(loss.detach()))
         if step % 50 == 0:
-            log.info("step %d loss %.4f (%.2f s/step)", step, np.mean(losses[-50:]), (time.time() - t0) / len(losses))
+            log.info("step %d loss %.4f%s (%.2f s/step)", step, np.mean(losses[-50:]),
+                     f" (attention KL {np.mean(aux_losses[-50:]):.3f})" if aux_losses else "",
+                     (time.time() - t0) / len(losses))
         out_of_time = args.max_minutes and (time.time() - t0) > 60 * args.max_minutes
         if step % args.save_every == 0 or step == args.steps or out_of_time:
             _save_state(state_path, step, modules, ema, opt, params)
