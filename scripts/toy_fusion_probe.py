@@ -44,10 +44,7 @@ GRID = 8  # the toy DiT's token grid (32 px, 4-px patches)
 
 def oracle_cells(image: np.ndarray, caption: str, mode: str) -> np.ndarray:
     """Boolean [GRID*GRID, 2]: the token cells of the caption's two objects in `image`."""
-    objects = ts.object_masks(image, caption)  # [2, 32, 32]
-    side = objects.shape[-1] // GRID
-    share = objects.reshape(2, GRID, side, GRID, side).mean((2, 4))
-    return (share >= CELL_SHARE[mode]).reshape(2, GRID * GRID).T
+    return (ts.cell_shares(ts.object_masks(image, caption), GRID) >= CELL_SHARE[mode]).T
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from dfusion_core import attention
 from dfusion_core.items import map_items
 from dfusion_core.models import SD_SCHEDULER_CONFIG, load_tokenizer
 from dfusion_core.toy import model as toy_model
+from dfusion_core.toy import scorer as toy_scorer
 from dfusion_core.toy import world as tw
 
 log = logging.getLogger("train_toy")
@@ -260,9 +261,7 @@ def train(args: argparse.Namespace) -> int:
             loss = F.mse_loss(pred, noise)
         if recorder is not None:
             maps = recorder.take()
-            cell = tw.IMAGE_SIZE // side
-            cells = torch.from_numpy(objects.reshape(args.batch, 2, side, cell, side, cell).mean((3, 5)))
-            cells = cells.reshape(args.batch, 2, side * side).float().to(device)
+            cells = torch.from_numpy(toy_scorer.cell_shares(objects, side)).float().to(device)  # [B, 2, L]
             # captions dropped for guidance have no items; the noisiest steps cannot know where objects go
             weight = torch.from_numpy(~drop).float().to(device) * a.flatten()
             aux = attention_loss(maps, cells, [item_positions[i] if i < len(captions) else [[], []] for i in idx],

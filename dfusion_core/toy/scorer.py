@@ -105,6 +105,14 @@ def mask_iou(item_masks: torch.Tensor, resolution: int, truth: np.ndarray) -> fl
     return float(inter / either) if either else 1.0
 
 
+def cell_shares(masks: np.ndarray, grid: int) -> np.ndarray:
+    """Boolean masks [..., S, S] -> [..., grid*grid]: the share of each cell's pixels a mask covers,
+    the image cut into grid x grid cells, row by row (a DiT's token order for grid x grid patches)."""
+    *lead, size, _ = masks.shape
+    side = size // grid
+    return masks.reshape(*lead, grid, side, grid, side).mean((-3, -1)).reshape(*lead, grid * grid)
+
+
 def relation_holds(relation: str, a: Region, b: Region, margin: float = RELATION_MARGIN) -> bool:
     if relation == "above":
         return a.cy < b.cy - margin

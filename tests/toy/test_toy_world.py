@@ -82,6 +82,16 @@ def test_segment_reads_each_object_s_box():
     assert toy_scorer.segment(wide)["green"].aspect == 3.0
 
 
+def test_cell_shares_cut_masks_into_token_cells_row_by_row():
+    mask = np.zeros((2, 32, 32), bool)
+    mask[0, 4:8, 8:12] = True  # all of cell (row 1, column 2)
+    mask[1, 28:30, 28:32] = True  # half of the last cell
+    shares = toy_scorer.cell_shares(mask, 8)
+    assert shares.shape == (2, 64)
+    assert shares[0, 1 * 8 + 2] == 1.0 and shares[0].sum() == 1.0
+    assert shares[1, 63] == 0.5 and shares[1].sum() == 0.5
+
+
 def test_scorer_checks_its_inputs():
     scorer = toy_scorer.ToyScorer()
     with pytest.raises(ConfigError):
