@@ -1,8 +1,8 @@
 """The `sim` model and scorer: stand-ins that measure the system (queue, state, object store,
 fan-in), not the maths.
 
-`SimDenoiser` is the toy model's transformer (`ToyDiT`: PixArt-alpha blocks, each with a
-self-attention `attn1` and a cross-attention `attn2`) at a tiny size, 1 block over 4x4 tokens,
+`SimDenoiser` is a bare one-block DiT over 4x4 tokens whose block has a self-attention `attn1`
+and a cross-attention `attn2` (diffusers `Attention`, named as in PixArt-alpha and the toy DiT),
 that waits `SimTiming.denoiser_s` seconds after each call, with `time.sleep`: a stand-in for a GPU
 kernel that leaves the CPU free. Its outputs are real (correct shapes, finite, trainable), so a sim
 job goes through sampling, fusion (the processors find its layers as they find the toy's) and
@@ -10,7 +10,7 @@ LoRA training like any other; only the time is simulated. Its images are 16x16 n
 waits `SimTiming.scorer_s` per call and scores an image by its mean brightness: deterministic,
 cheap, and different between samples, so pairs have an order and some survive the pair filter.
 
-Many worker processes can then share two cores (each spends 1-2.5 ms of CPU a denoiser call on
+Many worker processes can then share two cores (each spends about 1 ms of CPU a denoiser call on
 its tiny tensors, against the 60 ms it waits): what the clock measures is the waits plus the
 coordination between them. (Threads in one worker would not add slots: a worker runs its model
 under one lock, workers/runtime.py.)
@@ -31,12 +31,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.attention_processor import Attention
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
 from transformers import CLIPTextConfig
 
 from dfusion_core.errors import ConfigError
 from dfusion_core.models import SD_SCHEDULER_CONFIG, DiffusionModel, assemble, load_tokenizer
-from dfusion_core.toy.model import PixelVAE, ToyDiT, ToyTextEncoder
+from dfusion_core.toy.model import PixelVAE, ToyTextEncoder
 
 SIM = "sim"
 SIM_SEED = 0
@@ -44,18 +51,16 @@ LATENT_FACTOR = 2
 LATENT_CHANNELS = 3 * LATENT_FACTOR**2
 
 #: 1 block of width 16 over 4x4 tokens (2x2 patches of the 8x8 latent; images are 16x16): the
-#: least that still has a self- and a cross-attention for fusion (2 blocks cost a third more CPU a call).
+#: least that still has a self- and a cross-attention for fusion and LoRA.
 SIM_DIT_CONFIG: dict = {
     "sample_size": 8,
     "in_channels": LATENT_CHANNELS,
-    "out_channels": LATENT_CHANNELS,
     "patch_size": 2,
-    "num_layers": 1,
+    "width": 16,
     "num_attention_heads": 2,
     "attention_head_dim": 8,
-    "cross_attention_dim": 16,
-    "caption_channels": 16,
-    "norm_num_groups": 1,
+    "cross_attention_dim": 16,  # the caption's width (SIM_TEXT_CONFIG hidden_size)
+    "num_train_timesteps": 1000,  # the scheduler's (SD_SCHEDULER_CONFIG): one embedding row each
 }
 
 #: The caption as its words (ToyTextEncoder: embeddings only, padding rows zero).
@@ -117,15 +122,61 @@ def default_timing() -> SimTiming:
     return _default
 
 
-class SimDenoiser(ToyDiT):
-    """`ToyDiT` that waits `wait_s` seconds (time.sleep: no CPU) after each forward."""
+class SimBlock(torch.nn.Module):
+    """A self-attention `attn1` and a cross-attention `attn2` (diffusers `Attention`, so fusion's
+    processors and LoRA's `to_q/to_k/to_v/to_out.0` find them as in PixArt), each residual.
+
+    The processors are called directly: `Attention.forward` only adds a check of unused keyword
+    arguments (an `inspect.signature` per call), and the sim passes none."""
+
+    def __init__(self, width: int, heads: int, head_dim: int, cross_dim: int) -> None:
+        super().__init__()
+        self.attn1 = Attention(width, heads=heads, dim_head=head_dim, bias=True)
+        self.attn2 = Attention(width, cross_attention_dim=cross_dim, heads=heads, dim_head=head_dim, bias=True)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = h + self.attn1.processor(self.attn1, h)
+        return h + self.attn2.processor(self.attn2, h, encoder_hidden_states=context, attention_mask=mask)
+
+
+class SimDenoiser(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
+    """A one-block DiT at its barest, called as dfusion calls a UNet (`model(sample, timestep,
+    encoder_hidden_states=...).sample`), that waits `wait_s` seconds (time.sleep: no CPU) after each
+    forward: patches in (a linear), a learnt position and timestep embedding, `transformer_blocks.0`
+    (SimBlock), patches out (a linear). It stands in for a GPU kernel, so what it costs the CPU is
+    kept small: PixArt's adaLN, caption projection, feed-forward and norms (ToyDiT) cost some 3x as
+    much a call, and the bench measures the system around the model, not the model."""
 
     wait_s: float = 0.0
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = super().forward(*args, **kwargs)
+    @register_to_config
+    def __init__(self, sample_size: int = 8, in_channels: int = LATENT_CHANNELS, patch_size: int = 2,
+                 width: int = 16, num_attention_heads: int = 2, attention_head_dim: int = 8,
+                 cross_attention_dim: int = 16, num_train_timesteps: int = 1000) -> None:
+        super().__init__()
+        patch, tokens = in_channels * patch_size**2, (sample_size // patch_size) ** 2
+        self.proj_in = torch.nn.Linear(patch, width)
+        self.pos_embed = torch.nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+        self.time_embed = torch.nn.Embedding(num_train_timesteps, width)
+        self.transformer_blocks = torch.nn.ModuleList(
+            [SimBlock(width, num_attention_heads, attention_head_dim, cross_attention_dim)])
+        self.proj_out = torch.nn.Linear(width, patch)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int,
+                encoder_hidden_states: torch.Tensor, return_dict: bool = True, **unused: Any) -> Any:
+        b, side = sample.shape[0], sample.shape[-1]
+        p = int(self.config.patch_size)
+        h = self.proj_in(F.pixel_unshuffle(sample, p).flatten(2).transpose(1, 2)) + self.pos_embed
+        t = torch.as_tensor(timestep, device=sample.device).long().expand(b)
+        h = h + self.time_embed(t)[:, None]
+        # PixArt attends only to the caption's real rows; the sim's text encoder zeroes the rest
+        pad = encoder_hidden_states.abs().amax(dim=-1, keepdim=True).eq(0).transpose(1, 2)  # [B, 1, S]
+        mask = pad.to(h.dtype) * -10000.0
+        for block in self.transformer_blocks:
+            h = block(h, encoder_hidden_states, mask)
+        out = F.pixel_shuffle(self.proj_out(h).transpose(1, 2).reshape(b, -1, side // p, side // p), p)
         _wait("denoiser", self.wait_s)
-        return out
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
 
 def build_sim(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
