@@ -45,9 +45,15 @@ ROUTES = {
 def worker_argv(queues: Sequence[str], hostname: str, concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
     """The `celery worker` arguments of every dfusion worker: its queues and node name, prefork with
     `concurrency` children (each loads its models after fork and holds its own leases; a killed
-    child's task is redelivered), prefetch 1 per child, task events."""
+    child's task is redelivered), prefetch 1 per child, task events.
+
+    Without gossip and mingle: dfusion uses neither (no worker election, no revoked-task sync; a
+    dead worker's task comes back through its lease, workers.redelivery), and gossip makes every
+    worker read every other worker's heartbeat, a cost that grows with the square of the worker
+    count. Heartbeats are still sent (Flower shows the workers), and remote control still answers
+    (devstack's health probe asks each worker for its queues)."""
     return ["worker", "-Q", ",".join(queues), "-n", hostname, "-c", str(concurrency),
-            "--prefetch-multiplier", "1", "-l", loglevel, "-E"]
+            "--prefetch-multiplier", "1", "-l", loglevel, "-E", "--without-gossip", "--without-mingle"]
 
 
 def worker_command(python: str, queues: Sequence[str], hostname: str, concurrency: int = 1) -> list[str]:

@@ -139,7 +139,8 @@ def test_default_plan(tmp_path: Path, redis_url: str) -> None:
         assert spec.queues == [q] and spec.restart
         assert spec.command == worker_command(sys.executable, [q], f"{q}@%h")
         assert spec.command[1:] == ["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", q, "-n", f"{q}@%h",
-                                    "-c", "1", "--prefetch-multiplier", "1", "-l", "INFO", "-E"]
+                                    "-c", "1", "--prefetch-multiplier", "1", "-l", "INFO", "-E",
+                                    "--without-gossip", "--without-mingle"]
         assert spec.env["S3_SECRET_KEY"] == "sekrit" and spec.env["REDIS_URL"] == redis_url
         assert "DFUSION_TORCH_THREADS" not in spec.env  # the stack's own (harness: 1 thread), or torch's default
 
