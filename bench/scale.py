@@ -10,7 +10,8 @@ system's: broker, Redis state, object store, fan-in, sweeps (and, on a small mac
 few milliseconds of CPU a call, which 32 slots on 2 cores do feel).
 
 Per slot count, over the job's parallel phase (submit -> every pair target-scored, when the one
-train task of the epoch is enqueued; training is one unit and runs on one slot whatever the count):
+train task of the epoch is enqueued; training is one unit and runs on one slot whatever the count),
+which starts once every slot consumes every queue and has loaded its model (`warm`):
 - ideal_s: the phase's waits (sample batches x steps x denoiser + fuse chunks x (steps + 1) x
   denoiser + (sample batches + fuse chunks) x scorer), the time one slot would take with free
   coordination; efficiency = ideal_s / (slots x measured seconds);
@@ -79,6 +80,27 @@ def slots_plan(slots: int):
         return rest + [replace(workers[0], name=f"worker-slot{i}", queues=list(QUEUES),
                                command=worker_command(py, list(QUEUES), f"slot{i}@%h")) for i in range(slots)]
     return plan
+
+
+def warm(stack: Stack, slots: int, tries: int = 5) -> None:
+    """Return once every slot consumes every queue and has loaded its model, so that neither falls
+    in a measured phase: the API is up seconds before the last of 32 workers has imported torch
+    (some 5 s of CPU each on two cores), and a slot's first task builds its model and clients. One
+    warm-up job of a prompt per slot; BRPOP serves the longest-waiting worker first, so its tasks
+    spread over the slots, and a slot that got none gets another job."""
+    from devstack.health import queue_consumers
+
+    def consuming() -> bool:
+        found = queue_consumers(stack.facts["redis_url"])
+        return all(len(found.get(q, [])) >= slots for q in QUEUES)
+
+    wait_for(consuming, 900, "every slot consuming every queue", poll_s=2)
+    for attempt in range(tries):
+        stack.wait_job(stack.submit(job(slots, 4, 2, seed=99 + attempt)), 900)
+        cold = [i for i in range(slots) if "loading model" not in stack.log(f"worker-slot{i}").read_text(errors="replace")]
+        if not cold:
+            return
+    print(f"{len(cold)} of {slots} slots never loaded their model in {tries} warm-up jobs", file=sys.stderr)
 
 
 def redis_calls(stack: Stack) -> int:
@@ -151,7 +173,7 @@ def parallel_phase(stack: Stack, job_ids: list[str], specs: list[dict[str, Any]]
 def run_slots(slots: int, spec: dict[str, Any], args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     env = {"DFUSION_SIM_DENOISER_MS": str(args.denoiser_ms), "DFUSION_SIM_SCORER_MS": str(args.scorer_ms)}
     with running_stack(tmp / f"stack-{slots}", env=env, plan=slots_plan(slots)) as stack:
-        stack.wait_job(stack.submit(job(1, 4, 2, seed=99)), 600)  # every slot's model is not loaded yet: warm one
+        warm(stack, slots)
         calls0, cpu0 = redis_calls(stack), cpu_by_role()
         job_id = stack.submit(spec)
         seconds = parallel_phase(stack, [job_id], [spec])
@@ -183,7 +205,7 @@ def run_concurrent(n_jobs: int, slots: int, spec: dict[str, Any], args: argparse
     env = {"DFUSION_SIM_DENOISER_MS": str(args.denoiser_ms), "DFUSION_SIM_SCORER_MS": str(args.scorer_ms),
            "DFUSION_MAX_CONCURRENT_JOBS_PER_TENANT": str(max(4, n_jobs))}
     with running_stack(tmp / f"conc-{n_jobs}", env=env, plan=slots_plan(slots)) as stack:
-        stack.wait_job(stack.submit(job(1, 4, 2, seed=99)), 600)
+        warm(stack, slots)
         calls0 = redis_calls(stack)
         specs = [{**spec, "seed": i} for i in range(n_jobs)]
         ids = [stack.submit(s) for s in specs]
@@ -198,7 +220,7 @@ def small_job_slowdown(slots: int, big: dict[str, Any], args: argparse.Namespace
     env = {"DFUSION_SIM_DENOISER_MS": str(args.denoiser_ms), "DFUSION_SIM_SCORER_MS": str(args.scorer_ms)}
     small = job(1, big["samples_per_prompt"], big["sampling"]["num_steps"], seed=7)
     with running_stack(tmp / "fair", env=env, plan=slots_plan(slots)) as stack:
-        stack.wait_job(stack.submit(job(1, 4, 2, seed=99)), 600)
+        warm(stack, slots)
         t0 = time.perf_counter()
         stack.wait_job(stack.submit(small), 3600)
         idle = time.perf_counter() - t0
