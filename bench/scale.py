@@ -7,7 +7,7 @@ Each slot is one Celery worker process consuming every stage queue, on a fresh l
 SeaweedFS, the API). The sim model waits `--denoiser-ms` per denoiser call and `--scorer-ms` per
 scorer call with time.sleep, so the waits are known exactly and the rest of the wall time is the
 system's: broker, Redis state, object store, fan-in, sweeps (and, on a small machine, the sim's own
-few milliseconds of CPU a call, which 32 slots on 2 cores do feel).
+millisecond or so of CPU a call, which 32 slots on 2 cores do feel).
 
 Per slot count, over the job's parallel phase (submit -> every pair target-scored, when the one
 train task of the epoch is enqueued; training is one unit and runs on one slot whatever the count),
@@ -20,7 +20,7 @@ which starts once every slot consumes every queue and has loaded its model (`war
 - cpu_ms_per_prompt: the CPU each role of the stack (workers, object store, redis, api) spent over
   the phase, per prompt, and cpu_busy, the share of the machine's cores that was. The last line's
   sim_compute_ms is the sim model's own CPU for one prompt (a sample batch and a fuse chunk, waits
-  off, one thread, in this process): on two cores, what the workers spend is mostly that.
+  off, one thread, in this process), a part of what the workers spend.
 Then the same per-task Redis cost with 1 and with 10 concurrent jobs (`--concurrent-slots`), and
 the small-job slowdown: a 1-prompt job submitted while the big job samples, against the same job on
 an idle stack. Last line: JSON with efficiency_by_slots, max_slots_at_90pct, redis_cmds_per_task
