@@ -19,7 +19,6 @@ over the world module in this process only; nothing is stored or shipped with it
 
 from __future__ import annotations
 
-import runpy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dfusion_core.toy import scorer as ts  # noqa: E402
+from world_variant import check_clean_renders, run  # noqa: E402  # beside this script
+
 from dfusion_core.toy import world as tw  # noqa: E402
 
 #: The brightest a backdrop channel gets: (64, 64, 64) is 111 from black and 138 from the nearest
@@ -76,20 +76,11 @@ def render(scene: tw.Scene, size: int = tw.IMAGE_SIZE) -> np.ndarray:
 def install() -> None:
     tw.sample_scene = sample_scene
     tw.render = render
-    rng = np.random.default_rng(0)  # the scorer reads every fact of a clean render of the variant
-    for caption in tw.CAPTIONS:
-        for _ in range(4):
-            image = tw.render(tw.sample_scene(caption, rng))
-            if not all(ts.caption_facts(image, caption)):
-                raise SystemExit(f"the backdrop world's scorer misreads a clean render of {caption!r}")
+    check_clean_renders('backdrop', per_caption=4)
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    install()
-    script, sys.argv = sys.argv[1], sys.argv[1:]
-    runpy.run_path(script, run_name="__main__")
+    run(install, __doc__)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ scorer modules in this process only, before the script runs; nothing is stored o
 
 from __future__ import annotations
 
-import runpy
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from world_variant import check_clean_renders, run  # noqa: E402  # beside this script
 
 from dfusion_core.toy import scorer as ts  # noqa: E402
 from dfusion_core.toy import world as tw  # noqa: E402
@@ -49,19 +50,11 @@ def install() -> None:
     tw.CAPTIONS = tw._all_captions()
     tw.shape_mask = bar_shape_mask
     ts.Region.shape = property(bar_world_shape)  # type: ignore[assignment]
-    rng = np.random.default_rng(0)  # the scorer reads every fact of a clean render of the variant
-    for caption in tw.CAPTIONS:
-        image = tw.render(tw.sample_scene(caption, rng))
-        if not all(ts.caption_facts(image, caption)):
-            raise SystemExit(f"the bar world's scorer misreads a clean render of {caption!r}")
+    check_clean_renders('bar')
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    install()
-    script, sys.argv = sys.argv[1], sys.argv[1:]
-    runpy.run_path(script, run_name="__main__")
+    run(install, __doc__)
 
 
 if __name__ == "__main__":

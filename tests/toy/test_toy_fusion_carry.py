@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from dfusion_core.config import FusionConfig, SamplingConfig
 from dfusion_core.toy import model as toy_model
 from dfusion_core.toy import world as tw
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.toy.scriptload import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("toy_fusion_carry", ROOT / "scripts" / "toy_fusion_carry.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/toy_fusion_carry.py")
 
 
 def _record(base: float, reference: float, target: float) -> dict:

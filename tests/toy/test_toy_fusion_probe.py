@@ -3,10 +3,6 @@ the modules only while their probe is on."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -16,17 +12,11 @@ from dfusion_core.items import map_items
 from dfusion_core.toy import model as toy_model
 from dfusion_core.toy import scorer as ts
 from dfusion_core.toy import world as tw
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.toy.scriptload import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("toy_fusion_probe", ROOT / "scripts" / "toy_fusion_probe.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass resolves its annotations through the module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/toy_fusion_probe.py")
 
 
 def test_template_reader_is_exact_on_renders_and_forgives_a_stray_pixel():

@@ -3,27 +3,17 @@ run that trains only the cross-attention queries and keys."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from dfusion_core.toy import model as toy_model
 from dfusion_core.toy import world as tw
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.toy.scriptload import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_toy", ROOT / "scripts" / "train_toy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/train_toy.py")
 
 
 def test_scene_batch_draws_make_batch_s_images_and_masks_each_object():

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.toy.scriptload import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("toy_triplet", ROOT / "scripts" / "toy_triplet.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/toy_triplet.py")
 
 
 def test_three_panels_with_the_mask_tinted_red_on_the_reference() -> None:
