@@ -14,7 +14,13 @@ the blob) that overlaps the blob best, by IoU, instead of from how much of its b
 fills, so a stray pixel or a ragged edge does not turn a square into a circle. Exact on clean
 renders, like the shipped reader. What the fill reader's strictness costs the measures.
 
-Both are laid over the modules in this process only, before the script runs.
+`--own-queries`: at fused blocks, a target query outside the mask reads the target's own keys and
+values, and only a query inside it reads the blended ones, instead of every query reading the blend.
+What a model whose self-attention were local would give: a cell the mask leaves out keeps its own
+content, as it cannot in this DiT (its queries put a third to two thirds of their mass beyond their
+3x3 neighbourhood: scripts/toy_fusion_carry.py --locality). Not the authors' method; a bound.
+
+All are laid over the modules in this process only, before the script runs.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -62,6 +69,36 @@ def oracle_masks(mode: str) -> Iterator[None]:
 
     with mock.patch.object(pipeline, "fuse_pairs", fuse_with_truth), \
             mock.patch.object(attention.FusionController, "binarise", binarise):
+        yield
+
+
+@contextmanager
+def own_queries() -> Iterator[None]:
+    fuse_kv, sdpa = attention.FusionController.fuse_kv, attention.F.scaled_dot_product_attention
+    stash: dict[str, object] = {}
+
+    def fuse_kv_keeping_own(self, name, key, value):
+        fused_key, fused_value = fuse_kv(self, name, key, value)
+        if fused_key is not key:  # this call fuses: the next attention blends by query
+            mask = self._resized_mask(self.masks[self.tgt_step], key.shape[2]).to(key.dtype)[:, None, :, None]
+            stash["now"] = (key, value, mask, self._slices("tgt"))
+        return fused_key, fused_value
+
+    def attend(query, key, value, *args, **kwargs):
+        out = sdpa(query, key, value, *args, **kwargs)
+        if "now" not in stash:
+            return out
+        own_key, own_value, mask, rows = stash.pop("now")  # type: ignore[misc]
+        own = sdpa(query, own_key, own_value, *args, **kwargs)
+        out = out.clone()
+        for r in rows:
+            out[r] = out[r] * mask + own[r] * (1 - mask)
+        return out
+
+    functional = SimpleNamespace(**{k: getattr(attention.F, k) for k in dir(attention.F) if not k.startswith("__")})
+    functional.scaled_dot_product_attention = attend
+    with mock.patch.object(attention.FusionController, "fuse_kv", fuse_kv_keeping_own), \
+            mock.patch.object(attention, "F", functional):
         yield
 
 
@@ -112,6 +149,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--oracle-masks", choices=sorted(CELL_SHARE))
     p.add_argument("--template-shapes", action="store_true")
+    p.add_argument("--own-queries", action="store_true")
     p.add_argument("script", type=Path)
     p.add_argument("args", nargs=argparse.REMAINDER)
     args = p.parse_args()
@@ -120,6 +158,8 @@ def main() -> None:
             probes.enter_context(oracle_masks(args.oracle_masks))
         if args.template_shapes:
             probes.enter_context(template_shapes())
+        if args.own_queries:
+            probes.enter_context(own_queries())
         sys.argv = [str(args.script), *args.args]
         sys.path.insert(0, str(args.script.resolve().parent))
         runpy.run_path(str(args.script), run_name="__main__")
