@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +63,34 @@ def fusion_config(args: argparse.Namespace) -> FusionConfig:
                         blocks=tuple(args.blocks) if args.blocks else None)
 
 
-def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfig, fusion: FusionConfig,
-                  threshold: float) -> list[dict[str, Any]]:
-    """Sample, score, pair and fuse one caption: one row per pair."""
-    scorer = toy_scorer.ToyScorer()
+def draw(seed: int, captions: int, samples: int) -> Iterator[tuple[str, list[int]]]:
+    """The bench's captions (training captions, without repeats) and each one's sample seeds, for `seed`."""
+    rng = np.random.default_rng([4321, seed])
+    train = tw.train_captions()
+    for i in rng.choice(len(train), size=captions, replace=False):
+        yield train[i], [int(x) for x in rng.integers(0, 2**31 - 1, size=samples)]
+
+
+def fuse_caption(model, caption: str, seeds: list[int], sampling: SamplingConfig, fusion: FusionConfig,
+                 threshold: float = 0.02) -> tuple[torch.Tensor, list[float], list[Any], list[Any]]:
+    """Sample one caption, score, pair (the authors' selection) and fuse: the samples' images
+    [n, H, W, 3], their scores, the pair plans and the fused pairs."""
     trajs = pipeline.sample(model, [caption] * len(seeds), sampling, seeds=seeds)
     images = torch.stack([t.image for t in trajs])
-    scores = scorer.score(images, [caption] * len(seeds)).tolist()
+    scores = toy_scorer.ToyScorer().score(images, [caption] * len(seeds)).tolist()
     plans = select_fusion_pairs(scores)
     items = map_items(model.tokenizer, caption, tw.parse_caption(caption).items, [threshold] * 2)
     fused = pipeline.fuse_pairs(model, [trajs[p.reference] for p in plans], [trajs[p.base] for p in plans],
                                 [items] * len(plans), fusion)
+    return images, scores, plans, fused
+
+
+def caption_pairs(model, caption: str, seeds: list[int], sampling: SamplingConfig, fusion: FusionConfig,
+                  threshold: float) -> list[dict[str, Any]]:
+    """Sample, score, pair and fuse one caption: one row per pair."""
+    images, scores, plans, fused = fuse_caption(model, caption, seeds, sampling, fusion, threshold)
     targets = torch.stack([f.target.image for f in fused])
-    target_scores = scorer.score(targets, [caption] * len(plans)).tolist()
+    target_scores = toy_scorer.ToyScorer().score(targets, [caption] * len(plans)).tolist()
     read = [read_image(img, caption) for img in images.numpy()]
     rows = []
     for plan, f, ts in zip(plans, fused, target_scores, strict=True):
@@ -188,16 +204,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load(args.model)
     sampling = SamplingConfig(num_steps=args.steps, guidance_scale=args.guidance, eta=1.0, batch_size=args.samples)
     fusion = fusion_config(args)
-    rng = np.random.default_rng([4321, args.seed])
-    train = tw.train_captions()
-    captions = [train[i] for i in rng.choice(len(train), size=args.captions, replace=False)]
     rows: list[dict[str, Any]] = []
     t0 = time.time()
-    for c, caption in enumerate(captions):
-        seeds = [int(x) for x in rng.integers(0, 2**31 - 1, size=args.samples)]
+    for c, (caption, seeds) in enumerate(draw(args.seed, args.captions, args.samples)):
         rows += caption_pairs(model, caption, seeds, sampling, fusion, args.threshold)
         if args.verbose:
-            print(f"{c + 1}/{len(captions)} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+            print(f"{c + 1}/{args.captions} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     summary = summarise(rows)
     summary["gate"] = {"gain_at_least": GAIN_GATE, "gain_ci_above": 0.0, "p_target_beats_base_at_least": WIN_GATE,
                        "distance_ratio_at_most": DISTANCE_GATE,

@@ -36,11 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.fusion_quality import load  # noqa: E402
+from bench.fusion_quality import draw, fuse_caption, load  # noqa: E402
 from dfusion_core import pipeline  # noqa: E402
 from dfusion_core.config import FusionConfig, SamplingConfig  # noqa: E402
-from dfusion_core.items import map_items  # noqa: E402
-from dfusion_core.pairs import select_fusion_pairs  # noqa: E402
 from dfusion_core.toy import scorer as ts  # noqa: E402
 from dfusion_core.toy import world as tw  # noqa: E402
 
@@ -53,12 +51,7 @@ def pair_records(model, caption: str, seeds: list[int], sampling: SamplingConfig
     """One record per pair: each object's (area, cx, cy) in reference, base and target (None where
     its colour is missing), and the summed absolute pixel differences on objects and elsewhere."""
     c = tw.parse_caption(caption)
-    trajs = pipeline.sample(model, [caption] * len(seeds), sampling, seeds=seeds)
-    images = torch.stack([t.image for t in trajs])
-    plans = select_fusion_pairs(ts.ToyScorer().score(images, [caption] * len(seeds)).tolist())
-    items = map_items(model.tokenizer, caption, c.items, [0.0, 0.0])
-    fused = pipeline.fuse_pairs(model, [trajs[p.reference] for p in plans], [trajs[p.base] for p in plans],
-                                [items] * len(plans), fusion)
+    images, _, plans, fused = fuse_caption(model, caption, seeds, sampling, fusion)
     out = []
     for p, f in zip(plans, fused, strict=True):
         views = {"reference": images[p.reference].numpy(), "base": images[p.base].numpy(), "target": f.target.image.numpy()}
@@ -151,21 +144,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load(args.model)
     sampling = SamplingConfig(num_steps=args.steps, guidance_scale=5.0, eta=1.0, batch_size=args.samples)
     fusion = FusionConfig(**{**tw.TOY_FUSION, "mask_level": args.mask_level})
-    rng = np.random.default_rng([4321, args.seed])  # bench/fusion_quality.py's draw of captions and seeds
-    train = tw.train_captions()
-    captions = [train[i] for i in rng.choice(len(train), size=args.captions, replace=False)]
+    drawn = draw(args.seed, args.captions, args.samples)  # bench/fusion_quality.py's captions and seeds
     if args.locality:
+        (first, seeds), (second, _) = next(drawn), next(drawn)
         cells = model.unet.config.sample_size ** 2 // model.unet.config.patch_size ** 2
-        rows = attention_locality(model, captions[:2] * 2, [int(x) for x in rng.integers(0, 2**31 - 1, size=4)],
-                                  sampling.model_copy(update={"batch_size": 4}))
+        rows = attention_locality(model, [first, second] * 2, seeds[:4], sampling.model_copy(update={"batch_size": 4}))
         print(f"uniform: own {1 / cells:.3f}, 3x3 at most {9 / cells:.3f}, entropy {np.log(cells):.2f} nats")
         for i, r in enumerate(rows):
             print(f"block {i}: own cell {r['own']:.3f}, 3x3 neighbourhood {r['neighbourhood']:.3f}, "
                   f"entropy {r['entropy']:.2f} nats")
         return {"locality": rows}
     records: list[dict[str, Any]] = []
-    for caption in captions:
-        seeds = [int(x) for x in rng.integers(0, 2**31 - 1, size=args.samples)]
+    for caption, seeds in drawn:
         records += pair_records(model, caption, seeds, sampling, fusion)
     summary = summarise(records)
     for prop, c in summary["carry"].items():
