@@ -20,7 +20,7 @@ from dfusion_core.blocks import mask_side, resolve_blocks
 from dfusion_core.conditioning import Conditioning
 from dfusion_core.config import FusionConfig
 from dfusion_core.errors import ConfigError
-from dfusion_core.sampling import NoiseStream, ddim_step_with_logprob
+from dfusion_core.sampling import NoiseStream, ddim_step_with_logprob, step_scalars
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
     cond, ref_cond, uncond = (e.to(device, dtype) for e in (cond, ref_cond, uncond))
     timesteps = [int(t) for t in scheduler.timesteps]
     num_steps = len(timesteps)
+    scalars = step_scalars(scheduler, timesteps, eta, x_tgt.device)  # the reference's and the target's
     # The reference runs one step ahead: call k holds the reference at step k and the target at
     # step k-1 (sequential: reference at k, then target at k, as two calls).
     calls = (
@@ -119,11 +120,13 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
         eps_u, eps_c = out.chunk(2)
         eps = (eps_u + w * (eps_c - eps_u)).chunk(len(xs))
         if ref_step is not None:
-            step = ddim_step_with_logprob(scheduler, eps[0], ts[0], x_ref, eta, noise=ref_steps[:, ref_step])
+            step = ddim_step_with_logprob(scheduler, eps[0], ts[0], x_ref, eta, noise=ref_steps[:, ref_step],
+                                          scalars=scalars[ref_step])
             x_ref = step.prev_sample
             ref_lat.append(x_ref.float())
         if tgt_step is not None:
-            step = ddim_step_with_logprob(scheduler, eps[-1], ts[-1], x_tgt, eta, noise=base_steps[:, tgt_step])
+            step = ddim_step_with_logprob(scheduler, eps[-1], ts[-1], x_tgt, eta, noise=base_steps[:, tgt_step],
+                                          scalars=scalars[tgt_step])
             x_tgt = step.prev_sample
             tgt_lat.append(x_tgt.float())
             tgt_lp.append(step.log_prob.float())

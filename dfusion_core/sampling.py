@@ -79,6 +79,48 @@ class StepOutput:
     std: torch.Tensor
 
 
+@dataclass(frozen=True)
+class StepScalars:
+    """The scalars of one DDIM step (0-dim float32 tensors on the latents' device): what
+    `ddim_step_with_logprob` computes from alpha_t and alpha_prev alone, formula steps (1) and (3).
+
+    A chain computes them for all its steps at once (`step_scalars`) rather than once a step: the
+    same operations on the same values (all but the log exactly rounded, and the log taken per
+    step as before), so the same bits, and a step is left its tensor arithmetic alone.
+    """
+
+    sqrt_a_t: torch.Tensor  # sqrt(a_t)
+    sqrt_one_minus_a_t: torch.Tensor  # sqrt(1 - a_t)
+    sqrt_a_prev: torch.Tensor  # sqrt(a_prev)
+    std: torch.Tensor  # sigma_t
+    dir_coef: torch.Tensor  # sqrt(1 - a_prev - sigma_t^2), the weight of eps in the mean
+    log_std: torch.Tensor  # log sigma_t
+
+
+def step_scalars(
+    scheduler: DDIMScheduler, timesteps: Sequence[int], eta: float, device: torch.device | str = "cpu"
+) -> list[StepScalars]:
+    """`StepScalars` of each of `timesteps` (on the scheduler's inference grid) for this eta, on `device`."""
+    if eta <= 0:
+        raise ConfigError("eta", "log-probs need a stochastic step: eta must be > 0 (eta = 0 is deterministic DDIM)")
+    alphas = scheduler.alphas_cumprod
+    t = torch.tensor([int(x) for x in timesteps], dtype=torch.long)
+    # (1) alphas of t and the previous timestep on the inference grid
+    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    final = scheduler.final_alpha_cumprod.to(alphas.device, alphas.dtype).expand(len(t))
+    a_t = alphas[t.to(alphas.device)].to(device, torch.float32)
+    a_prev = torch.where((prev_t >= 0).to(alphas.device), alphas[prev_t.clamp(min=0).to(alphas.device)], final)
+    a_prev = a_prev.to(device, torch.float32)
+    # (3) sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+    std = eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).sqrt()
+    # (2) and (4): the coefficients of x_t, eps and x0
+    columns = (a_t.sqrt(), (1 - a_t).sqrt(), a_prev.sqrt(), std, (1 - a_prev - std**2).sqrt())
+    return [
+        StepScalars(*row, log_std=torch.log(row[3]))  # one at a time: a batched log may round differently
+        for row in zip(*(c.unbind() for c in columns), strict=True)
+    ]
+
+
 def ddim_step_with_logprob(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,
@@ -88,43 +130,40 @@ def ddim_step_with_logprob(
     *,
     noise: torch.Tensor | None = None,
     prev_sample: torch.Tensor | None = None,
+    scalars: StepScalars | None = None,
 ) -> StepOutput:
     """x_t -> x_{t-1} and log p(x_{t-1} | x_t), mean over elements (DESIGN §1, DDIM eq. 12).
 
-    Give `noise` (z_t) to sample, or `prev_sample` to score a given x_{t-1}; not both.
+    Give `noise` (z_t) to sample, or `prev_sample` to score a given x_{t-1}; not both. `scalars`:
+    this step's from `step_scalars` with the same eta (a chain computes them once); None computes them.
     """
     if eta <= 0:
         raise ConfigError("eta", "log-probs need a stochastic step: eta must be > 0 (eta = 0 is deterministic DDIM)")
     if (noise is None) == (prev_sample is None):
         raise ConfigError("noise", "pass exactly one of `noise` (to sample) or `prev_sample` (to score)")
     cfg = scheduler.config
-    t = int(timestep)
-    # (1) alphas of t and the previous timestep on the inference grid
-    prev_t = t - cfg.num_train_timesteps // scheduler.num_inference_steps
-    alphas = scheduler.alphas_cumprod
-    a_t = alphas[t].to(sample.device, torch.float32)
-    a_prev = (alphas[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod).to(sample.device, torch.float32)
+    # (1) and (3): alpha_t, alpha_prev and sigma_t, as scalars of this step
+    c = scalars if scalars is not None else step_scalars(scheduler, [int(timestep)], eta, sample.device)[0]
     x_t = sample.float()
     eps = model_output.float()
     # (2) predicted x_0 and epsilon
     if cfg.prediction_type == "epsilon":
-        x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x0 = (x_t - c.sqrt_one_minus_a_t * eps) / c.sqrt_a_t
     elif cfg.prediction_type == "v_prediction":
-        x0 = a_t.sqrt() * x_t - (1 - a_t).sqrt() * eps
-        eps = a_t.sqrt() * eps + (1 - a_t).sqrt() * x_t
+        x0 = c.sqrt_a_t * x_t - c.sqrt_one_minus_a_t * eps
+        eps = c.sqrt_a_t * eps + c.sqrt_one_minus_a_t * x_t
     else:
         raise ConfigError("prediction_type", f"unsupported scheduler prediction_type {cfg.prediction_type!r}")
     if cfg.clip_sample:
         x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-    # (3) sigma_t = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
-    std = eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).sqrt()
+    std = c.std
     # (4) mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps
-    mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).sqrt() * eps
+    mean = c.sqrt_a_prev * x0 + c.dir_coef * eps
     if prev_sample is None:
         assert noise is not None
         prev_sample = mean + std * noise.to(mean.device, torch.float32)
     # (5) Gaussian log-density, averaged over all non-batch elements
-    log_prob = -((prev_sample.detach().float() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+    log_prob = -((prev_sample.detach().float() - mean) ** 2) / (2 * std**2) - c.log_std - _LOG_SQRT_2PI
     log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
     return StepOutput(prev_sample.to(sample.dtype), log_prob, mean, std)
 
@@ -180,9 +219,11 @@ def rollout(
     # synchronise every step and leave the GPU idle while the next step is launched
     steps_noise = noise.steps.to(device, non_blocking=True)
     latents, log_probs = [x.float()], []
-    for i, t in enumerate(timesteps):
-        eps = denoise(x, int(t), i)
-        out = ddim_step_with_logprob(scheduler, eps, int(t), x, eta, noise=steps_noise[:, i])
+    ts = [int(t) for t in timesteps]
+    scalars = step_scalars(scheduler, ts, eta, x.device)
+    for i, t in enumerate(ts):
+        eps = denoise(x, t, i)
+        out = ddim_step_with_logprob(scheduler, eps, t, x, eta, noise=steps_noise[:, i], scalars=scalars[i])
         x = out.prev_sample
         latents.append(x.float())
         log_probs.append(out.log_prob.float())
@@ -203,17 +244,19 @@ def trajectory_log_probs(
     timesteps = scheduler.timesteps
     if latents.shape[1] != len(timesteps) + 1:
         raise ConfigError("latents", f"trajectory has {latents.shape[1] - 1} steps, scheduler {len(timesteps)}")
+    index = list(steps) if steps is not None else list(range(len(timesteps)))
+    ts = [int(timesteps[i]) for i in index]
     out = []
-    for i in steps if steps is not None else range(len(timesteps)):
-        t = int(timesteps[i])
+    for i, t, c in zip(index, ts, step_scalars(scheduler, ts, eta, latents.device), strict=True):
         eps = denoise(latents[:, i], t, i)
-        out.append(ddim_step_with_logprob(scheduler, eps, t, latents[:, i], eta, prev_sample=latents[:, i + 1]).log_prob)
+        out.append(ddim_step_with_logprob(scheduler, eps, t, latents[:, i], eta, prev_sample=latents[:, i + 1],
+                                          scalars=c).log_prob)
     return torch.stack(out, 1)
 
 
 #: Prepared schedulers by (config, steps, device). Building one from its config (diffusers
-#: inspects the class's signature) costs about 1 ms of CPU, a copy of a prepared one a fifth of that,
-#: and every sample, fuse and train call makes one.
+#: inspects the class's signature) costs about 1 ms of CPU, a deep copy of a prepared one some
+#: 250 us, `make_scheduler` with its copy some 40 us; every sample, fuse and train call makes one.
 _schedulers: dict[tuple[str, int, str], DDIMScheduler] = {}
 _schedulers_lock = threading.Lock()
 
@@ -234,4 +277,9 @@ def make_scheduler(template: DDIMScheduler, num_steps: int, device: torch.device
             if len(_schedulers) >= 64:  # distinct (model, steps, device) a process uses: a handful
                 _schedulers.clear()
             _schedulers.setdefault(key, prepared)
-    return copy.deepcopy(prepared)
+    # its state is its tensors (each cloned), numbers and a FrozenDict config (shared: replaced, never changed)
+    fresh = copy.copy(prepared)
+    for name, value in vars(prepared).items():
+        if isinstance(value, torch.Tensor):
+            setattr(fresh, name, value.clone())
+    return fresh

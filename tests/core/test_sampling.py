@@ -6,7 +6,7 @@ import torch
 from dfusion_core import pipeline
 from dfusion_core.config import SamplingConfig
 from dfusion_core.errors import ConfigError
-from dfusion_core.sampling import ddim_step_with_logprob, make_scheduler, noise_from_seeds
+from dfusion_core.sampling import ddim_step_with_logprob, make_scheduler, noise_from_seeds, step_scalars
 
 
 def test_same_seeds_same_trajectories(tiny, fast_sampling):
@@ -68,6 +68,24 @@ def test_log_prob_is_the_gaussian_density():
     dens = torch.distributions.Normal(mu, sigma).log_prob(prev).mean(dim=(1, 2, 3))
     assert torch.allclose(out.prev_sample, prev, atol=1e-6)
     assert torch.allclose(out.log_prob, dens, atol=1e-5)
+
+
+
+def test_a_chains_step_scalars_are_each_steps_own():
+    """A chain computes its steps' scalars at once; each step's are the bits the step computes alone,
+    so a step gives the same result with or without them (the last step included: alpha_prev is the final one)."""
+    sched = make_scheduler(make_scheduler_template(), 10)
+    ts = [int(t) for t in sched.timesteps]
+    chain = step_scalars(sched, ts, 0.7)
+    x, eps, z = (torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    for t, c in zip(ts, chain, strict=True):
+        alone = step_scalars(sched, [t], 0.7)[0]
+        assert all(torch.equal(getattr(c, f), getattr(alone, f)) for f in c.__dataclass_fields__)
+        given = ddim_step_with_logprob(sched, eps, t, x, 0.7, noise=z, scalars=c)
+        own = ddim_step_with_logprob(sched, eps, t, x, 0.7, noise=z)
+        assert torch.equal(given.prev_sample, own.prev_sample) and torch.equal(given.log_prob, own.log_prob)
+    with pytest.raises(ConfigError):
+        step_scalars(sched, ts, 0.0)
 
 
 def make_scheduler_template():
