@@ -60,6 +60,8 @@ class FusionController:
     _acc: torch.Tensor | None = None
     _acc_layers: int = 0
     _thr: torch.Tensor | None = None
+    _item_index: list[list[torch.Tensor]] = field(default_factory=list)  # token_positions as index tensors
+    _shared_items: bool = False  # every pair has the same token_positions
 
     def __post_init__(self) -> None:
         if len(self.token_positions) != self.n or len(self.thresholds) != self.n:
@@ -69,6 +71,8 @@ class FusionController:
                 raise ConfigError("mask_thresholds", f"{len(thr)} thresholds for {len(toks)} items")
             if not toks:
                 raise ConfigError("items", "every pair needs at least one item to build its mask")
+        # pairs of one prompt (a fuse task's) share their items: then every pair's are read at once
+        self._shared_items = all(toks == self.token_positions[0] for toks in self.token_positions)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -141,11 +145,22 @@ class FusionController:
             scores = scores + bias[rows].float()
         probs = torch.softmax(scores, dim=-1)
         probs = probs.mean(dim=1)  # over heads: [n, L, S]
-        layer = torch.stack(
-            [torch.stack([probs[k][:, toks].sum(-1) for toks in self.token_positions[k]], -1) for k in range(self.n)]
-        )  # [n, L, items]
+        index = self._items_on(probs.device)
+        if self._shared_items:  # each item's probabilities summed over its tokens, all pairs at once
+            layer = torch.stack([probs.index_select(-1, toks).sum(-1) for toks in index[0]], -1)
+        else:
+            layer = torch.stack(
+                [torch.stack([probs[k].index_select(-1, toks).sum(-1) for toks in index[k]], -1) for k in range(self.n)]
+            )  # [n, L, items]
         self._acc = layer if self._acc is None else self._acc + layer
         self._acc_layers += 1
+
+    def _items_on(self, device: torch.device) -> list[list[torch.Tensor]]:
+        """token_positions as index tensors [tokens] on `device`, made once (not a list per layer and call)."""
+        if not self._item_index or self._item_index[0][0].device != device:
+            self._item_index = [[torch.tensor(toks, dtype=torch.long, device=device) for toks in pair]
+                                for pair in (self.token_positions[:1] if self._shared_items else self.token_positions)]
+        return self._item_index
 
     def fuse_kv(self, name: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Self-attention K/V [B, heads, L, d]: keep the reference's, blend the target's."""
@@ -157,11 +172,13 @@ class FusionController:
         assert self.tgt_step is not None
         k_ref, v_ref = self._kv[name]
         mask = self._resized_mask(self.masks[self.tgt_step], key.shape[2]).to(key.dtype)[:, None, :, None]  # [n,1,L,1]
+        inverse = 1 - mask
+        roles = self.roles
         key, value = key.clone(), value.clone()
-        for half, rows in enumerate(self._slices("tgt")):  # both CFG halves
-            ref = slice(half * self.n, (half + 1) * self.n)
-            key[rows] = _blend(k_ref[ref], key[rows], mask)
-            value[rows] = _blend(v_ref[ref], value[rows], mask)
+        # the target's rows of both CFG halves at once: rows are [half, role, pair] (see _slices)
+        for fused, ref in ((key, k_ref), (value, v_ref)):
+            rows = fused.view(2, len(roles), self.n, *fused.shape[1:])[:, roles.index("tgt")]
+            rows.copy_(_blend(ref.view(2, self.n, *ref.shape[1:]), rows, mask, inverse))
         return key, value
 
     def _resized_mask(self, item_masks: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -179,8 +196,9 @@ class FusionController:
         return tuple(slice((h * g + r) * self.n, (h * g + r + 1) * self.n) for h in (0, 1))  # type: ignore[return-value]
 
 
-def _blend(ref: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return ref * mask + tgt * (1 - mask)
+def _blend(ref: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """ref * M + tgt * (1 - M), `inverse` = 1 - M."""
+    return ref * mask + tgt * inverse
 
 
 def cache_call_signature(processor_type: type) -> type:

@@ -101,6 +101,7 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
         if sequential
         else [(k if k < num_steps else None, k - 1 if k > 0 else None) for k in range(num_steps + 1)]
     )
+    batched: dict[tuple[bool, bool], Conditioning] = {}  # a call's embeddings by (reference in it, target in it)
     for ref_step, tgt_step in calls:
         ctl.begin_call(ref_step, tgt_step)
         xs, ts, embeds = [], [], []
@@ -114,7 +115,10 @@ def _run(unet, scheduler, ctl, cond, ref_cond, uncond, ref_noise, base_noise, w,
             embeds.append((uncond, cond))
         x_in = torch.cat(xs + xs)
         t_in = torch.tensor([t for t in ts for _ in range(len(x_ref))] * 2, device=device)
-        e_in = Conditioning.cat([u for u, _ in embeds] + [c for _, c in embeds])
+        layout = (ref_step is not None, tgt_step is not None)
+        if layout not in batched:  # three layouts at most (first call, lockstep, last call): built once each
+            batched[layout] = Conditioning.cat([u for u, _ in embeds] + [c for _, c in embeds])
+        e_in = batched[layout]
         out = unet(x_in, t_in, **e_in.unet_kwargs()).sample
         ctl.end_call()
         eps_u, eps_c = out.chunk(2)
