@@ -161,6 +161,21 @@ class SimDenoiser(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
         self.transformer_blocks = torch.nn.ModuleList(
             [SimBlock(width, num_attention_heads, attention_head_dim, cross_attention_dim)])
         self.proj_out = torch.nn.Linear(width, patch)
+        self._caption_mask: tuple[torch.Tensor, int, torch.dtype, torch.Tensor] | None = None
+
+    def caption_mask(self, context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The attention bias [B * heads, 1, S] that hides the caption's padding rows (the sim's text
+        encoder zeroes them; PixArt attends only to the real ones), repeated per head as
+        `Attention.prepare_attention_mask` would. Sampling and fusion condition every step on the same
+        embeddings, so it is made once for them: kept while `context` is the same, unchanged tensor."""
+        cached = self._caption_mask
+        if cached is not None and cached[0] is context and cached[1] == context._version and cached[2] == dtype:
+            return cached[3]
+        pad = context.abs().amax(dim=-1, keepdim=True).eq(0).transpose(1, 2)  # [B, 1, S]
+        heads = int(self.config.num_attention_heads)
+        mask = (pad.to(dtype) * -10000.0).repeat_interleave(heads, dim=0, output_size=pad.shape[0] * heads)
+        self._caption_mask = (context, context._version, dtype, mask)
+        return mask
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int,
                 encoder_hidden_states: torch.Tensor, return_dict: bool = True, **unused: Any) -> Any:
@@ -169,9 +184,7 @@ class SimDenoiser(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
         h = self.proj_in(F.pixel_unshuffle(sample, p).flatten(2).transpose(1, 2)) + self.pos_embed
         t = torch.as_tensor(timestep, device=sample.device).long().expand(b)
         h = h + self.time_embed(t)[:, None]
-        # PixArt attends only to the caption's real rows; the sim's text encoder zeroes the rest
-        pad = encoder_hidden_states.abs().amax(dim=-1, keepdim=True).eq(0).transpose(1, 2)  # [B, 1, S]
-        mask = pad.to(h.dtype) * -10000.0
+        mask = self.caption_mask(encoder_hidden_states, h.dtype)
         for block in self.transformer_blocks:
             h = block(h, encoder_hidden_states, mask)
         out = F.pixel_shuffle(self.proj_out(h).transpose(1, 2).reshape(b, -1, side // p, side // p), p)
