@@ -115,9 +115,9 @@ def step_scalars(
     std = eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).sqrt()
     # (2) and (4): the coefficients of x_t, eps and x0
     columns = (a_t.sqrt(), (1 - a_t).sqrt(), a_prev.sqrt(), std, (1 - a_prev - std**2).sqrt())
-    return [
-        StepScalars(*row, log_std=torch.log(row[3]))  # one at a time: a batched log may round differently
-        for row in zip(*(c.unbind() for c in columns), strict=True)
+    return [  # the log one step at a time: a batched log may round differently
+        StepScalars(sqrt_a_t=a, sqrt_one_minus_a_t=b, sqrt_a_prev=c, std=s, dir_coef=d, log_std=torch.log(s))
+        for a, b, c, s, d in zip(*(column.unbind() for column in columns), strict=True)
     ]
 
 
