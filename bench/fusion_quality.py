@@ -14,10 +14,10 @@ own image. Reports, over all pairs:
   base where the items are, not replace it with the reference);
 - the IoU of the reference's union item mask, per denoising step, with the true union of the
   caption's two objects in the reference image (`toy.scorer.object_masks`);
-- fact by fact (A's colour and shape, B's colour and shape, the relation): how often the target
+- fact by fact (A's colour and pattern, B's colour and pattern, the relation): how often the target
   gains a fact its reference has and its base lacks (`fixed`), and how often it loses one its base
-  had (`broken`): which facts fusion carries over, and at what cost; and the shapes fixed by the
-  shape word the caption asks for.
+  had (`broken`): which facts fusion carries over, and at what cost; and the patterns fixed by the
+  pattern word the caption asks for.
 
 Gate for the toy world: gain >= +0.10 with its 95 % CI above zero, P(target > base) >= 0.5, and
 distance ratio <= 0.5 (the target stays nearer its base than the reference is). Writes summary.json under --out;
@@ -123,28 +123,28 @@ def fact_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def read_image(image: np.ndarray, caption: str) -> tuple[list[int], list[str]]:
-    """The caption's five facts (0/1, `caption_facts`' order) and the shapes the scorer reads for
+    """The caption's five facts (0/1, `caption_facts`' order) and the patterns the scorer reads for
     objects A and B ('nothing' where that colour is absent), from one segmentation of the image."""
     c = tw.parse_caption(caption)
     regions = toy_scorer.segment(image)
-    drawn = [regions[col].shape if col in regions else "nothing" for col in (c.colour_a, c.colour_b)]
+    drawn = [regions[col].pattern if col in regions else "nothing" for col in (c.colour_a, c.colour_b)]
     return [int(x) for x in toy_scorer.region_facts(regions, c)], drawn
 
 
-def shape_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per shape word the caption asks for (either object): of the pairs whose reference drew it and
+def pattern_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per pattern word the caption asks for (either object): of the pairs whose reference drew it and
     base did not, how many, the share whose target drew it, and what the bases and targets drew."""
-    fixable: dict[str, list[dict[str, Any]]] = {shape: [] for shape in tw.SHAPES}
+    fixable: dict[str, list[dict[str, Any]]] = {pattern: [] for pattern in tw.PATTERNS}
     for r in rows:
         c = tw.parse_caption(r["caption"])
-        for obj, k, shape in ((0, FACTS.index("shape_a"), c.shape_a), (1, FACTS.index("shape_b"), c.shape_b)):
+        for obj, k, pattern in ((0, FACTS.index("pattern_a"), c.pattern_a), (1, FACTS.index("pattern_b"), c.pattern_b)):
             if r["reference_facts"][k] and not r["base_facts"][k]:
-                fixable[shape].append({"fixed": r["target_facts"][k], "base": r["base_drawn"][obj],
+                fixable[pattern].append({"fixed": r["target_facts"][k], "base": r["base_drawn"][obj],
                                        "target": r["target_drawn"][obj]})
-    return {shape: {"fixable": len(v), "fixed": statistics.fmean(x["fixed"] for x in v) if v else None,
+    return {pattern: {"fixable": len(v), "fixed": statistics.fmean(x["fixed"] for x in v) if v else None,
                     "bases_drew": dict(Counter(x["base"] for x in v)),
                     "targets_drew": dict(Counter(x["target"] for x in v))}
-            for shape, v in fixable.items()}
+            for pattern, v in fixable.items()}
 
 
 def by_reference(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -183,7 +183,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mask_cover_per_step": [statistics.fmean(r["mask_cover"][s] for r in rows) for s in range(steps)],
         "by_reference": by_reference(rows),
         "facts": fact_transfer(rows),
-        "shapes": shape_transfer(rows),
+        "patterns": pattern_transfer(rows),
     }
 
 
@@ -273,12 +273,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, t in summary["facts"].items():
         print(f"{name}: fixed {_share(t['fixed'])} of {t['fixable']} (reference has it, base lacks it); "
               f"broken {_share(t['broken'])} of {t['held']} (base has it)")
-    print("shapes fixed, by the word asked for: " + ", ".join(
-        f"{shape} {_share(t['fixed'])} of {t['fixable']}"
-        for shape, t in summary["shapes"].items()))
-    for shape, t in summary["shapes"].items():
+    print("patterns fixed, by the word asked for: " + ", ".join(
+        f"{pattern} {_share(t['fixed'])} of {t['fixable']}"
+        for pattern, t in summary["patterns"].items()))
+    for pattern, t in summary["patterns"].items():
         if t["fixable"]:
-            print(f"  {shape} asked for and missed: the bases drew {_counts(t['bases_drew'])}; "
+            print(f"  {pattern} asked for and missed: the bases drew {_counts(t['bases_drew'])}; "
                   f"their targets {_counts(t['targets_drew'])}")
     print(json.dumps({k: summary[k] for k in ("pairs", "p_target_beats_base", "gain", "distance_ratio", "gate")}))
     return summary

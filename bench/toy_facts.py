@@ -8,11 +8,11 @@ writes): --captions held-out and --captions training captions x --seeds seeds (1
 eta 1), the rate of each of the caption's facts, read conditionally so each measures one skill:
 
 - colour_a, colour_b: the object's colour is present;
-- shape_a, shape_b: the shape is right, among images where that colour is present;
+- pattern_a, pattern_b: the pattern is right, among images where that colour is present;
 - relation: the relation holds, among images where both colours are present.
 
 Chance is measured the same way on exact renders of *another* training caption (a perfect drawer
-that ignores the prompt): colours ~0.5, shapes ~0.33, the relation ~0.5. The gate (issue: "D-Fusion
+that ignores the prompt): colours ~0.5, patterns ~0.33, the relation ~0.5. The gate (issue: "D-Fusion
 shows its effect"): on the training captions every fact is followed at least 0.15 above chance,
 and the mean toy score is at most 0.85, so a preference has room to teach. For every folder after
 the first, the paired difference from the first on the held-out samples with its 95 % CI over
@@ -40,23 +40,23 @@ from dfusion_core.toy import model as toy_model  # noqa: E402
 from dfusion_core.toy import scorer as toy_scorer  # noqa: E402
 from dfusion_core.toy import world as tw  # noqa: E402
 
-FACTS = ("colour_a", "shape_a", "colour_b", "shape_b", "relation")
+FACTS = ("colour_a", "pattern_a", "colour_b", "pattern_b", "relation")
 ABOVE_CHANCE, MAX_MEAN = 0.15, 0.85
 EVAL_SEED_BASE = 10_000
 CAPTION_DRAW_SEED = 46
 
 
 def conditional_rates(raw: np.ndarray) -> dict[str, float]:
-    """raw [N, 5] booleans in caption_facts' order (A colour, A shape, B colour, B shape, relation; each
-    shape and the relation already require their colours) -> each fact's rate given what it needs."""
+    """raw [N, 5] booleans in caption_facts' order (A colour, A pattern, B colour, B pattern, relation;
+    each pattern and the relation already require their colours) -> each fact's rate given what it needs."""
     a, b = raw[:, 0] > 0, raw[:, 2] > 0
     both = a & b
 
     def rate(hits: np.ndarray, given: np.ndarray) -> float:
         return float(hits[given].mean()) if given.any() else 0.0
 
-    return {"colour_a": float(a.mean()), "shape_a": rate(raw[:, 1] > 0, a), "colour_b": float(b.mean()),
-            "shape_b": rate(raw[:, 3] > 0, b), "relation": rate(raw[:, 4] > 0, both)}
+    return {"colour_a": float(a.mean()), "pattern_a": rate(raw[:, 1] > 0, a), "colour_b": float(b.mean()),
+            "pattern_b": rate(raw[:, 3] > 0, b), "relation": rate(raw[:, 4] > 0, both)}
 
 
 def chance(n: int = 2000, seed: int = 7) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """dfusion demo: a whole embedded job in a few minutes on 2 CPU cores.
 
-Default: the shipped toy-world model (coloured shapes, `dfusion_core/toy/`) on four toy captions,
+Default: the shipped toy-world model (coloured, patterned squares, `dfusion_core/toy/`) on four toy captions,
 with the toy preset (`dfusion_core/presets.py`: its exact scorer, fusion and training settings, the
 held-out captions and the before/after evaluation on the job's own captions). It ends with a short
 summary in words (`summary_lines`: what fusion gained, the score on the job's captions with fresh
@@ -21,10 +21,10 @@ from cli.run import DEMO_PROMPTS, add_job_arguments, build_spec, execute, finish
 from dfusion_core.presets import MODEL_PRESETS, TOY_JOB
 
 TOY_PROMPTS = [
-    "a red circle above a blue square",
-    "a yellow triangle left of a green circle",
-    "a red triangle left of a blue square",
-    "a yellow square above a green triangle",
+    "a red striped square above a blue dotted square",
+    "a yellow checked square left of a green striped square",
+    "a red dotted square left of a blue checked square",
+    "a yellow checked square above a green dotted square",
 ]
 TINY_EPOCHS = 2
 

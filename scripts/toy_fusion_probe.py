@@ -1,18 +1,12 @@
 """Run a toy script with one part of fusion or scoring replaced by a probe (research; nothing shipped).
 
     .venv/bin/python scripts/toy_fusion_probe.py --oracle-masks any bench/fusion_quality.py --captions 24 --seed 1
-    .venv/bin/python scripts/toy_fusion_probe.py --template-shapes bench/toy_facts.py shipped
 
 `--oracle-masks any|quarter`: fusion's item masks are the reference image's true objects on the
 8x8 token grid (a cell is on where any pixel, or a quarter of its 16, is the object's, as
 `toy.scorer.object_masks` reads it), the same at every step, instead of the reference's
 thresholded cross-attention. What a model whose item maps were exact would give: the bound on
 training for sharper item maps (bench/RESULTS.md, "Fusion on the toy DiT").
-
-`--template-shapes`: the scorer reads an object's shape as the world shape (any size, centred near
-the blob) that overlaps the blob best, by IoU, instead of from how much of its bounding box it
-fills, so a stray pixel or a ragged edge does not turn a square into a circle. Exact on clean
-renders, like the shipped reader. What the fill reader's strictness costs the measures.
 
 `--own-queries`: at fused blocks, a target query outside the mask reads the target's own keys and
 values, and only a query inside it reads the blended ones, instead of every query reading the blend.
@@ -30,20 +24,17 @@ import runpy
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dfusion_core import attention, pipeline  # noqa: E402
 from dfusion_core.toy import scorer as ts  # noqa: E402
-from dfusion_core.toy import world as tw  # noqa: E402
 
 CELL_SHARE = {"any": 1e-9, "quarter": 0.25}  # share of a cell's pixels that must be the object's
 GRID = 8  # the toy DiT's token grid (32 px, 4-px patches)
@@ -102,53 +93,9 @@ def own_queries() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def template_shapes() -> Iterator[None]:
-    halves = range(tw.MIN_HALF - 1, tw.MAX_HALF + 2)  # a drawn object may be a pixel off the world's sizes
-    templates = {(s, h): tw.shape_mask(s, h, h, h, size=2 * h + 1).astype(np.float32) for s in tw.SHAPES for h in halves}
-
-    def best_shape(blob: np.ndarray) -> str:
-        ys, xs = np.nonzero(blob)
-        cx, cy, area = int(round(xs.mean())), int(round(ys.mean())), float(blob.sum())
-        pad = 10
-        padded = np.pad(blob.astype(np.float32), pad)
-        best, shape = -1.0, ""
-        for (s, h), k in templates.items():
-            windows = sliding_window_view(padded, k.shape)  # windows[y0, x0]: centre (y0 + h - pad, x0 + h - pad)
-            # centres around the centroid; a triangle's centroid lies below its box's centre
-            y0 = np.clip(np.arange(cy - 4, cy + 3) - h + pad, 0, windows.shape[0] - 1)
-            x0 = np.clip(np.arange(cx - 2, cx + 3) - h + pad, 0, windows.shape[1] - 1)
-            inter = np.tensordot(windows[y0[:, None], x0[None, :]], k, axes=([2, 3], [0, 1]))
-            iou = float((inter / (area + k.sum() - inter)).max())
-            if iou > best:
-                best, shape = iou, s
-        return shape
-
-    @dataclass(frozen=True)
-    class MatchedRegion(ts.Region):
-        matched: str = ""
-
-        @property
-        def shape(self) -> str:
-            return self.matched
-
-    def segment(image: np.ndarray) -> dict[str, ts.Region]:
-        nearest = ts._nearest_palette(image)
-        out: dict[str, ts.Region] = {}
-        for name, r in _segment(image).items():
-            blob = ts._largest_component(nearest == ts._NAMES.index(name))
-            out[name] = MatchedRegion(r.area, r.cx, r.cy, r.fill, r.aspect, best_shape(blob))
-        return out
-
-    _segment = ts.segment
-    with mock.patch.object(ts, "segment", segment):
-        yield
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--oracle-masks", choices=sorted(CELL_SHARE))
-    p.add_argument("--template-shapes", action="store_true")
     p.add_argument("--own-queries", action="store_true")
     p.add_argument("script", type=Path)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -156,8 +103,6 @@ def main() -> None:
     with ExitStack() as probes:
         if args.oracle_masks:
             probes.enter_context(oracle_masks(args.oracle_masks))
-        if args.template_shapes:
-            probes.enter_context(template_shapes())
         if args.own_queries:
             probes.enter_context(own_queries())
         sys.argv = [str(args.script), *args.args]

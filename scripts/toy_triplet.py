@@ -1,6 +1,6 @@
 """The README's picture: one D-Fusion pair of the shipped toy model, base | reference + mask | target.
 
-    .venv/bin/python scripts/toy_triplet.py [--caption "a red circle above a blue square"] \
+    .venv/bin/python scripts/toy_triplet.py [--caption "a red striped square above a blue dotted square"] \
         [--samples 8] [--seed 0] [--out docs/toy-triplet.png]
 
 Samples --samples images of the caption with the toy preset's sampling settings, scores them with
@@ -84,7 +84,7 @@ def draw(caption: str, pair: dict) -> Image.Image:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--caption", default="a red circle above a blue square")
+    p.add_argument("--caption", default="a red striped square above a blue dotted square")
     p.add_argument("--samples", type=int, default=8, help="samples of the caption (multiple of 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tries", type=int, default=5, help="seeds to try for a pair whose target gains")

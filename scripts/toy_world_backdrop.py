@@ -7,8 +7,9 @@
 Why: in the shipped world every pixel that is not an object is black, so two samples of one caption
 differ only in their objects, and a fused target can take its reference's objects only by moving
 toward the reference as a whole. The distance gate (target-base at most half of reference-base) then
-leaves fusion a half-carried, blurred object, which the scorer reads as no shape (bench/RESULTS.md,
-"Fusion on the toy DiT": fusion breaks a fifth of the shapes its bases had). A photo is mostly
+leaves fusion a half-carried, blurred object (in the shape world before the patterns, the scorer read
+it as no shape: bench/RESULTS.md, "Fusion on the toy DiT", fusion broke a fifth of the shapes its
+bases had). A photo is mostly
 background, which D-Fusion keeps from the base while the items come from the reference. Here each
 scene gets a backdrop drawn from the noise like a photo's: a linear gradient between two dark
 colours (every channel 0..BACKDROP_MAX) in a random direction. The caption says nothing about it.
@@ -31,9 +32,10 @@ from world_variant import check_clean_renders, run  # noqa: E402  # beside this 
 
 from dfusion_core.toy import world as tw  # noqa: E402
 
-#: The brightest a backdrop channel gets: (64, 64, 64) is 111 from black and 138 from the nearest
-#: object colour (green), so the scorer's nearest-palette read keeps it background.
-BACKDROP_MAX = 64
+#: The brightest a backdrop channel gets: (32, 32, 32) is 55 from black and 78 from the nearest object
+#: colour (a pattern's dark green), so the scorer's nearest-palette read keeps it background. (It was
+#: 64 in the shape world, whose objects had no dark parts: bench/RESULTS.md's backdrop runs.)
+BACKDROP_MAX = 32
 
 _SAMPLE_SCENE, _RENDER = tw.sample_scene, tw.render
 
@@ -69,7 +71,7 @@ def render(scene: tw.Scene, size: int = tw.IMAGE_SIZE) -> np.ndarray:
         return img
     drawn = np.zeros((size, size), bool)
     for o in scene.objects:
-        drawn |= tw.shape_mask(o.shape, o.cx, o.cy, o.half, size)
+        drawn |= tw.object_mask(o.cx, o.cy, o.half, size)
     return np.where(drawn[..., None], img, backdrop(scene, size))
 
 

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
     p.add_argument("--min-snr", type=float, default=0.0,
                    help="min-SNR-gamma loss weight min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE. Moves the "
-                        "loss toward the noisy steps where layout, colours and shapes are decided")
+                        "loss toward the noisy steps where layout and colours are decided")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this wall time; 0 = no limit")
     p.add_argument("--init", type=Path, default=None,
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start only the text encoder from these toy weights (the denoiser starts fresh)")
     p.add_argument("--attn-supervision", type=float, default=0.0, metavar="WEIGHT",
                    help="add WEIGHT x KL(object cells || item map): each item's cross-attention (its colour and "
-                        "shape words, averaged over layers and heads) is pulled toward where its object is, "
+                        "pattern words, averaged over layers and heads) is pulled toward where its object is, "
                         "weighted by the step's signal level alpha_bar (0 = off). Sharper item maps make sharper "
                         "fusion masks (scripts/toy_fusion_probe.py --oracle-masks measures the bound)")
     p.add_argument("--train-only", choices=["all", "attn2-qk"], default="all",
@@ -177,7 +177,7 @@ def scene_batch(captions: list[str], rng: np.random.Generator) -> tuple[np.ndarr
     """`tw.make_batch`'s images (the same draws from `rng`) and each scene's object masks [B, 2, S, S]."""
     scenes = [tw.sample_scene(c, rng) for c in captions]
     images = np.stack([tw.render(s) for s in scenes])
-    masks = np.stack([[tw.shape_mask(o.shape, o.cx, o.cy, o.half) for o in s.objects] for s in scenes])
+    masks = np.stack([[tw.object_mask(o.cx, o.cy, o.half) for o in s.objects] for s in scenes])
     return images, masks
 
 

@@ -1,5 +1,6 @@
-"""What the toy-world variant scripts (toy_world_bar.py, toy_world_backdrop.py) share: the check that
-the scorer reads a variant's clean renders exactly, and running a toy script in the variant."""
+"""What a toy-world variant script (toy_world_backdrop.py; toy_world_bar.py until the world's shapes gave
+way to patterns) needs: the check that the scorer reads a variant's clean renders exactly, and
+running a toy script in the variant."""
 
 from __future__ import annotations
 

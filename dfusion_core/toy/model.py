@@ -118,11 +118,11 @@ class WordContext(torch.nn.Module):
     """One bidirectional pre-norm transformer layer over a caption's word rows, as T5 gives PixArt
     its rows: each row stays its word (a residual) and gains what the rest of the caption says of it.
 
-    Why: with words alone, which shape goes with which colour and which colour goes on which side
-    are two-hop questions for the DiT (find the colour, then the word at the slot beside it, or the
-    relation word). 14,000 steps taught the toy DiT both colours and the relation's axis but neither
-    shapes nor sides (bench/RESULTS.md). With context, the "red" row of "a red circle above a blue
-    square" says circle and upper, so one cross-attention answers both. The output projections start
+    Why: with words alone, which shape (now pattern) goes with which colour and which colour goes on
+    which side are two-hop questions for the DiT (find the colour, then the word at the slot beside
+    it, or the relation word). 14,000 steps taught the toy DiT both colours and the relation's axis
+    but neither shapes nor sides (bench/RESULTS.md). With context, the "red" row of "a red striped
+    square above a blue dotted square" says striped and upper, so one cross-attention answers both. The output projections start
     at zero: a new layer is the identity, and weights trained without it load unchanged.
     """
 

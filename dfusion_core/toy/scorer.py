@@ -1,7 +1,7 @@
-"""Exact alignment for the toy world: colours, shapes and the relation read back from pixels.
+"""Exact alignment for the toy world: colours, patterns and the relation read back from pixels.
 
 `ToyScorer` returns the fraction of the caption's five facts that hold (colour of A present, A's
-shape, colour of B present, B's shape, the relation between them): 1.0 for a faithful render, in
+pattern, colour of B present, B's pattern, the relation between them): 1.0 for a faithful render, in
 [0, 1] always. `object_masks` gives where the caption's objects are, as the scorer sees them, and
 `mask_iou` compares a fusion mask with them. Built by name as the `toy` scorer (dfusion_core/registry.py).
 """
@@ -15,31 +15,31 @@ import numpy as np
 import torch
 
 from dfusion_core.errors import ConfigError
-from dfusion_core.toy.world import COLOURS, Caption, parse_caption
+from dfusion_core.toy.world import COLOURS, DARK, Caption, parse_caption
 
-_PALETTE = np.array([(0, 0, 0), *COLOURS.values()], np.float32)  # index 0 = background
+_BRIGHT = np.array(list(COLOURS.values()), np.float32)
+#: background, each colour, then each colour's dark half (a pattern's dark pixels)
+_PALETTE = np.concatenate([np.zeros((1, 3), np.float32), _BRIGHT, np.rint(_BRIGHT * DARK)])
 _NAMES = ("background", *COLOURS)
-MIN_AREA = 12  # pixels a colour needs to count as an object (a 9x9 triangle has about 45)
-SQUARE_FILL, TRIANGLE_FILL = 0.93, 0.7  # fill ratio of the bounding box: square 1, disc 0.80-0.85, triangle 0.57-0.61
+MIN_AREA = 12  # pixels a colour needs to count as an object (the smallest square has 121)
 RELATION_MARGIN = 2.0  # pixels between centroids for a relation to hold
+PLAIN_BELOW = 0.1  # a blob with a smaller share of dark pixels has no pattern (clean renders: dotted 0.2-0.3, others 0.4-0.6)
+STRIPE_MARGIN = 0.3  # striped when the blob's rows are this much purer than its columns (clean: 1.0 against <= 0.2)
+DOTTED_AT_MOST = 0.37  # a blob no darker than this that is not striped is dotted (clean: 0.2-0.3 against checks' 0.4-0.6)
 
 
 @dataclass(frozen=True)
 class Region:
-    """The largest 4-connected blob of one colour: area, centroid (x, y), bounding-box fill ratio and
-    the box's aspect ratio (width / height; the world's shapes have square boxes)."""
+    """The largest 4-connected blob of one colour (bright and dark pixels together): area, centroid
+    (x, y), bounding-box fill ratio, the box's aspect ratio (width / height; the world's squares have
+    1) and the pattern its dark pixels make."""
 
     area: int
     cx: float
     cy: float
     fill: float
     aspect: float
-
-    @property
-    def shape(self) -> str:
-        if self.fill >= SQUARE_FILL:
-            return "square"
-        return "circle" if self.fill >= TRIANGLE_FILL else "triangle"
+    pattern: str
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -59,14 +59,38 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == ids[np.argmax(counts)]
 
 
-def _nearest_palette(image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] -> int [H, W]: each pixel's nearest palette entry (0 = background)."""
-    return ((image.astype(np.float32)[:, :, None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
+def _nearest_palette(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [H, W, 3] -> (int [H, W]: each pixel's nearest colour, 0 = background; bool [H, W]: nearer
+    that colour's dark half than its bright one)."""
+    k = ((image.astype(np.float32)[:, :, None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
+    n = len(COLOURS)
+    return np.where(k == 0, 0, (k - 1) % n + 1), k > n
+
+
+def _purity(dark: np.ndarray, blob: np.ndarray, axis: int) -> float:
+    """Mean over the blob's rows (axis 1) or columns (axis 0) of |2 x dark share - 1|: 1 when each is all
+    bright or all dark (stripes along it), near 0 when each is half and half. Lines with fewer than 3
+    of the blob's pixels are left out (a ragged edge is not a stripe)."""
+    n = blob.sum(axis)
+    share = (dark & blob).sum(axis)[n >= 3] / n[n >= 3]
+    return float(np.abs(2 * share - 1).mean()) if share.size else 0.0
+
+
+def read_pattern(dark: np.ndarray, blob: np.ndarray) -> str:
+    """The pattern of a blob: "plain" (none of the world's) when few of its pixels are dark, striped
+    when its rows are each mostly one or the other and its columns are not, else dotted or checked by
+    how much of it is dark."""
+    share = (dark & blob).sum() / blob.sum()
+    if share < PLAIN_BELOW:
+        return "plain"
+    if _purity(dark, blob, 1) >= _purity(dark, blob, 0) + STRIPE_MARGIN:
+        return "striped"
+    return "dotted" if share <= DOTTED_AT_MOST else "checked"
 
 
 def segment(image: np.ndarray) -> dict[str, Region]:
     """uint8 [H, W, 3] -> the colours present (largest blob of >= MIN_AREA pixels each)."""
-    nearest = _nearest_palette(image)
+    nearest, dark = _nearest_palette(image)
     out: dict[str, Region] = {}
     for k in range(1, len(_NAMES)):
         mask = nearest == k
@@ -78,7 +102,8 @@ def segment(image: np.ndarray) -> dict[str, Region]:
             continue
         ys, xs = np.nonzero(blob)
         w, h = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-        out[_NAMES[k]] = Region(area, float(xs.mean()), float(ys.mean()), area / float(w * h), float(w / h))
+        out[_NAMES[k]] = Region(area, float(xs.mean()), float(ys.mean()), area / float(w * h), float(w / h),
+                                read_pattern(dark, blob))
     return out
 
 
@@ -87,7 +112,7 @@ def object_masks(image: np.ndarray, caption: str | Caption) -> np.ndarray:
     (the largest blob of each object's colour; all False when the colour is absent). The ground
     truth that item masks are measured against."""
     c = parse_caption(caption) if isinstance(caption, str) else caption
-    nearest = _nearest_palette(image)
+    nearest = _nearest_palette(image)[0]
     out = np.zeros((2, *image.shape[:2]), bool)
     for k, colour in enumerate((c.colour_a, c.colour_b)):
         mask = nearest == _NAMES.index(colour)
@@ -126,7 +151,7 @@ def relation_holds(relation: str, a: Region, b: Region, margin: float = RELATION
 
 
 def caption_facts(image: np.ndarray, caption: str | Caption) -> list[bool]:
-    """The caption's five facts read from the image: A's colour, A's shape, B's colour, B's shape, relation."""
+    """The caption's five facts read from the image: A's colour, A's pattern, B's colour, B's pattern, relation."""
     return region_facts(segment(image), caption)
 
 
@@ -136,9 +161,9 @@ def region_facts(regions: dict[str, Region], caption: str | Caption) -> list[boo
     a, b = regions.get(c.colour_a), regions.get(c.colour_b)
     return [
         a is not None,
-        a is not None and a.shape == c.shape_a,
+        a is not None and a.pattern == c.pattern_a,
         b is not None,
-        b is not None and b.shape == c.shape_b,
+        b is not None and b.pattern == c.pattern_b,
         a is not None and b is not None and relation_holds(c.relation, a, b),
     ]
 

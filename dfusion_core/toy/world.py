@@ -1,10 +1,10 @@
-"""The toy world's data: scenes of two coloured shapes, their captions and the fixed splits.
+"""The toy world's data: scenes of two coloured, patterned squares, their captions and the fixed splits.
 
-`render` draws a `Scene` (two objects, each a colour, a shape, a centre and a size) as uint8
-[S, S, 3] on black; `sample_scene` places the objects of a caption such as "a red circle above a
-blue square" (an attribute binding per object and a spatial relation, the analogues of the paper's
-templates). `CAPTIONS` holds every caption of the world (two distinct colours, two distinct shapes,
-two relations); `heldout_captions()` is a fixed split of combinations never shown in training,
+`render` draws a `Scene` (two objects, each a colour, a pattern, a centre and a size) as uint8
+[S, S, 3] on black; `sample_scene` places the objects of a caption such as "a red striped square
+above a blue dotted square" (an attribute binding per object and a spatial relation, the analogues
+of the paper's templates). `CAPTIONS` holds every caption of the world (two distinct colours, two
+distinct patterns, two relations); `heldout_captions()` is a fixed split of combinations never shown in training,
 `train_captions()` the rest. `TOY_FUSION` and `TOY_TRAINING` are the job settings measured for the
 toy model. Pure numpy: importing this module loads no torch.
 
@@ -30,14 +30,26 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 90, 240),
     "yellow": (240, 220, 40),
 }
-SHAPES = ("circle", "square", "triangle")
+#: The per-object attribute besides colour. A pattern lives inside each 4-pixel token of the DiT (the
+#: dark part at DARK of the object's colour: two rows of four, 2x2 checks, or one 2x2 dot, aligned to
+#: the image), so it is appearance, which D-Fusion carries from a reference through self-attention
+#: keys and values while the target's own queries keep its layout. Every object has one: a sample
+#: that draws a plain square misses the fact whatever the caption asks, so few samples get every fact
+#: and few pairs tie (a tied pair has nothing to carry over). The world had shapes here until
+#: 2026-12-08: a shape is layout, and fusion carried it 42-49 % of the time and broke a fifth of those
+#: its bases had; it carries a pattern about two times in three and breaks 4-7 % (bench/RESULTS.md,
+#: "The pattern world").
+PATTERNS = ("striped", "checked", "dotted")
+#: Brightness of a pattern's dark part: dark red (127, 22, 22) is 130 from black and 104 from red,
+#: so the scorer's nearest-palette read keeps both parts one object.
+DARK = 0.55
 #: The first-named object is above or left of the second. "below" and "right of" say the same with the
 #: objects named the other way round, and the world says it only one way: a toy DiT trained on all four
 #: learnt the axis each word names but not which object goes on which side (a word that swaps the
 #: objects is a second hop through its cross-attention), after 16,000 CPU steps (bench/RESULTS.md).
 RELATIONS = ("above", "left of")
 _SAID_THE_OTHER_WAY = {"below": "above", "right of": "left of"}
-MIN_HALF, MAX_HALF = 5, 7  # object half-extent in pixels (objects 11..15 px across, 3-4 of the DiT's 4-pixel patches)
+MIN_HALF, MAX_HALF = 5, 7  # object half-extent in pixels (squares 11..15 px across, 3-4 of the DiT's 4-pixel patches)
 HELDOUT_MOD = 7  # one caption in about seven is held out (a fixed hash split)
 
 #: Sampling for toy jobs (SamplingConfig fields): 10 DDIM steps, what the toy model is measured at
@@ -45,25 +57,20 @@ HELDOUT_MOD = 7  # one caption in about seven is held out (a fixed hash split)
 TOY_SAMPLING: dict = {"num_steps": 10}
 
 #: Fusion settings for the toy DiT (FusionConfig fields), measured by bench/fusion_quality.py
-#: (bench/RESULTS.md, "The toy DiT"). Every block works on the 8x8 token grid, so the mask is cut
-#: there. Item maps are close to flat (absolute probabilities say little), so each item's map keeps
-#: its own top half (quantile 0.5). The second half of the blocks fuses (the transformer default,
-#: as the authors fuse SD's decoder). On the shipped weights, 24 tuning captions x 8 samples (the
-#: bench's --seed 1; its reported run is --seed 0): gain +0.12, P(target>base) 0.45, distance ratio
-#: 0.48; mask level 0.6 +0.11, 0.44, 0.44; skipping 2 steps +0.08, 0.36, 0.35. Fusing every block
-#: (on weights 500 steps further) gave +0.09 but a target that is nearly the reference (ratio 0.91).
-#: Skipping 1 of 10 steps is the authors' 2 of 20. At a toy job's 32 samples none of 14 other
-#: settings (mask levels 0.55-0.85, minmax masks, blocks 0..7 to 5..7) did better: every one with
-#: P(target>base) >= 0.5 had a distance ratio >= 0.5, and every one under 0.5 had P <= 0.49
-#: (bench/RESULTS.md, "Fusion on the toy DiT"). Fusing every block from a later step (0..7, 5 of 10
-#: skipped) passed on the tuning captions (P 0.54, ratio 0.46) but not on the reported ones (P 0.45,
-#: gain +0.099): what fusion fails to carry over is shapes, whichever the setting. At this preset the
-#: reported captions read lower than the tuning ones only because more of their pairs tie (a
-#: reference no better than its base: 13 % against 5 %); where the reference is better, P is 0.52 on both.
+#: (bench/RESULTS.md, "The pattern world"). Every block works on the 8x8 token grid, so the mask is
+#: cut there. Item maps are close to flat (absolute probabilities say little), so each item's map
+#: keeps its own top half (quantile 0.5). The second half of the blocks fuses (the transformer
+#: default, as the authors fuse SD's decoder). The first 3 of 10 steps are left unfused (the authors
+#: leave 2 of 20): where the objects go is decided in them, and a target fused from step 2 takes its
+#: reference's places too (on a pattern-world model with a plain pattern, 24 captions: ratio 0.64
+#: against 0.38 with 3 skipped), while a pattern is still carried over from a later step. On the shipped weights, 24 tuning captions x 32 samples (the
+#: bench's --seed 1; its reported run is --seed 0): 3 skipped, gain +0.15, P(target>base) 0.61,
+#: distance ratio 0.39; 2 skipped +0.16, 0.63, 0.51.
 TOY_FUSION: dict = {"mask_resolution": 8, "mask_mode": "quantile", "mask_level": 0.5, "blocks": (4, 7),
-                    "skip_first_steps": 1}
+                    "skip_first_steps": 3}
 
-#: Training settings for toy jobs (TrainingConfig fields): Diffusion-DPO (its beta, 2500) on the final
+#: Training settings for toy jobs (TrainingConfig fields), chosen on the shape world's model and kept for
+#: the pattern world's (bench/RESULTS.md): Diffusion-DPO (its beta, 2500) on the final
 #: images of each pair, 200 optimizer steps of 8 pairs an epoch at lr 3e-4. Trajectory DPO does not
 #: move this model at any budget tried: on per-dimension mean log-probs its loss stays linear at
 #: beta 0.1, so Adam's step size alone decides how far the policy goes, and past a few steps both
@@ -85,16 +92,16 @@ TOY_TRAINING: dict = {"algorithm": "diffusion_dpo", "learning_rate": 3e-4, "batc
 TOY_SAMPLES_PER_PROMPT = 32
 
 _CAPTION = re.compile(
-    r"^an? (?P<c1>\w+) (?P<s1>\w+) (?P<rel>above|below|left of|right of) an? (?P<c2>\w+) (?P<s2>\w+)$"
+    r"^an? (?P<c1>\w+) (?P<p1>\w+) square (?P<rel>above|below|left of|right of) an? (?P<c2>\w+) (?P<p2>\w+) square$"
 )
 
 
 @dataclass(frozen=True)
 class Obj:
-    """One shape: its colour and shape words, centre (cx, cy) in pixels and half-extent."""
+    """One square: its colour and pattern words, centre (cx, cy) in pixels and half-extent."""
 
     colour: str
-    shape: str
+    pattern: str
     cx: int
     cy: int
     half: int
@@ -102,24 +109,24 @@ class Obj:
 
 @dataclass(frozen=True)
 class Caption:
-    """A parsed caption: object A, the relation of A to B, object B (colours and shapes differ)."""
+    """A parsed caption: object A, the relation of A to B, object B (colours and patterns differ)."""
 
     colour_a: str
-    shape_a: str
+    pattern_a: str
     relation: str
     colour_b: str
-    shape_b: str
+    pattern_b: str
 
     @property
     def text(self) -> str:
-        return f"a {self.colour_a} {self.shape_a} {self.relation} a {self.colour_b} {self.shape_b}"
+        return f"a {self.colour_a} {self.pattern_a} square {self.relation} a {self.colour_b} {self.pattern_b} square"
 
     @property
     def items(self) -> list[str]:
-        """The items D-Fusion masks on: each object's colour and shape ("red circle"). On the toy DiT
-        the colour words' maps find the objects (mask IoU 0.41-0.44 against 0.27 for a full mask) and
-        the shape nouns' alone do not (0.02-0.05): bench/RESULTS.md, "The toy DiT"."""
-        return [f"{self.colour_a} {self.shape_a}", f"{self.colour_b} {self.shape_b}"]
+        """The items D-Fusion masks on: each object's colour and pattern words ("red striped"). On the
+        toy DiT the colour words' maps find the objects and the other words' alone do not
+        (bench/RESULTS.md, "The toy DiT")."""
+        return [f"{self.colour_a} {self.pattern_a}", f"{self.colour_b} {self.pattern_b}"]
 
 
 @dataclass(frozen=True)
@@ -129,35 +136,36 @@ class Scene:
 
 
 def parse_caption(text: str) -> Caption:
-    """'a red circle above a blue square' -> Caption; ConfigError for text outside the world."""
+    """'a red striped square above a blue dotted square' -> Caption; ConfigError for text outside the world."""
     m = _CAPTION.match(text.strip().lower())
     if not m:
-        raise ConfigError("prompt", f"{text!r} is not a toy-world caption ('a red circle above a blue square')")
-    c = Caption(m["c1"], m["s1"], m["rel"], m["c2"], m["s2"])
+        raise ConfigError("prompt", f"{text!r} is not a toy-world caption ('a red striped square above a blue "
+                                    f"dotted square')")
+    c = Caption(m["c1"], m["p1"], m["rel"], m["c2"], m["p2"])
     if c.relation in _SAID_THE_OTHER_WAY:
-        swapped = Caption(c.colour_b, c.shape_b, _SAID_THE_OTHER_WAY[c.relation], c.colour_a, c.shape_a).text
+        swapped = Caption(c.colour_b, c.pattern_b, _SAID_THE_OTHER_WAY[c.relation], c.colour_a, c.pattern_a).text
         raise ConfigError("prompt", f"the toy world says {text!r} the other way round: {swapped!r} "
                                     f"(its relations are {list(RELATIONS)})")
     for colour in (c.colour_a, c.colour_b):
         if colour not in COLOURS:
             raise ConfigError("prompt", f"unknown colour {colour!r} in {text!r}; the world has {list(COLOURS)}")
-    for shape in (c.shape_a, c.shape_b):
-        if shape not in SHAPES:
-            raise ConfigError("prompt", f"unknown shape {shape!r} in {text!r}; the world has {list(SHAPES)}")
-    if c.colour_a == c.colour_b or c.shape_a == c.shape_b:
-        raise ConfigError("prompt", f"{text!r}: the two objects need different colours and shapes")
+    for pattern in (c.pattern_a, c.pattern_b):
+        if pattern not in PATTERNS:
+            raise ConfigError("prompt", f"unknown pattern {pattern!r} in {text!r}; the world has {list(PATTERNS)}")
+    if c.colour_a == c.colour_b or c.pattern_a == c.pattern_b:
+        raise ConfigError("prompt", f"{text!r}: the two objects need different colours and patterns")
     return c
 
 
 def _all_captions() -> tuple[str, ...]:
     out = []
     for ca in COLOURS:
-        for sa in SHAPES:
+        for pa in PATTERNS:
             for rel in RELATIONS:
                 for cb in COLOURS:
-                    for sb in SHAPES:
-                        if ca != cb and sa != sb:
-                            out.append(Caption(ca, sa, rel, cb, sb).text)
+                    for pb in PATTERNS:
+                        if ca != cb and pa != pb:
+                            out.append(Caption(ca, pa, rel, cb, pb).text)
     return tuple(out)
 
 
@@ -178,25 +186,32 @@ def train_captions() -> list[str]:
     return [c for c in CAPTIONS if not is_heldout(c)]
 
 
-def shape_mask(shape: str, cx: int, cy: int, half: int, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Boolean [size, size] mask: a filled square, disc or upward triangle (bounding box 2*half+1)."""
+def object_mask(cx: int, cy: int, half: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Boolean [size, size]: an object's filled square (side 2*half+1)."""
     y, x = np.mgrid[0:size, 0:size]
-    dx, dy = x - cx, y - cy
-    if shape == "square":
-        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    if shape == "circle":
-        return dx * dx + dy * dy <= (half + 0.5) ** 2
-    if shape == "triangle":  # apex at the top, base at the bottom: half-width grows linearly
-        frac = (dy + half) / (2 * half)
-        return (np.abs(dy) <= half) & (np.abs(dx) <= frac * half + 0.5)
-    raise ConfigError("shape", f"unknown shape {shape!r}")
+    return (np.abs(x - cx) <= half) & (np.abs(y - cy) <= half)
+
+
+def dark_pixels(pattern: str, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Boolean [size, size]: where a pattern is dark, aligned to the image so every token holds the same."""
+    y, x = np.mgrid[0:size, 0:size]
+    if pattern == "striped":
+        return (y // 2) % 2 == 1
+    if pattern == "checked":
+        return (x // 2 + y // 2) % 2 == 1
+    if pattern == "dotted":
+        return ((x // 2) % 2 == 1) & ((y // 2) % 2 == 1)
+    raise ConfigError("pattern", f"unknown pattern {pattern!r}")
 
 
 def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 [size, size, 3]: the objects drawn in order on black."""
     img = np.zeros((size, size, 3), np.uint8)
     for o in scene.objects:
-        img[shape_mask(o.shape, o.cx, o.cy, o.half, size)] = COLOURS[o.colour]
+        colour = np.array(COLOURS[o.colour], np.float32)
+        pixels = np.where(dark_pixels(o.pattern, size)[..., None], np.rint(colour * DARK), colour).astype(np.uint8)
+        inside = object_mask(o.cx, o.cy, o.half, size)
+        img[inside] = pixels[inside]
     return img
 
 
@@ -213,8 +228,8 @@ def sample_scene(caption: str | Caption, rng: np.random.Generator, size: int = I
         along = int(rng.integers(lo, hi + 1))
         across = int(rng.integers(h, size - h))
         centres.append((across, along) if c.relation == "above" else (along, across))
-    a = Obj(c.colour_a, c.shape_a, centres[0][0], centres[0][1], int(halves[0]))
-    b = Obj(c.colour_b, c.shape_b, centres[1][0], centres[1][1], int(halves[1]))
+    a = Obj(c.colour_a, c.pattern_a, centres[0][0], centres[0][1], int(halves[0]))
+    b = Obj(c.colour_b, c.pattern_b, centres[1][0], centres[1][1], int(halves[1]))
     return Scene(c, (a, b))
 
 

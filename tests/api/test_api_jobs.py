@@ -154,8 +154,8 @@ def test_a_toy_job_shows_its_preset_and_the_values_used(client: TestClient, acme
     from dfusion_core.config import FusionConfig, TrainingConfig
     from dfusion_core.toy import world
 
-    body = valid_body(model="toy", prompts=[{"text": "a red circle above a blue square",
-                                             "items": ["circle", "square"], "mask_thresholds": [0.5, 0.5]}],
+    body = valid_body(model="toy", prompts=[{"text": "a red striped square above a blue dotted square",
+                                             "items": ["striped", "dotted"], "mask_thresholds": [0.5, 0.5]}],
                       fusion={"skip_first_steps": 3}, training={"lora_rank": 2})
     job_id = client.post("/v1/jobs", json=body, headers=acme).json()["id"]
     spec = client.get(f"/v1/jobs/{job_id}", headers=acme).json()["spec"]

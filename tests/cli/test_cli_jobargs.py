@@ -51,7 +51,7 @@ def test_run_of_the_toy_model_gets_its_preset() -> None:
     from dfusion_core.config import FusionConfig
     from dfusion_core.toy import world
 
-    prompts = [{"text": "a red circle above a blue square", "items": ["circle", "square"], "mask_thresholds": [0.5, 0.5]}]
+    prompts = [{"text": "a red striped square above a blue dotted square", "items": ["striped", "dotted"], "mask_thresholds": [0.5, 0.5]}]
     spec, _ = build_spec(prompts, build_parser().parse_args(["run", "p.jsonl", "--model", "toy"]))
     assert spec.preset == "toy" and spec.scorer == "toy" and spec.train_eval_seeds > 0
     assert spec.fusion == FusionConfig(**world.TOY_FUSION)

@@ -14,7 +14,7 @@ from dfusion_core.items import map_items
 from dfusion_core.toy import model as toy_model
 from tests.core.tolerance import assert_close
 
-PROMPT = "a red circle above a blue square"
+PROMPT = "a red striped square above a blue dotted square"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def sampling():
 
 
 def _items(model):
-    return map_items(model.tokenizer, PROMPT, ["circle", "square"], [0.5, 0.5])
+    return map_items(model.tokenizer, PROMPT, ["striped", "dotted"], [0.5, 0.5])
 
 
 def test_blocks_are_the_transformer_blocks_in_order(dit):

@@ -14,7 +14,7 @@ from dfusion_core.presets import MODEL_PRESETS, merge
 from dfusion_core.toy import world
 from services.jobspec import JobSpec
 
-TOY_PROMPTS = [{"text": "a red circle above a blue square", "items": ["circle", "square"],
+TOY_PROMPTS = [{"text": "a red striped square above a blue dotted square", "items": ["striped", "dotted"],
                 "mask_thresholds": [0.5, 0.5]}]
 
 

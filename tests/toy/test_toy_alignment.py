@@ -30,12 +30,12 @@ def test_fusion_quality_reduced(tmp_path, capsys):
         assert t["fixable"] == sum(r["reference_facts"][k] and not r["base_facts"][k] for r in rows)
         assert t["held"] == sum(r["base_facts"][k] for r in rows)
         assert t["fixed"] is None or 0.0 <= t["fixed"] <= 1.0
-    shapes = summary["shapes"]  # the per-word counts add up to the two shape facts' fixable pairs
-    assert sum(t["fixable"] for t in shapes.values()) == summary["facts"]["shape_a"]["fixable"] + \
-        summary["facts"]["shape_b"]["fixable"]
-    for shape, t in shapes.items():  # what the bases and targets drew counts the same pairs
+    patterns = summary["patterns"]  # the per-word counts add up to the two pattern facts' fixable pairs
+    assert sum(t["fixable"] for t in patterns.values()) == summary["facts"]["pattern_a"]["fixable"] + \
+        summary["facts"]["pattern_b"]["fixable"]
+    for pattern, t in patterns.items():  # what the bases and targets drew counts the same pairs
         assert sum(t["bases_drew"].values()) == sum(t["targets_drew"].values()) == t["fixable"]
-        assert shape not in t["bases_drew"]  # a base that drew the shape asked for had the fact
+        assert pattern not in t["bases_drew"]  # a base that drew the pattern asked for had the fact
     split = summary["by_reference"]  # the two groups partition the pairs and recompose the overall P
     assert split["better"]["pairs"] == sum(r["reference_score"] > r["base_score"] for r in rows)
     assert split["better"]["pairs"] + split["tied"]["pairs"] == len(rows)
@@ -47,8 +47,8 @@ def test_fusion_quality_reduced(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^reference outscores its base in \d+ of 4 pairs: P\(target>base\) (-|\d\.\d\d), ",
                      out, re.M), out
-    assert re.search(r"^shape_b: fixed (-|\d\.\d\d) of \d+ ", out, re.M), out
-    assert re.search(r"^shapes fixed, by the word asked for: circle (-|\d\.\d\d) of \d+, ", out, re.M), out
+    assert re.search(r"^pattern_b: fixed (-|\d\.\d\d) of \d+ ", out, re.M), out
+    assert re.search(r"^patterns fixed, by the word asked for: striped (-|\d\.\d\d) of \d+, ", out, re.M), out
     assert re.search(r"^fusion target gain: [+-]\d\.\d\d \(95% CI [+-]\d\.\d\d to [+-]\d\.\d\d\), "
                      r"P\(target>base\) \d\.\d\d$", out, re.M), out
     assert json.loads((tmp_path / "summary.json").read_text())["gate"]["gain_at_least"] == 0.10
@@ -105,7 +105,7 @@ def test_alignment_probe_reduced(tmp_path, capsys):
     assert math.isclose(row["untrained"], sum(evaluator.scores(captions, seeds, None)) / len(captions), abs_tol=1e-6)
     # the first epoch's fusion job: 4 samples and 2 fused targets of the one caption
     assert row["first_epoch_images"] == {"samples": 4, "targets": 2}
-    assert set(result["first_epoch_image_facts"]["targets"]) == {"colour_a", "shape_a", "colour_b", "shape_b", "relation"}
+    assert set(result["first_epoch_image_facts"]["targets"]) == {"colour_a", "pattern_a", "colour_b", "pattern_b", "relation"}
     assert result["validation_differences"]["fusion"]["n"] == 1
     assert re.search(r"^validation fusion-none: [+-]\d\.\d{3} \(95% CI", capsys.readouterr().out, re.M)
     assert json.loads((tmp_path / "probe.json").read_text())["config"]["probe"] is True
@@ -114,7 +114,7 @@ def test_alignment_probe_reduced(tmp_path, capsys):
 def test_alignment_settings_reach_both_arms():
     bench = _bench("alignment")
     args = bench.parse_args(["--training", '{"beta": 1000}', "--fusion", '{"mask_level": 0.75}'])
-    spec = bench.job_spec(["a red circle above a blue square"], 0, "fusion", 3e-3, args)
+    spec = bench.job_spec(["a red striped square above a blue dotted square"], 0, "fusion", 3e-3, args)
     assert spec.training.beta == 1000 and spec.training.learning_rate == 3e-3
     # the fusion setting is laid over the toy preset, whose other values stay
     assert spec.fusion.mask_level == 0.75 and spec.fusion.blocks == (4, 7) and spec.fusion.mask_mode == "quantile"

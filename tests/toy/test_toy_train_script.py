@@ -23,7 +23,11 @@ def test_scene_batch_draws_make_batch_s_images_and_masks_each_object():
     assert np.array_equal(images, tw.make_batch(caps, np.random.default_rng(7)))  # the same data stream
     for image, (a, b), cap in zip(images, masks, caps, strict=True):
         c = tw.parse_caption(cap)
-        assert (image[a] == tw.COLOURS[c.colour_a]).all() and (image[b] == tw.COLOURS[c.colour_b]).all()
+        for mask, colour, pattern in ((a, c.colour_a, c.pattern_a), (b, c.colour_b, c.pattern_b)):
+            bright = np.array(tw.COLOURS[colour], np.float32)  # the world's arithmetic (float32)
+            dark = np.rint(bright * tw.DARK)
+            expect = np.where(tw.dark_pixels(pattern)[..., None], dark, bright).astype(np.uint8)
+            assert (image[mask] == expect[mask]).all()
         assert (image[~(a | b)] == 0).all() and not (a & b).any()
 
 

@@ -18,7 +18,7 @@ def test_three_panels_with_the_mask_tinted_red_on_the_reference() -> None:
     mask[:16] = 255  # the top half holds the items
     pair = {"base": black, "reference": black, "target": black + 200, "mask": mask,
             "base_score": 0.4, "reference_score": 0.8, "target_score": 0.8}
-    image = np.asarray(tt.draw("a red circle above a blue square", pair))
+    image = np.asarray(tt.draw("a red striped square above a blue dotted square", pair))
     side, top = 32 * tt.SCALE, tt.LABEL_H
     ref_x = 8 + side + 8
     assert tuple(image[top + 5, ref_x + 5]) == (127, 15, 15)  # tinted: inside the mask
