@@ -15,11 +15,10 @@ import numpy as np
 import torch
 
 from dfusion_core.errors import ConfigError
-from dfusion_core.toy.world import COLOURS, DARK, Caption, parse_caption
+from dfusion_core.toy.world import COLOURS, DARK_COLOURS, Caption, parse_caption
 
-_BRIGHT = np.array(list(COLOURS.values()), np.float32)
-#: background, each colour, then each colour's dark half (a pattern's dark pixels)
-_PALETTE = np.concatenate([np.zeros((1, 3), np.float32), _BRIGHT, np.rint(_BRIGHT * DARK)])
+#: background, each colour, then each colour's dark part (a pattern's dark pixels)
+_PALETTE = np.array([(0, 0, 0), *COLOURS.values(), *DARK_COLOURS.values()], np.float32)
 _NAMES = ("background", *COLOURS)
 MIN_AREA = 12  # pixels a colour needs to count as an object (the smallest square has 121)
 RELATION_MARGIN = 2.0  # pixels between centroids for a relation to hold

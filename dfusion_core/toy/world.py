@@ -40,9 +40,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 #: its bases had; it carries a pattern about two times in three and breaks 4-7 % (bench/RESULTS.md,
 #: "The pattern world").
 PATTERNS = ("striped", "checked", "dotted")
-#: Brightness of a pattern's dark part: dark red (127, 22, 22) is 130 from black and 104 from red,
+#: Brightness of a pattern's dark part: dark red (126, 22, 22) is 130 from black and 107 from red,
 #: so the scorer's nearest-palette read keeps both parts one object.
 DARK = 0.55
+#: Each colour's dark part, the one place it is computed (float32, as the renders always were).
+DARK_COLOURS: dict[str, tuple[int, ...]] = {
+    name: tuple(int(v) for v in np.rint(np.array(rgb, np.float32) * DARK)) for name, rgb in COLOURS.items()
+}
 #: The first-named object is above or left of the second. "below" and "right of" say the same with the
 #: objects named the other way round, and the world says it only one way: a toy DiT trained on all four
 #: learnt the axis each word names but not which object goes on which side (a word that swaps the
@@ -208,8 +212,8 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 [size, size, 3]: the objects drawn in order on black."""
     img = np.zeros((size, size, 3), np.uint8)
     for o in scene.objects:
-        colour = np.array(COLOURS[o.colour], np.float32)
-        pixels = np.where(dark_pixels(o.pattern, size)[..., None], np.rint(colour * DARK), colour).astype(np.uint8)
+        pixels = np.where(dark_pixels(o.pattern, size)[..., None], np.array(DARK_COLOURS[o.colour], np.uint8),
+                          np.array(COLOURS[o.colour], np.uint8))
         inside = object_mask(o.cx, o.cy, o.half, size)
         img[inside] = pixels[inside]
     return img

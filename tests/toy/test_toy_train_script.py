@@ -24,9 +24,8 @@ def test_scene_batch_draws_make_batch_s_images_and_masks_each_object():
     for image, (a, b), cap in zip(images, masks, caps, strict=True):
         c = tw.parse_caption(cap)
         for mask, colour, pattern in ((a, c.colour_a, c.pattern_a), (b, c.colour_b, c.pattern_b)):
-            bright = np.array(tw.COLOURS[colour], np.float32)  # the world's arithmetic (float32)
-            dark = np.rint(bright * tw.DARK)
-            expect = np.where(tw.dark_pixels(pattern)[..., None], dark, bright).astype(np.uint8)
+            expect = np.where(tw.dark_pixels(pattern)[..., None], np.array(tw.DARK_COLOURS[colour], np.uint8),
+                              np.array(tw.COLOURS[colour], np.uint8))
             assert (image[mask] == expect[mask]).all()
         assert (image[~(a | b)] == 0).all() and not (a & b).any()
 

@@ -100,7 +100,7 @@ def test_patterns_are_read_through_noise_and_a_square_without_one_is_none_of_the
         assert toy_scorer.segment(image)["red"].pattern == pattern
     plain = np.zeros((32, 32, 3), np.uint8)
     plain[4:17, 4:17] = tw.COLOURS["red"]  # a 13 px square with no pattern ...
-    plain[4, 4:17] = np.rint(np.array(tw.COLOURS["red"]) * tw.DARK)  # ... and one dark row at its edge
+    plain[4, 4:17] = tw.DARK_COLOURS["red"]  # ... and one dark row at its edge
     assert toy_scorer.segment(plain)["red"].pattern == "plain" and "plain" not in tw.PATTERNS
     assert toy_scorer.caption_facts(plain, f"a red {pattern} square above a blue {other} square")[1] is False
 
