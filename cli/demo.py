@@ -74,6 +74,14 @@ def summary_lines(summary: dict[str, Any], out: Path) -> list[str]:
     if gains:
         lines.append(f"  fusion: {pairs} pairs; fused targets scored {sum(gains) / len(gains):+.4f} above their bases "
                      "on average")
+    trained = [m for m in metrics if m.get("optimizer_steps")]
+    if trained:  # the budget the preset spent, in passes over the pairs kept (its max_passes cap)
+        kept = sum(m["pairs_trained"] for m in trained)
+        visits = sum(m["pair_passes"] * m["pairs_trained"] for m in trained)
+        accuracy = [m["reward_accuracy"] for m in trained if m.get("reward_accuracy") is not None]
+        lines.append(f"  training: {kept} of {pairs} pairs kept, {sum(m['optimizer_steps'] for m in trained)} optimizer "
+                     f"steps, {visits / kept:.1f} passes over them"
+                     + (f", reward accuracy {sum(accuracy) / len(accuracy):.2f}" if accuracy else ""))
     base, after, lo, hi = (last.get(k) for k in ("eval_score_base", "eval_score", "eval_diff_ci_low",
                                                   "eval_diff_ci_high"))
     if base is not None and after is not None:

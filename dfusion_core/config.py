@@ -6,6 +6,7 @@ when built and stored with the job's outputs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -106,12 +107,26 @@ class TrainingConfig(_Frozen):
         description="exact optimizer steps per epoch, cycling over the shuffled pairs (equal budgets across arms "
         "whose pair counts differ); None = inner_epochs passes",
     )
+    max_passes: float | None = Field(
+        None, gt=0.0, le=10000.0,
+        description="at most this many passes over the pairs an epoch kept: caps the epoch's steps at "
+        "ceil(max_passes * pairs / pairs per step), so that a few kept pairs are not memorised; None = no cap",
+    )
     pairs: Literal["fusion", "plain"] = Field("fusion", description="D-Fusion pairs or plain best-vs-worst (ablation)")
     pair_filter: PairFilter = Field(
         "winner_beats_loser",
         description="'winner_beats_loser' trains only pairs whose winner (the fused target, or the plain winner) "
         "scored strictly above its loser, so ties and failed fusions carry no false preference; 'none' trains all",
     )
+
+    def epoch_steps(self, kept: int) -> int:
+        """Optimizer steps an epoch takes on `kept` pairs (those the pair filter kept): steps_per_epoch,
+        or inner_epochs passes without it, and never more than max_passes passes."""
+        if kept == 0:
+            return 0
+        per_step = self.batch_pairs * self.grad_accum
+        steps = self.steps_per_epoch if self.steps_per_epoch is not None else math.ceil(kept / per_step) * self.inner_epochs
+        return steps if self.max_passes is None else min(steps, math.ceil(self.max_passes * kept / per_step))
 
     @model_validator(mode="before")
     @classmethod

@@ -158,9 +158,10 @@ class Trainer:
     def train_epoch(self, pairs: Sequence[TrainPair]) -> list[StepMetrics]:
         """Optimizer steps of `pairs_per_step` pairs each over the epoch's pairs (all prompts mixed).
 
-        `steps_per_epoch` set: exactly that many steps, cycling over passes of the pairs, each pass
-        shuffled anew (equal step budgets whatever the pair count). Otherwise `inner_epochs` passes.
-        For DDPO / DPOK the "old" log-probs are computed once, before the first update.
+        `steps_per_epoch` set: that many steps, cycling over passes of the pairs, each pass shuffled
+        anew (equal step budgets whatever the pair count). Otherwise `inner_epochs` passes. Either way
+        no more than `max_passes` passes (TrainingConfig.epoch_steps). For DDPO / DPOK the "old"
+        log-probs are computed once, before the first update.
         """
         pairs = list(pairs)
         if not pairs:
@@ -169,14 +170,14 @@ class Trainer:
         if self.config.algorithm in ("ddpo", "dpok"):
             pairs = self.with_old_log_probs(pairs)
         batches: list[list[TrainPair]] = []
-        budget = self.config.steps_per_epoch
+        budget = self.config.epoch_steps(len(pairs))
         inner = 0
-        while (len(batches) < budget) if budget is not None else (inner < self.config.inner_epochs):
+        while len(batches) < budget:
             inner += 1
             order = torch.randperm(len(pairs), generator=step_generator(self.seed + 7919 * inner, self.optimizer_step))
             shuffled = [pairs[i] for i in order.tolist()]
             batches += [shuffled[k : k + self.pairs_per_step] for k in range(0, len(shuffled), self.pairs_per_step)]
-        return [self.train_step(batch) for batch in (batches[:budget] if budget is not None else batches)]
+        return [self.train_step(batch) for batch in batches[:budget]]
 
     @torch.no_grad()
     def pair_metrics(self, pairs: Sequence[TrainPair]) -> dict[str, float]:

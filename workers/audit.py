@@ -8,7 +8,6 @@ Raises AssertionError (plain `assert`s: run it without -O) naming the first diff
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from dfusion_core.storage import BlobStore
@@ -17,15 +16,6 @@ from services.records import PairRecord
 from services.state.protocol import JobStore
 from workers import keys
 from workers.flow import JobFlow
-
-
-def steps_per_epoch(spec: JobSpec, kept: int) -> int:
-    """Optimizer steps train(e) takes on `kept` pairs (those the pair filter kept)."""
-    if kept == 0:
-        return 0
-    if spec.training.steps_per_epoch is not None:
-        return spec.training.steps_per_epoch
-    return math.ceil(kept / (spec.training.batch_pairs * spec.training.grad_accum)) * spec.training.inner_epochs
 
 
 def kept_per_epoch(state: JobStore, job_id: str, spec: JobSpec) -> list[int]:
@@ -44,7 +34,7 @@ def expected_keys(job_id: str, spec: JobSpec, kept: list[int]) -> set[str]:
     for e in range(spec.epochs):
         for p in range(jf.prompts):
             out |= _prompt_keys(job_id, jf, e, p)
-        version += steps_per_epoch(spec, kept[e])
+        version += spec.training.epoch_steps(kept[e])
         unit = keys.trainer_state_prefix(job_id, e)
         out |= {f"{unit}/metrics.json", f"{unit}/{version}/{WEIGHTS_NAME}", f"{unit}/{version}/{STATE_NAME}"}
         out.add(keys.checkpoint_key(job_id, e + 1))
@@ -80,7 +70,7 @@ def assert_exact_outputs(state: JobStore, store: BlobStore, job_id: str, spec_di
     kept = kept_per_epoch(state, job_id, spec)
     metrics = state.get_metrics(job_id)
     assert [m["pairs_trained"] for m in metrics] == kept
-    assert [m["optimizer_steps"] for m in metrics] == [steps_per_epoch(spec, k) for k in kept]
+    assert [m["optimizer_steps"] for m in metrics] == [spec.training.epoch_steps(k) for k in kept]
     steps = sum(m["optimizer_steps"] for m in metrics)
     assert state.get_counts(job_id) == {**spec.expected_counts().total, "trained_steps": steps}
     assert [c["version"] for c in state.list_checkpoints(job_id)] == list(range(1, spec.epochs + 1))

@@ -47,6 +47,8 @@ def epoch_metrics(
         "mean_sample_score": _mean([s.score for s in samples if s.score is not None]),
         "pairs_total": len(pairs),
         "pairs_trained": len(kept),
+        # pair visits over the pairs kept: how often each was seen (the budget that max_passes caps)
+        "pair_passes": sum(s["num_pairs"] for s in steps) / len(kept) if kept else None,
         "target_win_rate": _mean([1.0 if g > 0 else 0.0 for g in gains]),
         "mean_target_gain": _mean(gains),
     }

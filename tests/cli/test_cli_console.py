@@ -46,7 +46,8 @@ def test_off_a_terminal_plain_lines_and_none_when_disabled() -> None:
 
 
 def _epoch(e: int, low: float, high: float) -> dict:
-    return {"epoch": e, "policy_version": e + 1, "pairs_total": 8, "mean_target_gain": 0.05,
+    return {"epoch": e, "policy_version": e + 1, "pairs_total": 8, "mean_target_gain": 0.05, "pairs_trained": 4,
+            "optimizer_steps": 3, "pair_passes": 2.5 + e, "reward_accuracy": 0.5 + e / 2,
             "eval_score_base": 0.40, "eval_score": 0.43, "eval_diff_ci_low": low, "eval_diff_ci_high": high,
             "eval_samples": 32, "heldout_score_base": 0.41, "heldout_score": 0.42}
 
@@ -57,12 +58,14 @@ def test_demo_summary_says_what_improved_by_how_much_and_where_the_report_is() -
     text = "\n".join(lines)
     assert lines[0] == "dfusion demo: 2 epoch(s) trained"
     assert "16 pairs; fused targets scored +0.0500 above their bases" in text
+    # 10 + 14 visits of 8 kept pairs; the steps' reward accuracy averaged over the epochs
+    assert "training: 8 of 16 pairs kept, 6 optimizer steps, 3.0 passes over them, reward accuracy 0.75" in text
     assert ("own captions, fresh noise: 0.4000 untrained -> 0.4300 trained (+0.0300, 95 % CI +0.0100 to +0.0500, "
             "32 paired samples): improved") in text
     assert "held-out captions, same noise: 0.4100 untrained -> 0.4200 trained (+0.0100)" in text
     assert lines[-1] == "  report: demo-run/report.html (pairs, charts); LoRA: demo-run/checkpoints/2"
     unclear = summary_lines({"status": "succeeded", "metrics": [_epoch(0, -0.01, 0.02)]}, Path("d"))
-    assert unclear[2].endswith("no clear change (the CI includes 0)")
+    assert unclear[3].endswith("no clear change (the CI includes 0)")
     assert summary_lines({"status": "failed", "metrics": [], "error": "boom"}, Path("d")) == [
         "dfusion demo: failed: boom"]
 

@@ -137,6 +137,16 @@ def test_steps_per_epoch_is_an_exact_budget(plain_pairs):
     assert trainer.train_epoch([]) == [] and trainer.optimizer_step == 5  # no pairs: no step, no error
 
 
+def test_max_passes_caps_the_epoch_where_few_pairs_were_kept(plain_pairs):
+    config = TrainingConfig(learning_rate=1e-3, batch_pairs=1, steps_per_epoch=5, max_passes=1.5, timestep_fraction=0.34)
+    trainer = Trainer(models.build_tiny(), config)
+    assert len(trainer.train_epoch(plain_pairs)) == 3  # 2 pairs: 1.5 passes of 1 pair a step, not 5 steps
+    # many pairs: the step budget binds; without steps_per_epoch, inner_epochs passes under the same cap
+    assert config.epoch_steps(100) == 5 and config.epoch_steps(0) == 0
+    assert TrainingConfig(batch_pairs=4, inner_epochs=3, max_passes=2).epoch_steps(10) == 5  # 3 passes = 9 > ceil(2 * 10 / 4)
+    assert TrainingConfig(batch_pairs=4, inner_epochs=3).epoch_steps(10) == 9
+
+
 def test_skip_last_steps_leaves_the_final_steps_out():
     g = step_generator(0, 0)
     assert select_steps(10, 1.0, g, skip_last=3) == list(range(7))

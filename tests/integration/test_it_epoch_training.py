@@ -128,6 +128,7 @@ def test_epoch_metrics_describe_the_pairs_and_the_steps(ddpo_run: Run) -> None:
     gains = [p.target_score - p.base_score for p in ddpo_run.pairs]  # type: ignore[operator]
     assert (m["epoch"], m["policy_version"], m["optimizer_steps"]) == (0, 1, 1)
     assert (m["pairs_total"], m["pairs_trained"]) == (4, 4)
+    assert m["pair_passes"] == 1.0  # one step of all 4 pairs
     assert m["target_win_rate"] == pytest.approx(sum(g > 0 for g in gains) / 4)
     assert m["mean_target_gain"] == pytest.approx(sum(gains) / 4)
     assert m["heldout_score"] is not None and m["heldout_score_base"] is not None
@@ -156,5 +157,6 @@ def test_ties_are_dropped_and_an_empty_epoch_still_publishes(tmp_path: Path, cap
     assert run.steps == [] and run.result.counts["trained_steps"] == 0
     [m] = run.result.metrics
     assert (m["optimizer_steps"], m["pairs_trained"], m["target_win_rate"], m["loss"]) == (0, 0, 0.0, None)
+    assert m["pair_passes"] is None
     assert (run.out / "checkpoints" / "1" / "pytorch_lora_weights.safetensors").exists()
     assert "kept none of 4 pairs" in caplog.text
