@@ -9,10 +9,12 @@ epochs: the service's own stages, workers/embedded.py). Arms: `none` (the shippe
 `training.pairs` is equal between the two trained arms:
 
 - the same training captions per seed (a seeded draw from the training split), the same sample
-  seeds, the same optimizer steps per epoch (`training.steps_per_epoch`) of the same number of
-  pairs, so both make the same pair visits whatever the pair filter keeps. The summary gives the
-  budget in passes over the pairs each arm's filter kept (`passes`): at the toy preset's 200 steps
-  of 8, some 25-40 passes an epoch, since the filter keeps 40-65 pairs of six captions;
+  seeds, the same optimizer steps per epoch of the same number of pairs, so both make the same
+  pair visits whatever the pair filter keeps. The fusion arm trains first, on the preset's budget
+  in passes (`--max-passes`, at most `--steps-per-epoch`: 5 passes over the D-Fusion pairs the
+  filter keeps, about half of six captions' 96), so its few kept pairs are not memorised;
+  the plain arm then takes as many steps (fewer passes over its own, more numerous pairs). Each
+  job's digest gives `pair_passes`;
 - after every epoch every arm's checkpoint is scored on the same evaluation noise: the seed's
   training captions on fresh seeds (the primary measure: the paper's protocol) and the held-out
   captions (secondary, reported as it falls); the untrained model once per seed on the same noise;
@@ -80,15 +82,18 @@ def training_captions(pool: list[str], seed: int, n: int) -> list[str]:
     return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
 
 
-def job_spec(captions: list[str], seed: int, pairs: str, lr: float, args: argparse.Namespace) -> JobSpec:
-    """A toy job: the model's preset (scorer, fusion, the rest of training) under the bench's own values."""
+def job_spec(captions: list[str], seed: int, pairs: str, lr: float, args: argparse.Namespace,
+             steps: int | None = None) -> JobSpec:
+    """A toy job: the model's preset (scorer, fusion, the rest of training) under the bench's own values.
+    `steps`: exactly that many optimizer steps an epoch, no pass cap (the plain arm matching the fusion arm's)."""
+    budget = {"steps_per_epoch": args.steps_per_epoch, "max_passes": args.max_passes} if steps is None else \
+        {"steps_per_epoch": steps, "max_passes": None}
     return JobSpec.model_validate({
         "prompts": [{"text": c, "items": tw.parse_caption(c).items, "mask_thresholds": [0.5, 0.5]} for c in captions],
         "model": "toy", "samples_per_prompt": args.samples, "epochs": args.epochs, "seed": seed,
         "sampling": {"num_steps": args.steps, "guidance_scale": args.guidance, "eta": 1.0, "batch_size": args.batch},
         "training": {"algorithm": args.algorithm, "pairs": pairs, "learning_rate": lr, "batch_pairs": args.batch_pairs,
-                     "steps_per_epoch": args.steps_per_epoch, "skip_last_steps": args.skip_last_steps,
-                     **args.training},
+                     "skip_last_steps": args.skip_last_steps, **args.training, **budget},
         **({"fusion": args.fusion} if args.fusion else {}),
         # the job's own per-epoch checks are kept to one sample and off: the bench scores every arm itself
         "eval_prompts": captions[:1], "eval_seeds": 1, "train_eval_seeds": 0,
@@ -130,20 +135,30 @@ def job_dir(tmp: Path, seed: int, pairs: str, lr: float) -> Path:
     return tmp / f"{seed}-{pairs}-{lr:g}"
 
 
+def train_arms(captions: list[str], seed: int, lrs: dict[str, float], args: argparse.Namespace,
+               tmp: Path) -> dict[str, tuple[list[bytes], dict[str, Any]]]:
+    """Both arms' jobs, fusion first: its budget is the preset's (steps_per_epoch under the max_passes
+    cap, so its few kept pairs are not memorised), and the plain arm takes as many optimizer steps of
+    as many pairs, so both make the same pair visits (exactly at one epoch; over several, the plain arm
+    takes the fusion arm's mean an epoch, equal in total up to rounding)."""
+    fusion = train_arm(captions, seed, "fusion", lrs["fusion"], args, tmp)
+    steps = [e["optimizer_steps"] for e in fusion[1]["epochs"]]
+    plain = train_arm(captions, seed, "plain", lrs["plain"], args, tmp, steps=max(1, round(statistics.fmean(steps))))
+    return {"plain": plain, "fusion": fusion}
+
+
 def train_arm(captions: list[str], seed: int, pairs: str, lr: float, args: argparse.Namespace,
-              tmp: Path) -> tuple[list[bytes], dict[str, Any]]:
+              tmp: Path, steps: int | None = None) -> tuple[list[bytes], dict[str, Any]]:
     """One embedded job; its LoRA checkpoint after each epoch and a digest of its metrics."""
     t0 = time.time()
     out = job_dir(tmp, seed, pairs, lr)
-    result = run_embedded(job_spec(captions, seed, pairs, lr, args), out, models={"toy": "toy"})
+    result = run_embedded(job_spec(captions, seed, pairs, lr, args, steps), out, models={"toy": "toy"})
     if result.status != "succeeded":
         raise RuntimeError(f"seed {seed} {pairs} lr {lr}: job {result.status}: {result.error}")
     loras = [(out / "checkpoints" / str(e) / WEIGHTS_NAME).read_bytes() for e in range(1, args.epochs + 1)]
-    keep = ("optimizer_steps", "pairs_total", "pairs_trained", "target_win_rate", "mean_target_gain",
+    keep = ("optimizer_steps", "pairs_total", "pairs_trained", "pair_passes", "target_win_rate", "mean_target_gain",
             "loss", "reward_accuracy", "reward_margin", "heldout_pairs_reward_accuracy", "heldout_pairs_reward_margin")
     epochs = [{k: m.get(k) for k in keep} for m in result.metrics]
-    for e in epochs:  # pair visits over the pairs the filter kept: the budget in passes
-        e["passes"] = round(args.steps_per_epoch * args.batch_pairs / e["pairs_trained"], 2) if e["pairs_trained"] else None
     return loras, {"wall_s": round(time.time() - t0, 1), "epochs": epochs}
 
 
@@ -154,11 +169,9 @@ def tune(pool: list[str], evaluator: Evaluator, args: argparse.Namespace, tmp: P
     seeds = [VAL_SEED_BASE + k for k in range(args.val_seeds)]
     base = statistics.fmean(evaluator.scores(captions, seeds, None))
     table: dict[str, dict[str, float]] = {}
-    for arm in ARMS:
-        table[arm] = {}
-        for lr in args.lrs:
-            loras, _ = train_arm(captions, TUNE_SEED, arm, lr, args, tmp)
-            table[arm][f"{lr:g}"] = statistics.fmean(evaluator.scores(captions, seeds, loras[-1]))
+    for lr in args.lrs:
+        for arm, (loras, _) in train_arms(captions, TUNE_SEED, {arm: lr for arm in ARMS}, args, tmp).items():
+            table.setdefault(arm, {})[f"{lr:g}"] = statistics.fmean(evaluator.scores(captions, seeds, loras[-1]))
             log(f"tune {arm} lr {lr:g}: validation {table[arm][f'{lr:g}']:.4f} (untrained {base:.4f})")
     best = {arm: float(max(table[arm], key=lambda k: table[arm][k])) for arm in ARMS}
     return {"validation_untrained": base, "validation": table, "best_lr": best}
@@ -182,8 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row: dict[str, Any] = {"seed": seed, "captions": captions, "jobs": {},
                                    "curves": {"train_captions": {"none": [none] * (args.epochs + 1)},
                                               "heldout": {"none": [heldout_none] * (args.epochs + 1)}}}
-            for arm in ARMS:
-                loras, digest = train_arm(captions, seed, arm, tuning["best_lr"][arm], args, tmp)
+            for arm, (loras, digest) in train_arms(captions, seed, tuning["best_lr"], args, tmp).items():
                 row["curves"]["train_captions"][arm] = [none] + [
                     statistics.fmean(evaluator.scores(captions, fresh, lora)) for lora in loras]
                 row["curves"]["heldout"][arm] = [heldout_none] + [
@@ -208,8 +220,8 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
             captions = training_captions(pool, seed, args.prompts)
             untrained = evaluator.facts(captions, seeds, None)
             row: dict[str, Any] = {"seed": seed, "untrained": untrained["mean"], "facts": {"untrained": untrained}}
-            for arm in ARMS:
-                loras, digest = train_arm(captions, seed, arm, args.lrs[0], args, Path(tmp_name))
+            for arm, (loras, digest) in train_arms(captions, seed, {a: args.lrs[0] for a in ARMS}, args,
+                                                   Path(tmp_name)).items():
                 row["facts"][arm] = [evaluator.facts(captions, seeds, lora) for lora in loras]
                 row[arm] = [f["mean"] for f in row["facts"][arm]]
                 row[f"{arm}_jobs"] = digest
@@ -346,7 +358,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch", type=int, default=32, help="samples per UNet call in the evaluation")
     p.add_argument("--batch-pairs", type=int, default=tw.TOY_TRAINING["batch_pairs"], help="pairs per optimizer step")
     p.add_argument("--steps-per-epoch", type=int, default=tw.TOY_TRAINING["steps_per_epoch"],
-                   help="optimizer steps per epoch, every arm")
+                   help="optimizer steps per epoch of the fusion arm, under --max-passes; the plain arm takes as many")
+    p.add_argument("--max-passes", type=float, default=tw.TOY_TRAINING.get("max_passes"),
+                   help="at most this many passes over the pairs the fusion arm kept (default: the toy preset's)")
     p.add_argument("--skip-last-steps", type=int, default=2,
                    help="final denoising steps left out of trajectory DPO's loss (their log-ratios dwarf the rest)")
     p.add_argument("--algorithm", default=tw.TOY_TRAINING["algorithm"], choices=["trajectory_dpo", "diffusion_dpo"],

@@ -24,11 +24,11 @@ NESTED = ("sampling", "fusion", "training")
 
 #: Toy job fields (JobSpec): 32 samples a caption, one epoch, every held-out caption once, and the
 #: before/after score on the job's own captions with 128 fresh seeds each (`train_eval_seeds`). The
-#: count is sized by power: the preset gains about +0.038 (bench/alignment.py), and one paired
-#: sample's difference has an SD of about 0.21 (scores move in steps of 0.2), so 4 captions x 128 =
-#: 512 samples give a 95 % interval of about +-0.019, clear of zero for an effect that size; at 32
-#: seeds (+-0.037) a run that gained as much as the bench's mean read as no change about half the
-#: time. It is about half the demo's time: 0.75-1 s a seed on 2 cores for both policies.
+#: count is sized by power: the preset gains +0.01 to +0.04 on a job's captions (bench/alignment.py,
+#: the demo), and one paired sample's difference has an SD of about 0.21 (scores move in steps of
+#: 0.2), so 4 captions x 128 = 512 samples give a 95 % interval of about +-0.019; at 32 seeds
+#: (+-0.037) a run that gained +0.038 read as no change about half the time. It is about half the
+#: demo's time: 0.75-1 s a seed on 2 cores for both policies.
 #: One epoch, because a second one of D-Fusion pairs under Diffusion-DPO breaks this model: the
 #: policy's denoising error on its pairs rises from about 0.021 to 0.035 during it, and the score
 #: falls below the untrained model's on most seeds (bench/RESULTS.md, "The paper's protocol"); plain

@@ -59,7 +59,7 @@ def test_alignment_bench_reduced(tmp_path, capsys):
     summary = _bench("alignment").main([
         "--seeds", "0", "1", "--prompts", "1", "--val-seeds", "1", "--samples", "4",
         "--epochs", "2", "--steps", "3", "--batch", "4", "--eval-batch", "4", "--batch-pairs", "1",
-        "--steps-per-epoch", "1", "--lrs", "1e-3", "--eval-prompts", "2", "--eval-seeds", "1",
+        "--steps-per-epoch", "3", "--max-passes", "1", "--lrs", "1e-3", "--eval-prompts", "2", "--eval-seeds", "1",
         "--train-eval-seeds", "1", "--threads", "1", "--out", str(tmp_path)])
     for split in ("train_captions", "heldout"):
         assert set(summary[split]["differences"]) == {"plain-none", "fusion-none", "fusion-plain"}
@@ -74,8 +74,14 @@ def test_alignment_bench_reduced(tmp_path, capsys):
             assert seed["final"][split] == {arm: c[-1] for arm, c in curves.items()}
         # every arm is scored on the same held-out captions and noise: the untrained model once for all
         assert seed["curves"]["heldout"]["none"] == summary["per_seed"][0]["curves"]["heldout"]["none"]
-        # equal budgets: one optimizer step per epoch in both trained arms (a filtered-out epoch takes none)
-        assert all(e["optimizer_steps"] in (0, 1) for arm in seed["jobs"].values() for e in arm["epochs"])
+        # the fusion arm's budget: 3 steps of 1 pair, but at most one pass over the pairs it kept (2 or fewer of 2);
+        # the plain arm takes as many steps (their mean over the epochs), not its own pass count
+        fusion, plain = seed["jobs"]["fusion"]["epochs"], seed["jobs"]["plain"]["epochs"]
+        assert [e["optimizer_steps"] for e in fusion] == [e["pairs_trained"] for e in fusion]
+        mean_steps = max(1, round(sum(e["optimizer_steps"] for e in fusion) / len(fusion)))
+        assert [e["optimizer_steps"] for e in plain] == [mean_steps if e["pairs_trained"] else 0 for e in plain]
+        assert all(e["pair_passes"] == (e["optimizer_steps"] / e["pairs_trained"] if e["pairs_trained"] else None)
+                   for e in fusion + plain)
     lines = capsys.readouterr().out
     number = r"[+-]\d\.\d{3}"
     for name in summary["train_captions"]["differences"]:
