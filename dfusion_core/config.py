@@ -126,7 +126,10 @@ class TrainingConfig(_Frozen):
             return 0
         per_step = self.batch_pairs * self.grad_accum
         steps = self.steps_per_epoch if self.steps_per_epoch is not None else math.ceil(kept / per_step) * self.inner_epochs
-        return steps if self.max_passes is None else min(steps, math.ceil(self.max_passes * kept / per_step))
+        if self.max_passes is None:
+            return steps
+        # the epsilon keeps a product that float rounding puts a hair above a whole number (1.1 * 50) on it
+        return min(steps, math.ceil(self.max_passes * kept / per_step - 1e-9))
 
     @model_validator(mode="before")
     @classmethod

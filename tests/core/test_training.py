@@ -145,6 +145,7 @@ def test_max_passes_caps_the_epoch_where_few_pairs_were_kept(plain_pairs):
     assert config.epoch_steps(100) == 5 and config.epoch_steps(0) == 0
     assert TrainingConfig(batch_pairs=4, inner_epochs=3, max_passes=2).epoch_steps(10) == 5  # 3 passes = 9 > ceil(2 * 10 / 4)
     assert TrainingConfig(batch_pairs=4, inner_epochs=3).epoch_steps(10) == 9
+    assert TrainingConfig(batch_pairs=1, steps_per_epoch=99, max_passes=1.1).epoch_steps(50) == 55  # 1.1 * 50 is 55.00000000000001
 
 
 def test_skip_last_steps_leaves_the_final_steps_out():
