@@ -140,10 +140,10 @@ def pattern_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for obj, k, pattern in ((0, FACTS.index("pattern_a"), c.pattern_a), (1, FACTS.index("pattern_b"), c.pattern_b)):
             if r["reference_facts"][k] and not r["base_facts"][k]:
                 fixable[pattern].append({"fixed": r["target_facts"][k], "base": r["base_drawn"][obj],
-                                       "target": r["target_drawn"][obj]})
+                                         "target": r["target_drawn"][obj]})
     return {pattern: {"fixable": len(v), "fixed": statistics.fmean(x["fixed"] for x in v) if v else None,
-                    "bases_drew": dict(Counter(x["base"] for x in v)),
-                    "targets_drew": dict(Counter(x["target"] for x in v))}
+                      "bases_drew": dict(Counter(x["base"] for x in v)),
+                      "targets_drew": dict(Counter(x["target"] for x in v))}
             for pattern, v in fixable.items()}
 
 

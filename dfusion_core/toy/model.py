@@ -122,8 +122,9 @@ class WordContext(torch.nn.Module):
     which side are two-hop questions for the DiT (find the colour, then the word at the slot beside
     it, or the relation word). 14,000 steps taught the toy DiT both colours and the relation's axis
     but neither shapes nor sides (bench/RESULTS.md). With context, the "red" row of "a red striped
-    square above a blue dotted square" says striped and upper, so one cross-attention answers both. The output projections start
-    at zero: a new layer is the identity, and weights trained without it load unchanged.
+    square above a blue dotted square" says striped and upper, so one cross-attention answers both.
+    The output projections start at zero: a new layer is the identity, and weights trained without
+    it load unchanged.
     """
 
     def __init__(self, width: int, heads: int, hidden: int):

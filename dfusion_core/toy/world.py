@@ -67,9 +67,10 @@ TOY_SAMPLING: dict = {"num_steps": 10}
 #: default, as the authors fuse SD's decoder). The first 3 of 10 steps are left unfused (the authors
 #: leave 2 of 20): where the objects go is decided in them, and a target fused from step 2 takes its
 #: reference's places too (on a pattern-world model with a plain pattern, 24 captions: ratio 0.64
-#: against 0.38 with 3 skipped), while a pattern is still carried over from a later step. On the shipped weights, 24 tuning captions x 32 samples (the
-#: bench's --seed 1; its reported run is --seed 0): 3 skipped, gain +0.15, P(target>base) 0.61,
-#: distance ratio 0.39; 2 skipped +0.16, 0.63, 0.51.
+#: against 0.38 with 3 skipped), while a pattern is still carried over from a later step. On the
+#: shipped weights, 24 tuning captions x 32 samples (the bench's --seed 1; its reported run is
+#: --seed 0): 3 skipped, gain +0.15, P(target>base) 0.61, distance ratio 0.39; 2 skipped +0.16,
+#: 0.63, 0.51.
 TOY_FUSION: dict = {"mask_resolution": 8, "mask_mode": "quantile", "mask_level": 0.5, "blocks": (4, 7),
                     "skip_first_steps": 3}
 
